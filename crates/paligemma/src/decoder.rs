@@ -1,0 +1,257 @@
+//! Gemma and Gemma 2 decoders (spec §2.4, §2.5). The Gemma 2 differences (post-norms,
+//! soft-capping, query scale, sliding layers) are configuration of one decoder, not a copy.
+
+use candle_core::{DType, Tensor};
+
+use crate::attention::{attend, AttentionSpec, MaskSpec};
+use crate::config::{Architecture, LayerType, TextConfig};
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::layers::{gelu_tanh, Linear, RmsNorm};
+use crate::rotary::RotaryEmbedding;
+use crate::weights::Scope;
+
+/// Where this forward pass sits in the sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// Index of the first new token (= positions already in the cache).
+    pub offset: usize,
+    /// Tokens `0..prefix_len` attend bidirectionally.
+    pub prefix_len: usize,
+    /// Whether Gemma 2's sliding window is applied on its sliding layers.
+    pub sliding_window: bool,
+}
+
+struct SelfAttention {
+    qkv: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    spec: AttentionSpec,
+}
+
+impl SelfAttention {
+    fn load(scope: &Scope, cfg: &TextConfig) -> Result<Self> {
+        let (d, n, k, h) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let q = Linear::load(&scope.pp("q_proj"), d, n * h, false)?;
+        let kp = Linear::load(&scope.pp("k_proj"), d, k * h, false)?;
+        let v = Linear::load(&scope.pp("v_proj"), d, k * h, false)?;
+        Ok(SelfAttention {
+            qkv: Linear::fused(&[q, kp, v])?,
+            o_proj: Linear::load(&scope.pp("o_proj"), n * h, d, false)?,
+            heads: n,
+            kv_heads: k,
+            head_dim: h,
+            spec: AttentionSpec { scale: cfg.attention_scale, softcap: cfg.attn_logit_softcapping },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cache: &KvCache, layer: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (n, k, h) = (self.heads, self.kv_heads, self.head_dim);
+        let qkv = self.qkv.forward(x)?;
+        let q = qkv.narrow(2, 0, n * h)?.reshape((b, t, n, h))?.transpose(1, 2)?;
+        let kn = qkv.narrow(2, n * h, k * h)?.reshape((b, t, k, h))?.transpose(1, 2)?;
+        let vn = qkv.narrow(2, (n + k) * h, k * h)?.reshape((b, t, k, h))?.transpose(1, 2)?;
+        // transformers numbers positions from 1 (spec §2.7, §8 P1); matching it keeps the
+        // rounding of cos/sin identical to the reference.
+        let first_position = cache.len() + 1;
+        let q = rope.apply(&q, first_position)?;
+        let kn = rope.apply(&kn, first_position)?;
+        let (keys, values) = cache.write(layer, &kn, &vn)?;
+        let out = attend(&q, &keys, &values, mask, &self.spec)?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// GeGLU feed-forward: `down(gelu_tanh(gate(x)) ⊙ up(x))`, gate and up fused into one matmul.
+struct FeedForward {
+    gate_up: Linear,
+    down: Linear,
+    hidden: usize,
+}
+
+impl FeedForward {
+    fn load(scope: &Scope, cfg: &TextConfig) -> Result<Self> {
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let gate = Linear::load(&scope.pp("gate_proj"), d, f, false)?;
+        let up = Linear::load(&scope.pp("up_proj"), d, f, false)?;
+        Ok(FeedForward { gate_up: Linear::fused(&[gate, up])?, down: Linear::load(&scope.pp("down_proj"), f, d, false)?, hidden: f })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gu = self.gate_up.forward(x)?;
+        let last = gu.rank() - 1;
+        let gate = gu.narrow(last, 0, self.hidden)?;
+        let up = gu.narrow(last, self.hidden, self.hidden)?;
+        self.down.forward(&(gelu_tanh(&gate)? * up)?)
+    }
+}
+
+/// Gemma 2's extra norms; absent for Gemma.
+struct PostNorms {
+    post_attention: RmsNorm,
+    pre_feedforward: RmsNorm,
+    post_feedforward: RmsNorm,
+}
+
+struct DecoderLayer {
+    input_norm: RmsNorm,
+    attention: SelfAttention,
+    /// Gemma: the pre-FFW norm (named `post_attention_layernorm`, spec §8 P10).
+    /// Gemma 2: unused here; see `post_norms`.
+    pre_ffw_norm_gemma: Option<RmsNorm>,
+    post_norms: Option<PostNorms>,
+    mlp: FeedForward,
+    layer_type: LayerType,
+}
+
+impl DecoderLayer {
+    fn load(scope: &Scope, cfg: &TextConfig, arch: Architecture, layer_type: LayerType) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let norm = |name: &str| RmsNorm::load(&scope.pp(name), d, eps);
+        let (pre_ffw_norm_gemma, post_norms) = match arch {
+            Architecture::PaliGemma => (Some(norm("post_attention_layernorm")?), None),
+            Architecture::PaliGemma2 => (
+                None,
+                Some(PostNorms {
+                    post_attention: norm("post_attention_layernorm")?,
+                    pre_feedforward: norm("pre_feedforward_layernorm")?,
+                    post_feedforward: norm("post_feedforward_layernorm")?,
+                }),
+            ),
+        };
+        Ok(DecoderLayer {
+            input_norm: norm("input_layernorm")?,
+            attention: SelfAttention::load(&scope.pp("self_attn"), cfg)?,
+            pre_ffw_norm_gemma,
+            post_norms,
+            mlp: FeedForward::load(&scope.pp("mlp"), cfg)?,
+            layer_type,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cache: &KvCache, layer: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+        let a = self.attention.forward(&self.input_norm.forward(x)?, rope, cache, layer, mask)?;
+        match (&self.post_norms, &self.pre_ffw_norm_gemma) {
+            (Some(p), _) => {
+                let h = (x + p.post_attention.forward(&a)?)?;
+                let m = self.mlp.forward(&p.pre_feedforward.forward(&h)?)?;
+                Ok((&h + p.post_feedforward.forward(&m)?)?)
+            }
+            (None, Some(pre_ffw)) => {
+                let h = (x + a)?;
+                let m = self.mlp.forward(&pre_ffw.forward(&h)?)?;
+                Ok((h + m)?)
+            }
+            (None, None) => unreachable!("every decoder layer has a feed-forward norm"),
+        }
+    }
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Every input position (the low-level `forward` API).
+    All,
+    /// Only the last one (generation: the LM head is 21% of decode bytes, spec §4 of the perf notes).
+    Last,
+}
+
+pub struct Decoder {
+    embed_tokens: Tensor,
+    embed_scale: f64,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    rope: RotaryEmbedding,
+    final_softcap: Option<f64>,
+    sliding_window: Option<usize>,
+    dtype: DType,
+}
+
+impl Decoder {
+    pub fn load(scope: &Scope, cfg: &TextConfig, arch: Architecture) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let embed_tokens = scope.pp("embed_tokens").get(&[cfg.vocab_size, d], "weight")?;
+        let layers = cfg
+            .layer_types
+            .iter()
+            .enumerate()
+            .map(|(i, &lt)| DecoderLayer::load(&scope.pp("layers").pp(i), cfg, arch, lt))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&scope.pp("norm"), d, cfg.rms_norm_eps)?;
+        // +2: positions are 1-indexed and the last token written may sit at max_positions.
+        let rope = RotaryEmbedding::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings + 2, scope.dtype(), scope.device())?;
+        // √D is cast to the activation dtype before multiplying (spec §2.3, §8 P4): in bf16 it
+        // is 45.25 for D = 2048, not 45.2548.
+        let embed_scale = round_to_dtype((d as f64).sqrt(), scope.dtype());
+        Ok(Decoder {
+            embed_tokens,
+            embed_scale,
+            layers,
+            norm,
+            rope,
+            final_softcap: cfg.final_logit_softcapping,
+            sliding_window: cfg.sliding_window,
+            dtype: scope.dtype(),
+        })
+    }
+
+    /// Scaled text embeddings `E[id]·√D` for `ids` (already validated against the vocabulary).
+    pub fn embed_text(&self, ids: &[u32]) -> Result<Tensor> {
+        let idx = Tensor::new(ids, self.embed_tokens.device())?;
+        Ok((self.embed_tokens.index_select(&idx, 0)? * self.embed_scale)?)
+    }
+
+    /// Runs `embeds: [B, T, D]` through the layers, appending to `cache`, and returns logits
+    /// `[B, T or 1, vocab]`.
+    pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache, step: Step, logits_for: LogitsFor) -> Result<Tensor> {
+        let (_, t, _) = embeds.dims3()?;
+        let device = embeds.device();
+        let base = MaskSpec { offset: step.offset, t, prefix_len: step.prefix_len, window: None };
+        let full_mask = base.build(self.dtype, device)?;
+        let sliding_mask = match (step.sliding_window, self.sliding_window) {
+            (true, Some(w)) => MaskSpec { window: Some(w), ..base }.build(self.dtype, device)?,
+            _ => full_mask.clone(),
+        };
+        let mut x = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mask = match layer.layer_type {
+                LayerType::Full => full_mask.as_ref(),
+                LayerType::Sliding => sliding_mask.as_ref(),
+            };
+            x = layer.forward(&x, &self.rope, cache, i, mask)?;
+        }
+        cache.advance(t);
+        if logits_for == LogitsFor::Last {
+            x = x.narrow(1, t - 1, 1)?;
+        }
+        let h = self.norm.forward(&x)?;
+        let (b, rows, d) = h.dims3()?;
+        let mut logits = h.reshape((b * rows, d))?.matmul(&self.embed_tokens.t()?)?;
+        if let Some(cap) = self.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits.reshape((b, rows, ()))?)
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Largest position id the rotary table supports.
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions() - 2
+    }
+}
+
+/// Rounds a scalar the way a tensor of `dtype` would store it.
+fn round_to_dtype(x: f64, dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => half::bf16::from_f64(x).to_f64(),
+        DType::F16 => half::f16::from_f64(x).to_f64(),
+        DType::F32 => x as f32 as f64,
+        _ => x,
+    }
+}

@@ -1,0 +1,140 @@
+//! The generation loop: prefill, then one decode step per token until a stop condition, with a
+//! cancellation check before every step.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::PaliGemma;
+use crate::sampler::{argmax, Sampler, SamplingParams};
+
+/// A pre-tokenized generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub input_ids: Vec<u32>,
+    pub pixel_values: Vec<f32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Extra ids that end generation, besides the config's EOS ids.
+    pub stop_token_ids: Vec<u32>,
+    /// Never stop on EOS (used to reproduce fixed-length reference runs).
+    pub ignore_eos: bool,
+    /// Apply Gemma 2's sliding window (off by default; spec §2.5).
+    pub sliding_window: bool,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An EOS token was produced (it is not part of the output).
+    Eos,
+    /// `max_new_tokens` was reached.
+    Length,
+    /// The caller's token callback asked to stop (stop strings).
+    Stop,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Length => "length",
+            FinishReason::Stop => "stop",
+        }
+    }
+}
+
+/// What the token callback wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// Vision tower, projector and decoder over the prompt, until the first token is chosen.
+    pub prefill_ms: f64,
+    /// All decode steps after the first token.
+    pub decode_ms: f64,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOutput {
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub timings: Timings,
+}
+
+/// Copies logits to the host as f32, unless the request is greedy, in which case only the
+/// chosen id crosses over (one sync per token on a GPU).
+fn choose(logits: &Tensor, sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+    if sampler.params().is_greedy() && sampler.params().repetition_penalty == 1.0 {
+        if logits.device().is_cpu() {
+            let values = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            return Ok(argmax(&values));
+        }
+        return Ok(logits.argmax(0)?.to_scalar::<u32>()?);
+    }
+    let mut values = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(sampler.sample(&mut values, history))
+}
+
+/// Runs one request to completion. `on_token` sees every generated token (EOS excluded) and
+/// may stop the loop; `is_cancelled` is polled before each step and turns into
+/// [`Error::Aborted`].
+pub fn generate(
+    model: &PaliGemma,
+    request: &GenerateRequest,
+    on_token: &mut dyn FnMut(u32) -> Control,
+    is_cancelled: &dyn Fn() -> bool,
+) -> Result<GenerateOutput> {
+    if request.max_new_tokens == 0 {
+        return Err(Error::invalid("maxNewTokens", "must be at least 1"));
+    }
+    let mut sampler = Sampler::new(request.sampling.clone())?;
+    model.check_input_ids(&request.input_ids)?;
+    let capacity = request.input_ids.len() + request.max_new_tokens;
+    let mut session = model.new_session(capacity)?;
+    session.sliding_window = request.sliding_window;
+    let eos: Vec<u32> = if request.ignore_eos { Vec::new() } else { model.config().eos_token_ids.clone() };
+    let is_stop = |id: u32| eos.contains(&id) || request.stop_token_ids.contains(&id);
+
+    if is_cancelled() {
+        return Err(Error::Aborted);
+    }
+    let started = Instant::now();
+    let mut history = request.input_ids.clone();
+    let mut logits = model.prefill(&mut session, &request.input_ids, &request.pixel_values)?;
+    let mut token_ids = Vec::new();
+    let mut timings = Timings { prompt_tokens: request.input_ids.len(), ..Default::default() };
+    let mut decode_started = None;
+    let finish_reason = loop {
+        let id = choose(&logits, &mut sampler, &history)?;
+        if decode_started.is_none() {
+            timings.prefill_ms = started.elapsed().as_secs_f64() * 1e3;
+            decode_started = Some(Instant::now());
+        }
+        if is_stop(id) {
+            break FinishReason::Eos;
+        }
+        token_ids.push(id);
+        history.push(id);
+        if on_token(id) == Control::Stop {
+            break FinishReason::Stop;
+        }
+        if token_ids.len() >= request.max_new_tokens {
+            break FinishReason::Length;
+        }
+        if is_cancelled() {
+            return Err(Error::Aborted);
+        }
+        logits = model.step(&mut session, id)?;
+    };
+    timings.decode_ms = decode_started.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+    timings.generated_tokens = token_ids.len();
+    Ok(GenerateOutput { token_ids, finish_reason, timings })
+}

@@ -1,0 +1,28 @@
+//! PaliGemma and PaliGemma 2 inference, written from scratch on candle.
+//!
+//! The data path, one module per stage: [`image`] (bytes → pixels) → [`prompt`] (text → token
+//! ids) → [`vision`] (SigLIP) → [`model`] (projector, embedding merge) → [`decoder`] (Gemma /
+//! Gemma 2, [`attention`], [`kv_cache`], [`rotary`]) → logits → [`sampler`] → [`generate`] (the
+//! loop) → text. [`config`] and [`weights`] describe and load a checkpoint; [`convert`] turns
+//! Google's big_vision `.npz` files into the Hugging Face layout.
+
+pub mod attention;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod generate;
+pub mod kv_cache;
+pub mod layers;
+pub mod model;
+pub mod rotary;
+pub mod sampler;
+pub mod vision;
+pub mod weights;
+
+pub use candle_core::{DType, Device};
+pub use config::{Architecture, Config, LayerType, TextConfig, VisionConfig};
+pub use error::{Error, ErrorCode, Result};
+pub use generate::{generate, Control, FinishReason, GenerateOutput, GenerateRequest, Timings};
+pub use model::{LoadOptions, PaliGemma, Session};
+pub use sampler::SamplingParams;
+pub use weights::{LoadMonitor, Weights};

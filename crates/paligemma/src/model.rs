@@ -1,0 +1,238 @@
+//! PaliGemma = SigLIP vision tower + linear projector + Gemma/Gemma 2 decoder (spec §2.1).
+//!
+//! The model is immutable after loading and every method takes `&self`; per-request state (the
+//! KV cache and position) lives in a [`Session`] owned by the caller.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::Config;
+use crate::decoder::{Decoder, LogitsFor, Step};
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::layers::Linear;
+use crate::vision::VisionTower;
+use crate::weights::{LoadMonitor, Scope, Weights};
+
+/// How to load a model.
+pub struct LoadOptions<'a> {
+    pub device: Device,
+    /// Compute dtype. On CPU candle has no bf16 matmul, so use f32 (or f16).
+    pub dtype: DType,
+    pub monitor: LoadMonitor<'a>,
+    /// Apply Gemma 2's `final_logit_softcapping` from the config. Off by default: the
+    /// reference (`PaliGemmaForConditionalGeneration` in transformers 5.x) applies its LM head
+    /// without it, and big_vision's transfer recipe sets it to 0. The cap is monotonic, so
+    /// greedy output is the same either way; only sampled output and raw logits differ.
+    pub final_logit_softcap: bool,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            monitor: LoadMonitor { on_progress: None, is_cancelled: None },
+            final_logit_softcap: false,
+        }
+    }
+}
+
+/// Per-request inference state: the KV cache and how much of the sequence it holds.
+pub struct Session {
+    cache: KvCache,
+    prefix_len: usize,
+    /// Apply Gemma 2's sliding window on its sliding layers (off by default, spec §2.5).
+    pub sliding_window: bool,
+}
+
+impl Session {
+    /// Tokens processed so far.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+    pub fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+}
+
+pub struct PaliGemma {
+    config: Config,
+    vision: VisionTower,
+    projector: Linear,
+    decoder: Decoder,
+    device: Device,
+    dtype: DType,
+}
+
+impl PaliGemma {
+    /// Loads `config.json` and the safetensors weights of a Hugging Face-layout folder.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        let config = Config::from_dir(dir)?;
+        let weights = Weights::open(dir)?;
+        Self::from_weights(config, &weights, options)
+    }
+
+    /// Builds the model from an already parsed config and opened weights.
+    pub fn from_weights(config: Config, weights: &Weights, options: &LoadOptions) -> Result<Self> {
+        if options.device.is_cpu() && options.dtype == DType::BF16 {
+            return Err(Error::invalid("dtype", "bf16 is not supported on the CPU (candle has no bf16 matmul there); use f32 or f16"));
+        }
+        if !matches!(options.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::invalid("dtype", format!("{:?} is not a supported compute dtype", options.dtype)));
+        }
+        let root = Scope::new(weights, options.dtype, &options.device, &options.monitor);
+        let vision = VisionTower::load(&root.pp("vision_tower"), &config.vision)?;
+        let projector = Linear::load(
+            &root.pp("multi_modal_projector.linear"),
+            config.vision.hidden_size,
+            config.text.hidden_size,
+            true,
+        )?;
+        let mut text = config.text.clone();
+        if !options.final_logit_softcap {
+            text.final_logit_softcapping = None;
+        }
+        let decoder = Decoder::load(&root.pp("language_model"), &text, config.architecture)?;
+        Ok(PaliGemma { config, vision, projector, decoder, device: options.device.clone(), dtype: options.dtype })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Checks and uploads `3·R·R` CHW floats as `[1, 3, R, R]`.
+    pub fn pixel_tensor(&self, pixel_values: &[f32]) -> Result<Tensor> {
+        let r = self.config.vision.image_size;
+        let expected = 3 * r * r;
+        if pixel_values.len() != expected {
+            return Err(Error::invalid(
+                "pixelValues",
+                format!("has {} values; this model takes 3×{r}×{r} = {expected} (CHW float32)", pixel_values.len()),
+            ));
+        }
+        if let Some(i) = pixel_values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid("pixelValues", format!("value {i} is not a finite number")));
+        }
+        Ok(Tensor::from_slice(pixel_values, (1, 3, r, r), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// The vision tower's `last_hidden_state`, `[B, P, D_vision]`.
+    pub fn vision_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.vision.forward(pixels)
+    }
+
+    /// Projected image embeddings `[B, P, D]`; they enter the decoder unscaled (spec §2.3).
+    pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.projector.forward(&self.vision.forward(pixels)?)
+    }
+
+    /// Validates token ids against the vocabulary and the image-token count.
+    pub fn check_input_ids(&self, input_ids: &[u32]) -> Result<()> {
+        if input_ids.is_empty() {
+            return Err(Error::invalid("inputIds", "is empty"));
+        }
+        let vocab = self.config.text.vocab_size;
+        let image_id = self.config.image_token_id;
+        let mut images = 0;
+        for (i, &id) in input_ids.iter().enumerate() {
+            if id == image_id {
+                images += 1;
+            } else if id as usize >= vocab {
+                return Err(Error::invalid("inputIds", format!("id {id} at index {i} is outside the vocabulary of {vocab}")));
+            }
+        }
+        let p = self.config.num_image_tokens();
+        if images != p {
+            return Err(Error::invalid(
+                "inputIds",
+                format!("contains {images} image tokens (id {image_id}); this model expects exactly {p}, one per image patch"),
+            ));
+        }
+        let max = self.decoder.max_positions();
+        if input_ids.len() > max {
+            return Err(Error::invalid("inputIds", format!("has {} tokens; the model supports at most {max} positions", input_ids.len())));
+        }
+        Ok(())
+    }
+
+    /// Text embeddings with image rows replaced, in order, by `image_features` (spec §2.3).
+    fn embed(&self, input_ids: &[u32], image_features: &Tensor) -> Result<Tensor> {
+        let image_id = self.config.image_token_id;
+        let features = image_features.squeeze(0)?;
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        let mut image_row = 0;
+        while start < input_ids.len() {
+            let is_image = input_ids[start] == image_id;
+            let end = input_ids[start..].iter().position(|&id| (id == image_id) != is_image).map_or(input_ids.len(), |n| start + n);
+            if is_image {
+                pieces.push(features.narrow(0, image_row, end - start)?);
+                image_row += end - start;
+            } else {
+                pieces.push(self.decoder.embed_text(&input_ids[start..end])?);
+            }
+            start = end;
+        }
+        Ok(Tensor::cat(&pieces, 0)?.unsqueeze(0)?)
+    }
+
+    /// Logits for every position of a prompt, `[T, vocab]` as f32 (the whole prompt attends
+    /// bidirectionally, as in the reference's prefill).
+    pub fn forward(&self, input_ids: &[u32], pixel_values: &[f32]) -> Result<Tensor> {
+        self.check_input_ids(input_ids)?;
+        let pixels = self.pixel_tensor(pixel_values)?;
+        let mut session = self.new_session(input_ids.len())?;
+        let embeds = self.embed(input_ids, &self.image_features(&pixels)?)?;
+        let step = Step { offset: 0, prefix_len: input_ids.len(), sliding_window: session.sliding_window };
+        let logits = self.decoder.forward(&embeds, &mut session.cache, step, LogitsFor::All)?;
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+
+    /// A fresh session able to hold `capacity` tokens.
+    pub fn new_session(&self, capacity: usize) -> Result<Session> {
+        let t = &self.config.text;
+        let max = self.decoder.max_positions();
+        if capacity > max {
+            return Err(Error::invalid("maxNewTokens", format!("prompt plus new tokens need {capacity} positions; the model supports {max}")));
+        }
+        let cache = KvCache::new(self.decoder.num_layers(), 1, t.num_key_value_heads, t.head_dim, capacity, self.dtype, &self.device)?;
+        Ok(Session { cache, prefix_len: 0, sliding_window: false })
+    }
+
+    /// Runs the prompt (vision tower, projector, decoder) into an empty session and returns the
+    /// logits of its last position, `[vocab]`.
+    pub fn prefill(&self, session: &mut Session, input_ids: &[u32], pixel_values: &[f32]) -> Result<Tensor> {
+        self.check_input_ids(input_ids)?;
+        if !session.is_empty() {
+            return Err(Error::invalid("session", "prefill needs an empty session"));
+        }
+        let pixels = self.pixel_tensor(pixel_values)?;
+        let embeds = self.embed(input_ids, &self.image_features(&pixels)?)?;
+        session.prefix_len = input_ids.len();
+        let step = Step { offset: 0, prefix_len: session.prefix_len, sliding_window: session.sliding_window };
+        let logits = self.decoder.forward(&embeds, &mut session.cache, step, LogitsFor::Last)?;
+        Ok(logits.flatten_all()?)
+    }
+
+    /// Feeds one generated token and returns the next distribution's logits, `[vocab]`.
+    pub fn step(&self, session: &mut Session, token: u32) -> Result<Tensor> {
+        if token as usize >= self.config.text.vocab_size {
+            return Err(Error::invalid("token", format!("{token} is outside the vocabulary")));
+        }
+        let embeds = self.decoder.embed_text(&[token])?.unsqueeze(0)?;
+        let step = Step { offset: session.len(), prefix_len: session.prefix_len, sliding_window: session.sliding_window };
+        let logits = self.decoder.forward(&embeds, &mut session.cache, step, LogitsFor::Last)?;
+        Ok(logits.flatten_all()?)
+    }
+}

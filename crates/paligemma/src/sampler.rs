@@ -1,0 +1,226 @@
+//! Next-token choice from logits: greedy, or seeded sampling with repetition penalty,
+//! temperature, top-k and top-p applied in transformers' order and with its definitions.
+
+use crate::error::{Error, Result};
+
+/// Sampling parameters of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (the default).
+    pub temperature: f64,
+    /// Keep only the `k` most likely tokens; 0 disables.
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches `p`; 1 disables.
+    pub top_p: f64,
+    /// >1 discourages tokens already in the sequence (prompt included, as transformers does).
+    pub repetition_penalty: f64,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    /// Rejects values outside their documented ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::invalid("temperature", format!("{} must be a finite number ≥ 0", self.temperature)));
+        }
+        if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::invalid("topP", format!("{} must be in (0, 1]", self.top_p)));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(Error::invalid("repetitionPenalty", format!("{} must be a finite number > 0", self.repetition_penalty)));
+        }
+        Ok(())
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+/// A small, fast, seedable generator (SplitMix64); the same seed gives the same tokens on every
+/// platform.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        let rng = Rng::new(params.seed);
+        Ok(Sampler { params, rng })
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Chooses the next token. `history` is every id so far (for the repetition penalty).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            let penalty = p.repetition_penalty as f32;
+            let mut seen = vec![false; logits.len()];
+            for &id in history {
+                if let Some(s) = seen.get_mut(id as usize) {
+                    if !*s {
+                        *s = true;
+                        let l = &mut logits[id as usize];
+                        *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
+                    }
+                }
+            }
+        }
+        if p.is_greedy() {
+            return argmax(logits);
+        }
+        let inv_t = 1.0 / p.temperature as f32;
+        let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)).collect();
+        // Descending by logit; ties keep the lower id first so results are deterministic.
+        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if p.top_k > 0 && p.top_k < candidates.len() {
+            candidates.truncate(p.top_k);
+        }
+        let max = candidates[0].1;
+        let mut probs: Vec<f64> = candidates.iter().map(|&(_, l)| ((l - max) as f64).exp()).collect();
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= sum);
+        if p.top_p < 1.0 {
+            // transformers' TopPLogitsWarper: walking up from the least likely token, drop
+            // tokens while their cumulative probability is ≤ 1 − top_p; always keep one.
+            let mut cumulative_from_low = 0.0;
+            let mut keep = probs.len();
+            for i in (0..probs.len()).rev() {
+                cumulative_from_low += probs[i];
+                if cumulative_from_low <= 1.0 - p.top_p {
+                    keep = i;
+                } else {
+                    break;
+                }
+            }
+            let keep = keep.max(1);
+            candidates.truncate(keep);
+            probs.truncate(keep);
+            let s: f64 = probs.iter().sum();
+            probs.iter_mut().for_each(|x| *x /= s);
+        }
+        let r = self.rng.next_f64();
+        let mut acc = 0.0;
+        for (i, &pr) in probs.iter().enumerate() {
+            acc += pr;
+            if r < acc {
+                return candidates[i].0;
+            }
+        }
+        candidates[candidates.len() - 1].0
+    }
+}
+
+/// Index of the largest value; the first one on ties (as `torch.argmax`). NaNs never win.
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &v) in values.iter().enumerate() {
+        if v > best_value {
+            best = i;
+            best_value = v;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f64) -> SamplingParams {
+        SamplingParams { temperature, seed: 7, ..Default::default() }
+    }
+
+    #[test]
+    fn greedy_picks_first_maximum() {
+        let mut s = Sampler::new(SamplingParams::default()).unwrap();
+        assert_eq!(s.sample(&mut [0.0, 3.0, 3.0, -1.0], &[]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_different_seed_differs() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let draw = |seed| {
+            let mut s = Sampler::new(SamplingParams { seed, ..params(1.0) }).unwrap();
+            (0..40).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(1), draw(1));
+        assert_ne!(draw(1), draw(2));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let mut s = Sampler::new(SamplingParams { top_k: 1, ..params(5.0) }).unwrap();
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut [0.1, 0.5, 0.2], &[]), 1);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_sufficient_set() {
+        // probabilities ≈ [0.665, 0.245, 0.09]: top_p 0.6 keeps only the first.
+        let logits = [2.0f32, 1.0, 0.0];
+        let mut s = Sampler::new(SamplingParams { top_p: 0.6, ..params(1.0) }).unwrap();
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut logits.clone(), &[]), 0);
+        }
+        // top_p 0.8 keeps two, never the third.
+        let mut s = Sampler::new(SamplingParams { top_p: 0.8, ..params(1.0) }).unwrap();
+        let picks: Vec<u32> = (0..200).map(|_| s.sample(&mut logits.clone(), &[])).collect();
+        assert!(picks.contains(&1) && !picks.contains(&2));
+    }
+
+    #[test]
+    fn repetition_penalty_follows_transformers() {
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() }).unwrap();
+        let mut logits = [4.0f32, 3.0, -1.0];
+        s.sample(&mut logits, &[0, 2, 0]);
+        assert_eq!(logits, [2.0, 3.0, -2.0]);
+    }
+
+    #[test]
+    fn invalid_parameters_are_rejected() {
+        for bad in [
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { temperature: f64::NAN, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { top_p: 1.5, ..Default::default() },
+            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+        ] {
+            let err = Sampler::new(bad).err().expect("must be rejected");
+            assert_eq!(err.code(), crate::ErrorCode::InvalidArgument);
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! SigLIP So400m/14 vision tower (spec §2.2): patch embedding, learned positions, pre-LN encoder
+//! blocks with bidirectional attention, post-layernorm. No pooling head.
+
+use candle_core::Tensor;
+
+use crate::attention::{attend, AttentionSpec};
+use crate::config::VisionConfig;
+use crate::error::Result;
+use crate::layers::{gelu_tanh, LayerNorm, Linear};
+use crate::weights::Scope;
+
+/// Conv2d(3→D, kernel = stride = patch) written as one matmul over flattened patches.
+struct PatchEmbedding {
+    /// `[D, 3·p·p]`, the conv kernel flattened in (channel, row, col) order.
+    proj: Linear,
+    position: Tensor,
+    patch: usize,
+    grid: usize,
+}
+
+impl PatchEmbedding {
+    fn load(scope: &Scope, cfg: &VisionConfig) -> Result<Self> {
+        let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
+        let conv = scope.pp("patch_embedding");
+        let weight = conv.get(&[d, c, p, p], "weight")?.reshape((d, c * p * p))?;
+        let bias = conv.get(&[d], "bias")?;
+        let position = scope.pp("position_embedding").get(&[cfg.num_patches(), d], "weight")?;
+        let proj = Linear::from_parts(weight, Some(bias));
+        Ok(PatchEmbedding { proj, position, patch: p, grid: cfg.grid_size() })
+    }
+
+    /// `[B, 3, R, R]` → `[B, P, D]`, patches in row-major order (index = row·grid + col).
+    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, _, _) = pixels.dims4()?;
+        let (g, p) = (self.grid, self.patch);
+        let patches = pixels
+            .reshape((b, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, g * g, c * p * p))?;
+        Ok(self.proj.forward(&patches)?.broadcast_add(&self.position)?)
+    }
+}
+
+struct EncoderLayer {
+    norm1: LayerNorm,
+    qkv: Linear,
+    out_proj: Linear,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl EncoderLayer {
+    fn load(scope: &Scope, cfg: &VisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let attn = scope.pp("self_attn");
+        let q = Linear::load(&attn.pp("q_proj"), d, d, true)?;
+        let k = Linear::load(&attn.pp("k_proj"), d, d, true)?;
+        let v = Linear::load(&attn.pp("v_proj"), d, d, true)?;
+        let mlp = scope.pp("mlp");
+        Ok(EncoderLayer {
+            norm1: LayerNorm::load(&scope.pp("layer_norm1"), d, cfg.layer_norm_eps)?,
+            qkv: Linear::fused(&[q, k, v])?,
+            out_proj: Linear::load(&attn.pp("out_proj"), d, d, true)?,
+            norm2: LayerNorm::load(&scope.pp("layer_norm2"), d, cfg.layer_norm_eps)?,
+            fc1: Linear::load(&mlp.pp("fc1"), d, cfg.intermediate_size, true)?,
+            fc2: Linear::load(&mlp.pp("fc2"), cfg.intermediate_size, d, true)?,
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let (h, hd) = (self.heads, self.head_dim);
+        let qkv = self.qkv.forward(&self.norm1.forward(x)?)?.reshape((b, t, 3, h, hd))?.permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let spec = AttentionSpec { scale: (hd as f64).powf(-0.5), softcap: None };
+        let attn = attend(&q, &k, &v, None, &spec)?.reshape((b, t, d))?;
+        let x = (x + self.out_proj.forward(&attn)?)?;
+        let y = self.fc2.forward(&gelu_tanh(&self.fc1.forward(&self.norm2.forward(&x)?)?)?)?;
+        Ok((x + y)?)
+    }
+}
+
+/// The whole vision tower; its output is `last_hidden_state` (after `post_layernorm`).
+pub struct VisionTower {
+    embeddings: PatchEmbedding,
+    layers: Vec<EncoderLayer>,
+    post_layernorm: LayerNorm,
+    image_size: usize,
+}
+
+impl VisionTower {
+    pub fn load(scope: &Scope, cfg: &VisionConfig) -> Result<Self> {
+        let embeddings = PatchEmbedding::load(&scope.pp("embeddings"), cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::load(&scope.pp("encoder.layers").pp(i), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let post_layernorm = LayerNorm::load(&scope.pp("post_layernorm"), cfg.hidden_size, cfg.layer_norm_eps)?;
+        Ok(VisionTower { embeddings, layers, post_layernorm, image_size: cfg.image_size })
+    }
+
+    /// `[B, 3, R, R]` pixels in [-1, 1] → `[B, P, D_vision]`.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(pixels)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        self.post_layernorm.forward(&x)
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+}

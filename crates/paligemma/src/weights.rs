@@ -1,0 +1,321 @@
+//! Safetensors checkpoints: memory-mapped files (single or sharded), tensor-name normalisation
+//! across transformers versions (spec §5.2), shape checks and dtype conversion on load.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype as StDtype, TensorInfo};
+
+use crate::error::{Error, Result};
+
+/// One memory-mapped `.safetensors` file with its parsed header.
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+/// Where one canonical tensor lives.
+struct Location {
+    file: usize,
+    raw_name: String,
+}
+
+/// Reports progress and checks for cancellation while tensors are materialised.
+pub struct LoadMonitor<'a> {
+    /// Called with (loaded bytes, total bytes) after each tensor.
+    pub on_progress: Option<&'a (dyn Fn(u64, u64) + Sync)>,
+    /// Returns true when the caller has given up; loading stops with [`Error::Aborted`].
+    pub is_cancelled: Option<&'a (dyn Fn() -> bool + Sync)>,
+}
+
+/// All tensors of a checkpoint folder, addressed by canonical name.
+pub struct Weights {
+    files: Vec<MappedFile>,
+    index: HashMap<String, Location>,
+    total_bytes: u64,
+    loaded_bytes: AtomicU64,
+}
+
+/// Maps any known tensor name to the canonical one, or `None` for tensors we ignore.
+///
+/// Canonical names drop the wrappers that moved between transformers versions:
+/// `vision_tower.…` (no `vision_model`), `multi_modal_projector.…`, `language_model.…` (no inner
+/// `model`). `lm_head` is ignored because PaliGemma always ties it to `embed_tokens`.
+pub fn canonical_name(raw: &str) -> Option<String> {
+    let mut name = raw;
+    if let Some(rest) = name.strip_prefix("model.") {
+        if ["language_model.", "vision_tower.", "multi_modal_projector."].iter().any(|p| rest.starts_with(p)) {
+            name = rest;
+        }
+    }
+    if name.starts_with("lm_head.") || name.starts_with("language_model.lm_head.") {
+        return None;
+    }
+    let name = if let Some(rest) = name.strip_prefix("language_model.model.") {
+        format!("language_model.{rest}")
+    } else if let Some(rest) = name.strip_prefix("vision_tower.vision_model.") {
+        format!("vision_tower.{rest}")
+    } else {
+        name.to_string()
+    };
+    Some(name)
+}
+
+impl Weights {
+    /// Opens `model.safetensors`, or every shard named by `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let paths = if index_path.exists() {
+            shard_paths(&index_path, dir)?
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(Error::Weights(format!(
+                "no weights in {}: expected model.safetensors or model.safetensors.index.json",
+                dir.display()
+            )));
+        };
+        Self::open_files(&paths)
+    }
+
+    /// Opens an explicit list of safetensors files.
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = HashMap::new();
+        let mut total_bytes = 0u64;
+        for path in paths {
+            let file = map_file(path)?;
+            for (raw, info) in &file.tensors {
+                total_bytes += (info.data_offsets.1 - info.data_offsets.0) as u64;
+                let Some(canonical) = canonical_name(raw) else { continue };
+                let location = Location { file: files.len(), raw_name: raw.clone() };
+                if let Some(previous) = index.insert(canonical.clone(), location) {
+                    let other = &files.get(previous.file).map(|f: &MappedFile| f.path.clone()).unwrap_or_else(|| path.clone());
+                    return Err(Error::Weights(format!(
+                        "tensor `{canonical}` appears twice (as `{}` in {} and as `{raw}` in {})",
+                        previous.raw_name,
+                        other.display(),
+                        path.display()
+                    )));
+                }
+            }
+            files.push(file);
+        }
+        Ok(Weights { files, index, total_bytes, loaded_bytes: AtomicU64::new(0) })
+    }
+
+    /// Bytes of tensor data across all files.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Whether a canonical tensor name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Canonical names of all tensors.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// Loads a tensor, checks its shape and converts it to `dtype` on `device`.
+    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device, monitor: &LoadMonitor) -> Result<Tensor> {
+        if monitor.is_cancelled.is_some_and(|c| c()) {
+            return Err(Error::Aborted);
+        }
+        let loc = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), expected: shape.to_vec() })?;
+        let file = &self.files[loc.file];
+        let info = &file.tensors[&loc.raw_name];
+        if info.shape != shape {
+            return Err(Error::TensorShape { name: name.to_string(), expected: shape.to_vec(), found: info.shape.clone() });
+        }
+        let file_dtype = match info.dtype {
+            StDtype::F32 => DType::F32,
+            StDtype::BF16 => DType::BF16,
+            StDtype::F16 => DType::F16,
+            other => {
+                return Err(Error::Weights(format!(
+                    "tensor `{name}` in {} has dtype {other:?}; only F32, BF16 and F16 are supported",
+                    file.path.display()
+                )))
+            }
+        };
+        let (begin, end) = (file.data_start + info.data_offsets.0, file.data_start + info.data_offsets.1);
+        let bytes = &file.mmap[begin..end];
+        let host = Tensor::from_raw_buffer(bytes, file_dtype, shape, &Device::Cpu)?;
+        // The copy now lives on the heap; let the kernel drop the mapped pages so RSS does not
+        // hold the checkpoint twice.
+        release_pages(&file.mmap, begin, end - begin);
+        let tensor = if device.is_cpu() {
+            host.to_dtype(dtype)?
+        } else {
+            host.to_device(device)?.to_dtype(dtype)?
+        };
+        let loaded = self.loaded_bytes.fetch_add((end - begin) as u64, Ordering::Relaxed) + (end - begin) as u64;
+        if let Some(progress) = monitor.on_progress {
+            progress(loaded, self.total_bytes);
+        }
+        Ok(tensor)
+    }
+
+    /// Reads a tensor as stored, without shape expectations (for inspection and conversion).
+    pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
+        let loc = self.index.get(name)?;
+        Some(&self.files[loc.file].tensors[&loc.raw_name].shape)
+    }
+}
+
+fn release_pages(mmap: &Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        // SAFETY: the mapping is private and read-only; MADV_DONTNEED only discards resident
+        // pages, which the kernel reloads from the file if they are read again.
+        let page = 4096;
+        let start = offset.div_ceil(page) * page;
+        let stop = (offset + len) / page * page;
+        if stop > start {
+            let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, stop - start) };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (mmap, offset, len);
+}
+
+fn shard_paths(index_path: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Weights(format!("{} is not valid JSON: {e}", index_path.display())))?;
+    let map = value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+        Error::Weights(format!("{} has no `weight_map` object", index_path.display()))
+    })?;
+    let mut names: Vec<&str> = Vec::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            Error::Weights(format!("{}: weight_map[`{tensor}`] is not a file name", index_path.display()))
+        })?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(Error::Weights(format!(
+                "{}: shard name `{file}` must be a plain file name in the model folder",
+                index_path.display()
+            )));
+        }
+        if !names.contains(&file) {
+            names.push(file);
+        }
+    }
+    if names.is_empty() {
+        return Err(Error::Weights(format!("{}: weight_map is empty", index_path.display())));
+    }
+    names.sort_unstable();
+    let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    for p in &paths {
+        if !p.is_file() {
+            return Err(Error::Weights(format!(
+                "{} names shard {}, which does not exist",
+                index_path.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(paths)
+}
+
+fn map_file(path: &Path) -> Result<MappedFile> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len < 8 {
+        return Err(Error::Weights(format!(
+            "{} is not a safetensors file: {len} bytes is shorter than the 8-byte header length",
+            path.display()
+        )));
+    }
+    // SAFETY: the file is opened read-only; like every mmap-based loader we rely on the user not
+    // truncating the checkpoint while it is being loaded.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap[..])
+        .map_err(|e| Error::Weights(format!("{} is not a valid safetensors file: {e}", path.display())))?;
+    let data_start = 8 + header_len;
+    let data_len = mmap.len() - data_start;
+    let mut tensors = HashMap::new();
+    for (name, info) in metadata.tensors() {
+        if info.data_offsets.1 > data_len || info.data_offsets.0 > info.data_offsets.1 {
+            return Err(Error::Weights(format!(
+                "{}: tensor `{name}` points at bytes {}..{} beyond the {data_len} bytes of data",
+                path.display(),
+                info.data_offsets.0,
+                info.data_offsets.1
+            )));
+        }
+        tensors.insert(name, info.clone());
+    }
+    Ok(MappedFile { path: path.to_path_buf(), mmap, data_start, tensors })
+}
+
+/// A prefix into [`Weights`] with a target dtype and device, in the style of candle's
+/// `VarBuilder` but with errors that name the tensor and both shapes.
+#[derive(Clone, Copy)]
+pub struct WeightPath<'a> {
+    weights: &'a Weights,
+    prefix: &'a str,
+    dtype: DType,
+    device: &'a Device,
+    monitor: &'a LoadMonitor<'a>,
+}
+
+/// Owned variant used to build nested prefixes.
+pub struct Scope<'a> {
+    weights: &'a Weights,
+    prefix: String,
+    dtype: DType,
+    device: &'a Device,
+    monitor: &'a LoadMonitor<'a>,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(weights: &'a Weights, dtype: DType, device: &'a Device, monitor: &'a LoadMonitor<'a>) -> Self {
+        Scope { weights, prefix: String::new(), dtype, device, monitor }
+    }
+    /// A nested scope `prefix.name`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Scope<'a> {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Scope { weights: self.weights, prefix, dtype: self.dtype, device: self.device, monitor: self.monitor }
+    }
+    /// Loads `prefix.name` with the given shape.
+    pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        self.path().get(shape, name)
+    }
+    /// Loads `prefix.name` in an explicit dtype (e.g. norms kept in f32).
+    pub fn get_as(&self, shape: &[usize], name: &str, dtype: DType) -> Result<Tensor> {
+        WeightPath { dtype, ..self.path() }.get(shape, name)
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &'a Device {
+        self.device
+    }
+    fn path(&self) -> WeightPath<'_> {
+        WeightPath { weights: self.weights, prefix: &self.prefix, dtype: self.dtype, device: self.device, monitor: self.monitor }
+    }
+}
+
+impl<'a> WeightPath<'a> {
+    fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        let full = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        self.weights.get(&full, shape, self.dtype, self.device, self.monitor)
+    }
+}
+
+#[cfg(test)]
+mod tests;
