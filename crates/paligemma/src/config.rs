@@ -11,6 +11,12 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+pub mod manifest;
+pub mod presets;
+
+pub use manifest::TensorSpec;
+pub use presets::{preset, preset_json, PRESET_NAMES};
+
 /// Which decoder family the checkpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {

@@ -67,6 +67,13 @@ pub fn canonical_name(raw: &str) -> Option<String> {
     Some(name)
 }
 
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let paths: Vec<_> = self.files.iter().map(|file| file.path.display().to_string()).collect();
+        f.debug_struct("Weights").field("files", &paths).field("tensors", &self.index.len()).finish()
+    }
+}
+
 impl Weights {
     /// Opens `model.safetensors`, or every shard named by `model.safetensors.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {
