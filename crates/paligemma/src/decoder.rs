@@ -225,7 +225,7 @@ impl Decoder {
         }
         cache.advance(t);
         if logits_for == LogitsFor::Last {
-            x = x.narrow(1, t - 1, 1)?;
+            x = x.narrow(1, t - 1, 1)?.contiguous()?;
         }
         let h = self.norm.forward(&x)?;
         let (b, rows, d) = h.dims3()?;

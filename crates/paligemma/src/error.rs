@@ -115,7 +115,10 @@ impl Error {
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
-        Error::Internal(e.to_string())
+        // candle appends a captured backtrace when RUST_BACKTRACE is set; users get the cause.
+        let text = e.to_string();
+        let cause = text.split("\n   0:").next().unwrap_or(&text).trim_end();
+        Error::Internal(cause.to_string())
     }
 }
 

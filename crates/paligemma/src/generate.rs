@@ -138,3 +138,78 @@ pub fn generate(
     timings.generated_tokens = token_ids.len();
     Ok(GenerateOutput { token_ids, finish_reason, timings })
 }
+
+/// Generates for several requests in lockstep: one vision pass over all images, one prefill,
+/// then one decode step per token for the whole batch (weights are read once per step for all
+/// sequences, which is what makes batching pay on a GPU). Prompts must have equal length.
+/// Sequences that finish early keep stepping with their last token; their outputs are
+/// ignored. Per-token callbacks are not offered here; use [`generate`] for streaming.
+pub fn generate_batch(model: &PaliGemma, requests: &[GenerateRequest], is_cancelled: &dyn Fn() -> bool) -> Result<Vec<GenerateOutput>> {
+    let first = requests.first().ok_or_else(|| Error::invalid("requests", "is empty"))?;
+    if requests.iter().any(|r| r.max_new_tokens == 0) {
+        return Err(Error::invalid("maxNewTokens", "must be at least 1"));
+    }
+    let max_new = requests.iter().map(|r| r.max_new_tokens).max().unwrap_or(1);
+    let mut samplers = requests.iter().map(|r| Sampler::new(r.sampling.clone())).collect::<Result<Vec<_>>>()?;
+    let mut session = model.new_batch_session(requests.len(), first.input_ids.len() + max_new)?;
+    session.sliding_window = first.sliding_window;
+    let prompts: Vec<&[u32]> = requests.iter().map(|r| r.input_ids.as_slice()).collect();
+    let images: Vec<&[f32]> = requests.iter().map(|r| r.pixel_values.as_slice()).collect();
+    let eos = &model.config().eos_token_ids;
+
+    let started = Instant::now();
+    let mut logits = model.prefill_batch(&mut session, &prompts, &images)?;
+    let mut outputs: Vec<Option<FinishReason>> = vec![None; requests.len()];
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); requests.len()];
+    let mut histories: Vec<Vec<u32>> = requests.iter().map(|r| r.input_ids.clone()).collect();
+    let mut prefill_ms = None;
+    loop {
+        let all_greedy = samplers.iter().all(|s| s.params().is_greedy() && s.params().repetition_penalty == 1.0);
+        let chosen: Vec<u32> = if all_greedy {
+            logits.argmax(1)?.to_vec1::<u32>()?
+        } else {
+            (0..requests.len()).map(|b| choose(&logits.get(b)?, &mut samplers[b], &histories[b])).collect::<Result<_>>()?
+        };
+        prefill_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
+        let mut next = Vec::with_capacity(requests.len());
+        for (b, &id) in chosen.iter().enumerate() {
+            let r = &requests[b];
+            if outputs[b].is_none() {
+                if (!r.ignore_eos && eos.contains(&id)) || r.stop_token_ids.contains(&id) {
+                    outputs[b] = Some(FinishReason::Eos);
+                } else {
+                    tokens[b].push(id);
+                    histories[b].push(id);
+                    if tokens[b].len() >= r.max_new_tokens {
+                        outputs[b] = Some(FinishReason::Length);
+                    }
+                }
+            }
+            next.push(tokens[b].last().copied().unwrap_or(id));
+        }
+        if outputs.iter().all(Option::is_some) {
+            break;
+        }
+        if is_cancelled() {
+            return Err(Error::Aborted);
+        }
+        logits = model.step_batch(&mut session, &next)?;
+    }
+    let total_ms = started.elapsed().as_secs_f64() * 1e3;
+    let prefill_ms = prefill_ms.unwrap_or(total_ms);
+    Ok(tokens
+        .into_iter()
+        .zip(outputs)
+        .zip(requests)
+        .map(|((token_ids, reason), r)| GenerateOutput {
+            timings: Timings {
+                prefill_ms,
+                decode_ms: total_ms - prefill_ms,
+                prompt_tokens: r.input_ids.len(),
+                generated_tokens: token_ids.len(),
+            },
+            token_ids,
+            finish_reason: reason.unwrap_or(FinishReason::Length),
+        })
+        .collect())
+}

@@ -8,21 +8,25 @@
 
 pub mod attention;
 pub mod config;
+pub mod convert;
 pub mod decoder;
 pub mod error;
 pub mod generate;
+pub mod image;
 pub mod kv_cache;
 pub mod layers;
 pub mod model;
+pub mod prompt;
 pub mod rotary;
 pub mod sampler;
+pub mod segmentation;
 pub mod vision;
 pub mod weights;
 
 pub use candle_core::{DType, Device};
 pub use config::{Architecture, Config, LayerType, TextConfig, VisionConfig};
 pub use error::{Error, ErrorCode, Result};
-pub use generate::{generate, Control, FinishReason, GenerateOutput, GenerateRequest, Timings};
+pub use generate::{generate, generate_batch, Control, FinishReason, GenerateOutput, GenerateRequest, Timings};
 pub use model::{LoadOptions, PaliGemma, Session};
 pub use sampler::SamplingParams;
 pub use weights::{LoadMonitor, Weights};

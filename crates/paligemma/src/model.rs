@@ -43,6 +43,7 @@ impl Default for LoadOptions<'_> {
 pub struct Session {
     cache: KvCache,
     prefix_len: usize,
+    batch: usize,
     /// Apply Gemma 2's sliding window on its sliding layers (off by default, spec §2.5).
     pub sliding_window: bool,
 }
@@ -57,6 +58,10 @@ impl Session {
     }
     pub fn capacity(&self) -> usize {
         self.cache.capacity()
+    }
+    /// Sequences decoded together.
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 }
 
@@ -113,18 +118,27 @@ impl PaliGemma {
 
     /// Checks and uploads `3·R·R` CHW floats as `[1, 3, R, R]`.
     pub fn pixel_tensor(&self, pixel_values: &[f32]) -> Result<Tensor> {
+        self.pixel_batch(&[pixel_values])
+    }
+
+    /// Checks and uploads one image per sequence as `[B, 3, R, R]`.
+    pub fn pixel_batch(&self, images: &[&[f32]]) -> Result<Tensor> {
         let r = self.config.vision.image_size;
         let expected = 3 * r * r;
-        if pixel_values.len() != expected {
-            return Err(Error::invalid(
-                "pixelValues",
-                format!("has {} values; this model takes 3×{r}×{r} = {expected} (CHW float32)", pixel_values.len()),
-            ));
+        let mut all = Vec::with_capacity(images.len() * expected);
+        for pixel_values in images {
+            if pixel_values.len() != expected {
+                return Err(Error::invalid(
+                    "pixelValues",
+                    format!("has {} values; this model takes 3×{r}×{r} = {expected} (CHW float32)", pixel_values.len()),
+                ));
+            }
+            if let Some(i) = pixel_values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::invalid("pixelValues", format!("value {i} is not a finite number")));
+            }
+            all.extend_from_slice(pixel_values);
         }
-        if let Some(i) = pixel_values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::invalid("pixelValues", format!("value {i} is not a finite number")));
-        }
-        Ok(Tensor::from_slice(pixel_values, (1, 3, r, r), &self.device)?.to_dtype(self.dtype)?)
+        Ok(Tensor::from_vec(all, (images.len(), 3, r, r), &self.device)?.to_dtype(self.dtype)?)
     }
 
     /// The vision tower's `last_hidden_state`, `[B, P, D_vision]`.
@@ -166,10 +180,10 @@ impl PaliGemma {
         Ok(())
     }
 
-    /// Text embeddings with image rows replaced, in order, by `image_features` (spec §2.3).
+    /// Text embeddings with image rows replaced, in order, by `image_features: [P, D]`
+    /// (spec §2.3). Returns `[T, D]`.
     fn embed(&self, input_ids: &[u32], image_features: &Tensor) -> Result<Tensor> {
         let image_id = self.config.image_token_id;
-        let features = image_features.squeeze(0)?;
         let mut pieces = Vec::new();
         let mut start = 0;
         let mut image_row = 0;
@@ -177,14 +191,25 @@ impl PaliGemma {
             let is_image = input_ids[start] == image_id;
             let end = input_ids[start..].iter().position(|&id| (id == image_id) != is_image).map_or(input_ids.len(), |n| start + n);
             if is_image {
-                pieces.push(features.narrow(0, image_row, end - start)?);
+                pieces.push(image_features.narrow(0, image_row, end - start)?);
                 image_row += end - start;
             } else {
                 pieces.push(self.decoder.embed_text(&input_ids[start..end])?);
             }
             start = end;
         }
-        Ok(Tensor::cat(&pieces, 0)?.unsqueeze(0)?)
+        Ok(Tensor::cat(&pieces, 0)?)
+    }
+
+    /// Embeds a batch of equally long prompts, `[B, T, D]`.
+    fn embed_batch(&self, prompts: &[&[u32]], pixels: &Tensor) -> Result<Tensor> {
+        let features = self.image_features(pixels)?;
+        let rows = prompts
+            .iter()
+            .enumerate()
+            .map(|(b, ids)| self.embed(ids, &features.get(b)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&rows, 0)?)
     }
 
     /// Logits for every position of a prompt, `[T, vocab]` as f32 (the whole prompt attends
@@ -193,46 +218,77 @@ impl PaliGemma {
         self.check_input_ids(input_ids)?;
         let pixels = self.pixel_tensor(pixel_values)?;
         let mut session = self.new_session(input_ids.len())?;
-        let embeds = self.embed(input_ids, &self.image_features(&pixels)?)?;
+        let embeds = self.embed_batch(&[input_ids], &pixels)?;
         let step = Step { offset: 0, prefix_len: input_ids.len(), sliding_window: session.sliding_window };
         let logits = self.decoder.forward(&embeds, &mut session.cache, step, LogitsFor::All)?;
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
-    /// A fresh session able to hold `capacity` tokens.
+    /// A fresh single-sequence session able to hold `capacity` tokens.
     pub fn new_session(&self, capacity: usize) -> Result<Session> {
+        self.new_batch_session(1, capacity)
+    }
+
+    /// A fresh session for `batch` sequences decoded in lockstep.
+    pub fn new_batch_session(&self, batch: usize, capacity: usize) -> Result<Session> {
         let t = &self.config.text;
         let max = self.decoder.max_positions();
         if capacity > max {
             return Err(Error::invalid("maxNewTokens", format!("prompt plus new tokens need {capacity} positions; the model supports {max}")));
         }
-        let cache = KvCache::new(self.decoder.num_layers(), 1, t.num_key_value_heads, t.head_dim, capacity, self.dtype, &self.device)?;
-        Ok(Session { cache, prefix_len: 0, sliding_window: false })
+        if batch == 0 {
+            return Err(Error::invalid("batch", "must hold at least one sequence"));
+        }
+        let cache = KvCache::new(self.decoder.num_layers(), batch, t.num_key_value_heads, t.head_dim, capacity, self.dtype, &self.device)?;
+        Ok(Session { cache, prefix_len: 0, batch, sliding_window: false })
     }
 
     /// Runs the prompt (vision tower, projector, decoder) into an empty session and returns the
     /// logits of its last position, `[vocab]`.
     pub fn prefill(&self, session: &mut Session, input_ids: &[u32], pixel_values: &[f32]) -> Result<Tensor> {
-        self.check_input_ids(input_ids)?;
+        Ok(self.prefill_batch(session, &[input_ids], &[pixel_values])?.squeeze(0)?)
+    }
+
+    /// Batched prefill: one image and one prompt per sequence, all prompts of equal length
+    /// (true for one checkpoint and one task prefix). Returns `[B, vocab]`.
+    pub fn prefill_batch(&self, session: &mut Session, prompts: &[&[u32]], images: &[&[f32]]) -> Result<Tensor> {
+        if prompts.len() != session.batch || images.len() != session.batch {
+            return Err(Error::invalid("batch", format!("session holds {} sequences; got {} prompts and {} images", session.batch, prompts.len(), images.len())));
+        }
+        let len = prompts[0].len();
+        for ids in prompts {
+            self.check_input_ids(ids)?;
+            if ids.len() != len {
+                return Err(Error::invalid("inputIds", "batched prompts must all have the same length"));
+            }
+        }
         if !session.is_empty() {
             return Err(Error::invalid("session", "prefill needs an empty session"));
         }
-        let pixels = self.pixel_tensor(pixel_values)?;
-        let embeds = self.embed(input_ids, &self.image_features(&pixels)?)?;
-        session.prefix_len = input_ids.len();
-        let step = Step { offset: 0, prefix_len: session.prefix_len, sliding_window: session.sliding_window };
+        let pixels = self.pixel_batch(images)?;
+        let embeds = self.embed_batch(prompts, &pixels)?;
+        session.prefix_len = len;
+        let step = Step { offset: 0, prefix_len: len, sliding_window: session.sliding_window };
         let logits = self.decoder.forward(&embeds, &mut session.cache, step, LogitsFor::Last)?;
-        Ok(logits.flatten_all()?)
+        Ok(logits.squeeze(1)?)
     }
 
     /// Feeds one generated token and returns the next distribution's logits, `[vocab]`.
     pub fn step(&self, session: &mut Session, token: u32) -> Result<Tensor> {
-        if token as usize >= self.config.text.vocab_size {
-            return Err(Error::invalid("token", format!("{token} is outside the vocabulary")));
+        Ok(self.step_batch(session, &[token])?.squeeze(0)?)
+    }
+
+    /// Feeds one token per sequence; returns `[B, vocab]`.
+    pub fn step_batch(&self, session: &mut Session, tokens: &[u32]) -> Result<Tensor> {
+        if tokens.len() != session.batch {
+            return Err(Error::invalid("batch", format!("session holds {} sequences; got {} tokens", session.batch, tokens.len())));
         }
-        let embeds = self.decoder.embed_text(&[token])?.unsqueeze(0)?;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.text.vocab_size) {
+            return Err(Error::invalid("token", format!("{bad} is outside the vocabulary")));
+        }
+        let embeds = self.decoder.embed_text(tokens)?.unsqueeze(1)?;
         let step = Step { offset: session.len(), prefix_len: session.prefix_len, sliding_window: session.sliding_window };
         let logits = self.decoder.forward(&embeds, &mut session.cache, step, LogitsFor::Last)?;
-        Ok(logits.flatten_all()?)
+        Ok(logits.squeeze(1)?)
     }
 }
