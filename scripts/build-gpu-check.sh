@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds what scripts/gpu-check.sh runs on the GPU machine (which has no Rust): the engine's
+# check/bench binary for CUDA sm_90, stripped and xz-compressed into .device/ (the embedded PTX
+# compresses ~8x, which keeps the transfer under the device tool's 64 MiB).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/scripts/cuda-env.sh"
+cd "$ROOT"
+cargo build --release -p paligemma --features cuda --example engine_bench
+mkdir -p .device
+strip -o .device/engine_bench "$CARGO_TARGET_DIR/release/examples/engine_bench"
+xz -T2 -6 -f .device/engine_bench
+ls -la .device/
