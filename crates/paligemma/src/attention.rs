@@ -14,8 +14,21 @@ pub struct AttentionSpec {
     pub softcap: Option<f64>,
 }
 
+impl AttentionSpec {
+    /// The factor to fold into the query projection: `scale`, or `scale / cap` with a soft-cap
+    /// (then [`attend`] only has to apply `cap · tanh(·)`). Folding is exact in real
+    /// arithmetic because RoPE is linear; it saves one or two kernels per layer and step.
+    pub fn query_factor(&self) -> f64 {
+        match self.softcap {
+            Some(cap) => self.scale / cap,
+            None => self.scale,
+        }
+    }
+}
+
 /// `q: [B, N, T, H]`, `k, v: [B, K, S, H]` with `K | N` → `[B, T, N·H]` (heads merged
 /// head-major). `mask` is additive, `[T, S]`, 0 where allowed and −∞ where not.
+/// `q` must already carry [`AttentionSpec::query_factor`].
 ///
 /// Query heads `j·G … (j+1)·G−1` share kv head `j` (G = N/K), so q is viewed as
 /// `[B, K, G·T, H]` and multiplied against K directly: no `repeat_kv` copy (spec §2.4).
@@ -24,9 +37,9 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec: &
     let (_, kv, s, _) = k.dims4()?;
     let g = n / kv;
     let q = q.reshape((b, kv, g * t, h))?;
-    let mut scores = (q.matmul(&k.t()?)? * spec.scale)?;
+    let mut scores = q.matmul(&k.t()?)?;
     if let Some(cap) = spec.softcap {
-        scores = ((scores / cap)?.tanh()? * cap)?;
+        scores = (scores.tanh()? * cap)?;
     }
     if let Some(mask) = mask {
         scores = scores.reshape((b, kv, g, t, s))?.broadcast_add(mask)?.reshape((b, kv, g * t, s))?;
@@ -57,14 +70,29 @@ impl MaskSpec {
         same_prefix || causal
     }
 
+    /// Whether every query may attend every key, decided without visiting the T×S pairs
+    /// (a 448 px prompt would need a million checks per layer type).
+    fn sees_everything(&self) -> bool {
+        let s = self.offset + self.t;
+        if s <= self.prefix_len {
+            return true; // queries and keys all inside the bidirectional prefix block
+        }
+        if self.t != 1 {
+            return false; // the first query cannot see the last key, which lies past the prefix
+        }
+        // One query at s − 1 ≥ prefix_len sees every earlier key causally; only a window hides
+        // the oldest ones.
+        self.window.is_none_or(|w| s - 1 < w)
+    }
+
     /// The additive mask, or `None` when every query sees every key (the common case: a prompt
     /// that is all prefix, or one decode step without a window).
     pub fn build(&self, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
-        let s = self.offset + self.t;
-        let queries = self.offset..s;
-        if queries.clone().all(|i| (0..s).all(|j| self.allowed(i, j))) {
+        if self.sees_everything() {
             return Ok(None);
         }
+        let s = self.offset + self.t;
+        let queries = self.offset..s;
         let mut data = Vec::with_capacity(self.t * s);
         for i in queries {
             for j in 0..s {
@@ -93,6 +121,22 @@ mod tests {
         assert_eq!(m[3][3], 0.0);
         assert!(m[3][4].is_infinite(), "suffix is causal");
         assert_eq!(m[4][0], 0.0);
+    }
+
+    #[test]
+    fn the_shortcut_agrees_with_the_pairwise_rule() {
+        for prefix_len in 0..5 {
+            for offset in 0..6 {
+                for t in 1..4 {
+                    for window in [None, Some(1), Some(2), Some(4), Some(9)] {
+                        let m = MaskSpec { offset, t, prefix_len, window };
+                        let s = offset + t;
+                        let pairwise = (offset..s).all(|i| (0..s).all(|j| m.allowed(i, j)));
+                        assert_eq!(m.sees_everything(), pairwise, "{m:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ struct SelfAttention {
 impl SelfAttention {
     fn load(scope: &Scope, cfg: &TextConfig) -> Result<Self> {
         let (d, n, k, h) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let q = Linear::load(&scope.pp("q_proj"), d, n * h, false)?;
+        let spec = AttentionSpec { scale: cfg.attention_scale, softcap: cfg.attn_logit_softcapping };
+        let q = Linear::load(&scope.pp("q_proj"), d, n * h, false)?.scaled(spec.query_factor())?;
         let kp = Linear::load(&scope.pp("k_proj"), d, k * h, false)?;
         let v = Linear::load(&scope.pp("v_proj"), d, k * h, false)?;
         Ok(SelfAttention {
@@ -43,7 +44,7 @@ impl SelfAttention {
             heads: n,
             kv_heads: k,
             head_dim: h,
-            spec: AttentionSpec { scale: cfg.attention_scale, softcap: cfg.attn_logit_softcapping },
+            spec,
         })
     }
 

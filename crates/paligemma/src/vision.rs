@@ -51,13 +51,16 @@ struct EncoderLayer {
     fc2: Linear,
     heads: usize,
     head_dim: usize,
+    spec: AttentionSpec,
 }
 
 impl EncoderLayer {
     fn load(scope: &Scope, cfg: &VisionConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let attn = scope.pp("self_attn");
-        let q = Linear::load(&attn.pp("q_proj"), d, d, true)?;
+        let head_dim = cfg.head_dim();
+        let spec = AttentionSpec { scale: (head_dim as f64).powf(-0.5), softcap: None };
+        let q = Linear::load(&attn.pp("q_proj"), d, d, true)?.scaled(spec.query_factor())?;
         let k = Linear::load(&attn.pp("k_proj"), d, d, true)?;
         let v = Linear::load(&attn.pp("v_proj"), d, d, true)?;
         let mlp = scope.pp("mlp");
@@ -69,7 +72,8 @@ impl EncoderLayer {
             fc1: Linear::load(&mlp.pp("fc1"), d, cfg.intermediate_size, true)?,
             fc2: Linear::load(&mlp.pp("fc2"), cfg.intermediate_size, d, true)?,
             heads: cfg.num_attention_heads,
-            head_dim: cfg.head_dim(),
+            head_dim,
+            spec,
         })
     }
 
@@ -80,8 +84,7 @@ impl EncoderLayer {
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let spec = AttentionSpec { scale: (hd as f64).powf(-0.5), softcap: None };
-        let attn = attend(&q, &k, &v, None, &spec)?.reshape((b, t, d))?;
+        let attn = attend(&q, &k, &v, None, &self.spec)?.reshape((b, t, d))?;
         let x = (x + self.out_proj.forward(&attn)?)?;
         let y = self.fc2.forward(&gelu_tanh(&self.fc1.forward(&self.norm2.forward(&x)?)?)?)?;
         Ok((x + y)?)
