@@ -1,0 +1,76 @@
+//! The one place where the compute device and dtype are chosen.
+
+use paligemma::{DType, Device};
+
+use crate::error::NativeFailure;
+
+const ERR_DEVICE_UNAVAILABLE: &str = "ERR_DEVICE_UNAVAILABLE";
+
+/// Resolves the `device` load option. Runs on the model's worker thread, which then owns the
+/// device for the model's lifetime.
+pub(crate) fn select_device(requested: &str) -> Result<Device, NativeFailure> {
+    match requested {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(),
+        // The CPU build has nothing else to pick; a CUDA build prefers the GPU and falls back.
+        "auto" => Ok(auto()),
+        other => Err(NativeFailure::invalid("device", format!("`{other}` is not one of 'auto', 'cpu', 'cuda'"))),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Result<Device, NativeFailure> {
+    Device::new_cuda(0).map_err(|e| {
+        NativeFailure::new(ERR_DEVICE_UNAVAILABLE, format!("device unavailable: cannot open CUDA device 0: {e}"))
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Result<Device, NativeFailure> {
+    Err(NativeFailure::new(
+        ERR_DEVICE_UNAVAILABLE,
+        "device unavailable: this build of the paligemma addon has no CUDA support; use device: 'cpu' \
+         (or 'auto'), or install a CUDA build",
+    ))
+}
+
+#[cfg(feature = "cuda")]
+fn auto() -> Device {
+    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn auto() -> Device {
+    Device::Cpu
+}
+
+/// Resolves the `dtype` load option; the default is f32 on the CPU (candle has no CPU bf16
+/// matmul) and bf16 on a GPU.
+pub(crate) fn select_dtype(requested: Option<&str>, device: &Device) -> Result<DType, NativeFailure> {
+    match requested {
+        None if device.is_cpu() => Ok(DType::F32),
+        None => Ok(DType::BF16),
+        Some("f32") => Ok(DType::F32),
+        Some("f16") => Ok(DType::F16),
+        Some("bf16") => Ok(DType::BF16),
+        Some(other) => Err(NativeFailure::invalid("dtype", format!("`{other}` is not one of 'f32', 'f16', 'bf16'"))),
+    }
+}
+
+pub(crate) fn device_name(device: &Device) -> &'static str {
+    if device.is_cpu() {
+        "cpu"
+    } else if device.is_cuda() {
+        "cuda"
+    } else {
+        "metal"
+    }
+}
+
+pub(crate) fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}

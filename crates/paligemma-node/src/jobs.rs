@@ -1,0 +1,319 @@
+//! The two request kinds a model's worker runs: a full-prompt forward pass and a generation.
+//!
+//! A forward pass settles a promise (a `JsDeferred`). A generation reports through one
+//! threadsafe function: a `token` event per generated id, then exactly one terminal `done` or
+//! `error` event. One channel keeps events in order: the terminal event can never overtake the
+//! last token, which two separate channels would not guarantee.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use napi::bindgen_prelude::{Either, Float32Array, Object, ToNapiValue, Unknown};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Env, JsDeferred, Status};
+use napi_derive::napi;
+use paligemma::{Control, FinishReason, GenerateRequest, SamplingParams};
+
+use crate::error::NativeFailure;
+use crate::text::TextState;
+use crate::worker::{CancelFlag, Context, Job};
+
+/// A promise settled from the worker thread with a value built on the JS thread.
+type Deferred<T> = JsDeferred<T, Box<dyn FnOnce(Env) -> napi::Result<T> + Send>>;
+
+/// A promise that resolves with a `T` or a [`NativeFailure`], exactly once. napi's deferred has
+/// no `Drop`: one dropped unsettled would keep its threadsafe function, and so the event loop,
+/// alive forever. Dropping a `Settle` unsettled therefore settles it with ERR_INTERNAL.
+pub(crate) struct Settle<T: 'static>
+where
+    Either<T, NativeFailure>: ToNapiValue,
+{
+    deferred: Option<Deferred<Either<T, NativeFailure>>>,
+}
+
+impl<T: 'static> Settle<T>
+where
+    Either<T, NativeFailure>: ToNapiValue,
+{
+    pub fn new(env: &Env) -> napi::Result<(Self, Object<'_>)> {
+        let (deferred, promise) = env.create_deferred()?;
+        Ok((Settle { deferred: Some(deferred) }, promise))
+    }
+
+    /// Resolves with the value `make` builds on the JS thread.
+    pub fn resolve(mut self, make: impl FnOnce(Env) -> napi::Result<T> + Send + 'static) {
+        if let Some(deferred) = self.deferred.take() {
+            deferred.resolve(Box::new(move |env| make(env).map(Either::A)));
+        }
+    }
+
+    pub fn fail(mut self, failure: NativeFailure) {
+        if let Some(deferred) = self.deferred.take() {
+            deferred.resolve(Box::new(move |_| Ok(Either::B(failure))));
+        }
+    }
+}
+
+impl<T: 'static> Drop for Settle<T>
+where
+    Either<T, NativeFailure>: ToNapiValue,
+{
+    fn drop(&mut self) {
+        if let Some(deferred) = self.deferred.take() {
+            let failure = NativeFailure::internal("the operation was dropped before it finished");
+            deferred.resolve(Box::new(move |_| Ok(Either::B(failure))));
+        }
+    }
+}
+
+fn millis(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward
+
+/// Logits of every prompt position.
+#[napi(object)]
+pub struct NativeForwardOutput {
+    /// Row-major `[seq, vocab]`.
+    pub logits: Float32Array,
+    pub dims: Vec<u32>,
+}
+
+pub(crate) struct ForwardJob {
+    pub input_ids: Vec<u32>,
+    pub pixel_values: Vec<f32>,
+    pub promise: Option<Settle<NativeForwardOutput>>,
+}
+
+impl ForwardJob {
+    fn compute(&self, ctx: &Context) -> Result<(Vec<f32>, Vec<u32>), NativeFailure> {
+        let core = |e: paligemma::Error| NativeFailure::from_core(&e, ctx.is_disposed());
+        let logits = ctx.model.forward(&self.input_ids, &self.pixel_values).map_err(core)?;
+        let dims = logits.dims().iter().map(|&d| d as u32).collect();
+        let values = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| core(e.into()))?;
+        Ok((values, dims))
+    }
+}
+
+impl Job for ForwardJob {
+    fn run(&mut self, ctx: &Context, _queued_at: Instant) {
+        let result = self.compute(ctx);
+        let Some(promise) = self.promise.take() else { return };
+        match result {
+            Ok((values, dims)) => {
+                promise.resolve(move |_| Ok(NativeForwardOutput { logits: Float32Array::new(values), dims }))
+            }
+            Err(failure) => promise.fail(failure),
+        }
+    }
+
+    fn abandon(&mut self, failure: NativeFailure) {
+        if let Some(promise) = self.promise.take() {
+            promise.fail(failure);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// generate
+
+/// A pre-tokenized generation request as JS sends it (already validated by the TS layer;
+/// checked again here and by the core).
+#[napi(object, object_to_js = false)]
+pub struct NativeGenerateRequest {
+    pub input_ids: napi::bindgen_prelude::Uint32Array,
+    pub pixel_values: Float32Array,
+    pub max_new_tokens: u32,
+    pub temperature: f64,
+    pub top_k: u32,
+    pub top_p: f64,
+    pub repetition_penalty: f64,
+    /// A non-negative integer ≤ 2^53 − 1 (JS numbers are exact up to there).
+    pub seed: f64,
+    pub stop: Vec<String>,
+}
+
+/// Durations in milliseconds and counts of one generation.
+#[napi(object)]
+#[derive(Debug, Clone, Default)]
+pub struct NativeTimings {
+    /// Waiting in the model's queue behind earlier requests.
+    pub queued_ms: f64,
+    /// Vision tower + prompt prefill, until the first token is chosen.
+    pub prefill_ms: f64,
+    /// Every decode step after the first token.
+    pub decode_ms: f64,
+    pub prompt_tokens: u32,
+    pub generated_tokens: u32,
+    /// Decoder steps run after prefill (generated tokens − 1, or + 0 when EOS ended the run,
+    /// because choosing EOS took one more step).
+    pub decode_steps: u32,
+}
+
+#[napi(object)]
+pub struct NativeGenerateOutput {
+    pub token_ids: Vec<u32>,
+    pub text: String,
+    /// 'eos' | 'length' | 'stop'
+    pub finish_reason: String,
+    pub timings: NativeTimings,
+}
+
+/// One message of a generation's event channel.
+#[napi(object)]
+pub struct NativeEvent {
+    /// 'token' | 'done' | 'error'
+    pub kind: String,
+    pub token_id: Option<u32>,
+    pub index: Option<u32>,
+    pub text: Option<String>,
+    pub output: Option<NativeGenerateOutput>,
+    pub error: Option<NativeFailure>,
+}
+
+pub(crate) type EventSink = ThreadsafeFunction<NativeEvent, Unknown<'static>, NativeEvent, Status, false>;
+
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// Copies the typed arrays (on the JS thread) and checks what the core does not.
+pub(crate) fn convert_request(req: &NativeGenerateRequest) -> Result<(GenerateRequest, Vec<String>), NativeFailure> {
+    if req.max_new_tokens == 0 {
+        return Err(NativeFailure::invalid("maxNewTokens", "must be at least 1"));
+    }
+    if !(req.seed.is_finite() && req.seed >= 0.0 && req.seed.fract() == 0.0 && req.seed <= MAX_SAFE_INTEGER) {
+        return Err(NativeFailure::invalid("seed", format!("{} must be an integer in [0, 2^53 − 1]", req.seed)));
+    }
+    if let Some(i) = req.stop.iter().position(String::is_empty) {
+        return Err(NativeFailure::invalid("stop", format!("entry {i} is an empty string")));
+    }
+    let sampling = SamplingParams {
+        temperature: req.temperature,
+        top_k: req.top_k as usize,
+        top_p: req.top_p,
+        repetition_penalty: req.repetition_penalty,
+        seed: req.seed as u64,
+    };
+    sampling.validate().map_err(|e| NativeFailure::from_core(&e, false))?;
+    let request = GenerateRequest {
+        input_ids: req.input_ids.to_vec(),
+        pixel_values: req.pixel_values.to_vec(),
+        max_new_tokens: req.max_new_tokens as usize,
+        sampling,
+        stop_token_ids: Vec::new(),
+        ignore_eos: false,
+        sliding_window: false,
+    };
+    Ok((request, req.stop.clone()))
+}
+
+pub(crate) struct GenerateJob {
+    pub flag: Arc<CancelFlag>,
+    pub request: GenerateRequest,
+    pub stop: Vec<String>,
+    pub sink: Option<EventSink>,
+}
+
+fn event(kind: &str) -> NativeEvent {
+    NativeEvent { kind: kind.to_string(), token_id: None, index: None, text: None, output: None, error: None }
+}
+
+/// Sends an event; false when JS can no longer receive (the environment is shutting down).
+fn send(sink: &EventSink, ev: NativeEvent) -> bool {
+    sink.call(ev, ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
+}
+
+/// Ends a generation that never reached the queue.
+pub(crate) fn send_failure(sink: &EventSink, failure: NativeFailure) {
+    send(sink, NativeEvent { error: Some(failure), ..event("error") });
+}
+
+impl GenerateJob {
+    fn finish(&mut self, result: Result<NativeGenerateOutput, NativeFailure>) {
+        let Some(sink) = self.sink.take() else { return };
+        let ev = match result {
+            Ok(output) => NativeEvent { output: Some(output), ..event("done") },
+            Err(failure) => NativeEvent { error: Some(failure), ..event("error") },
+        };
+        send(&sink, ev);
+        // Dropping the sink releases the threadsafe function, so the event loop may exit.
+    }
+
+    fn compute(&mut self, ctx: &Context, queued_at: Instant) -> Result<NativeGenerateOutput, NativeFailure> {
+        let queued_ms = millis(queued_at);
+        let sink = self.sink.as_ref().ok_or_else(|| NativeFailure::internal("generation has no event channel"))?;
+        let mut text = TextState::new(ctx.tokenizer, &self.stop)?;
+        let js_gone = AtomicBool::new(false);
+        let mut full_text = String::new();
+        let mut text_failure = None;
+        let mut index = 0u32;
+        let mut on_token = |id: u32| -> Control {
+            let push = match text.push(id) {
+                Ok(push) => push,
+                Err(failure) => {
+                    text_failure = Some(failure);
+                    return Control::Stop;
+                }
+            };
+            full_text.push_str(&push.text);
+            let ev = NativeEvent { token_id: Some(id), index: Some(index), text: Some(push.text), ..event("token") };
+            index += 1;
+            if !send(sink, ev) {
+                js_gone.store(true, Ordering::Release);
+            }
+            if push.stop {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        };
+        let flag = &self.flag;
+        let is_cancelled = || flag.is_cancelled() || ctx.is_disposed() || js_gone.load(Ordering::Acquire);
+        let result = paligemma::generate(ctx.model, &self.request, &mut on_token, &is_cancelled);
+        let output = result.map_err(|e| NativeFailure::from_core(&e, ctx.is_disposed()))?;
+        if let Some(failure) = text_failure {
+            return Err(failure);
+        }
+        if output.finish_reason != FinishReason::Stop {
+            full_text.push_str(&text.finish());
+        }
+        let t = &output.timings;
+        let generated = output.token_ids.len() as u32;
+        let decode_steps = match output.finish_reason {
+            FinishReason::Eos => generated,
+            _ => generated.saturating_sub(1),
+        };
+        Ok(NativeGenerateOutput {
+            token_ids: output.token_ids,
+            text: full_text,
+            finish_reason: output.finish_reason.as_str().to_string(),
+            timings: NativeTimings {
+                queued_ms,
+                prefill_ms: t.prefill_ms,
+                decode_ms: t.decode_ms,
+                prompt_tokens: t.prompt_tokens as u32,
+                generated_tokens: generated,
+                decode_steps,
+            },
+        })
+    }
+}
+
+impl Job for GenerateJob {
+    fn run(&mut self, ctx: &Context, queued_at: Instant) {
+        let result = self.compute(ctx, queued_at);
+        self.finish(result);
+    }
+
+    fn abandon(&mut self, failure: NativeFailure) {
+        self.finish(Err(failure));
+    }
+}
+
+impl Drop for GenerateJob {
+    fn drop(&mut self) {
+        self.abandon(NativeFailure::internal("the request was dropped before it finished"));
+    }
+}

@@ -1,0 +1,275 @@
+/**
+ * The `PaliGemma` class: load, forward, generate, stream, dispose.
+ *
+ * @packageDocumentation
+ */
+
+import { abortErrorFor, disposedError, errorFromFailure, errorFromThrown } from './errors.js'
+import type { AbortError, PaliGemmaError } from './errors.js'
+import { isFailure, native } from './native.js'
+import type { NativeBinding, NativeFailure, NativeForwardOutput, NativeModel, NativeModelInfo, NativeProgress } from './native.js'
+import { validateForwardInput, validateGenerateRequest, validateLoadArgs } from './options.js'
+import { TokenStream } from './stream.js'
+import type { DType, ForwardInput, ForwardOutput, GenerateRequest, GenerateResult, LoadOptions, ModelInfo, StreamChunk } from './types.js'
+
+function publicInfo(info: NativeModelInfo): ModelInfo {
+  return Object.freeze({
+    architecture: info.architecture === 'paligemma2' ? 'paligemma2' : 'paligemma',
+    imageSize: info.imageSize,
+    imageTokens: info.imageTokens,
+    imageTokenId: info.imageTokenId,
+    bosTokenId: info.bosTokenId,
+    eosTokenIds: Object.freeze([...info.eosTokenIds]),
+    vocabSize: info.vocabSize,
+    hiddenSize: info.hiddenSize,
+    contextLength: info.contextLength,
+    device: info.device === 'cuda' ? 'cuda' : 'cpu',
+    dtype: info.dtype as DType,
+    threads: info.threads,
+    hasTokenizer: info.hasTokenizer,
+  })
+}
+
+/** Calls `signal`'s abort handler only while `body` runs. */
+async function withSignal<T>(signal: AbortSignal | undefined, onAbort: () => void, body: () => Promise<T>): Promise<T> {
+  signal?.addEventListener('abort', onAbort, { once: true })
+  try {
+    return await body()
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
+  }
+}
+
+/**
+ * A loaded PaliGemma or PaliGemma 2 model.
+ *
+ * **Threading.** Each model owns one native worker thread and a pool of `threads` CPU threads.
+ * Inference never runs on the JS thread. Requests (`forward`, `generate`, `stream`) join the
+ * model's FIFO queue and run one at a time in arrival order, each with its own KV cache, so any
+ * number of concurrent calls on one model is safe; several models may be loaded and run at once.
+ *
+ * **Lifetime.** Call {@link PaliGemma.dispose} (or use `await using`) to free the weights
+ * promptly. A model that is garbage-collected without `dispose()` is freed too: its queued
+ * requests finish, then the worker exits and drops the weights.
+ *
+ * @example
+ * ```ts
+ * const model = await PaliGemma.load('/models/paligemma2-3b-pt-224')
+ * const { tokenIds } = await model.generate({ inputIds, pixelValues, maxNewTokens: 16 })
+ * await model.dispose()
+ * ```
+ */
+export class PaliGemma implements AsyncDisposable {
+  /** What this model is (sizes, special token ids, device, precision). */
+  readonly info: ModelInfo
+
+  #native: NativeModel | undefined
+  readonly #binding: NativeBinding
+  readonly #nativeInfo: NativeModelInfo
+  #disposing: Promise<void> | undefined
+
+  private constructor(binding: NativeBinding, model: NativeModel) {
+    this.#binding = binding
+    this.#native = model
+    this.#nativeInfo = model.info
+    this.info = publicInfo(this.#nativeInfo)
+  }
+
+  /**
+   * Loads a Hugging Face-layout model folder (`config.json`, `model.safetensors` or a sharded
+   * index, and optionally `tokenizer.json`), off the JS thread.
+   *
+   * @param modelDir - path of the model folder.
+   * @param options - device, precision, threads, progress callback and abort signal.
+   * @returns the loaded model.
+   * @throws A {@link PaliGemmaError} `ERR_MODEL_LOAD` (missing or invalid files, or no native
+   *   addon), `ERR_DEVICE_UNAVAILABLE`, `ERR_INVALID_ARGUMENT` (bad options, e.g. `bf16` on the CPU);
+   *   {@link AbortError} when `signal` aborts (loading stops before the next tensor); the
+   *   exception `onProgress` threw, if it threw (loading stops too).
+   */
+  static async load(modelDir: string, options?: LoadOptions): Promise<PaliGemma> {
+    const args = validateLoadArgs(modelDir, options)
+    const { signal } = args
+    if (signal?.aborted) throw abortErrorFor(signal)
+    let binding: NativeBinding
+    try {
+      binding = native()
+    } catch (error) {
+      throw errorFromThrown(error)
+    }
+    const token = new binding.CancelToken()
+    const userProgress = args.onProgress
+    let settled = false
+    let last: NativeProgress | undefined
+    let progressError: { error: unknown } | undefined
+    const report = (progress: NativeProgress): void => {
+      last = progress
+      if (progressError) return
+      try {
+        userProgress?.({ loadedBytes: progress.loadedBytes, totalBytes: progress.totalBytes })
+      } catch (error) {
+        // A throwing callback is a bug in the caller: stop loading and reject with its error
+        // rather than leave an uncaught exception behind.
+        progressError = { error }
+        token.cancel()
+      }
+    }
+    const onProgress = userProgress
+      ? (progress: NativeProgress): void => {
+          if (!settled) report(progress)
+        }
+      : undefined
+    const result = await withSignal(signal, () => token.cancel(), async () => {
+      try {
+        return await binding.loadModel(args.dir, args.native, token, onProgress)
+      } catch (error) {
+        throw errorFromThrown(error)
+      }
+    })
+    settled = true
+    if (!isFailure(result) && userProgress && (last === undefined || last.loadedBytes !== last.totalBytes)) {
+      // Progress and completion travel on separate native channels; make sure the caller sees
+      // the final step before `load` resolves.
+      const total = result.info.weightBytes
+      report({ loadedBytes: total, totalBytes: total })
+    }
+    if (progressError || signal?.aborted) {
+      if (!isFailure(result)) await PaliGemma.#disposeNative(result)
+      if (progressError) throw progressError.error
+      if (signal) throw abortErrorFor(signal)
+    }
+    if (isFailure(result)) throw errorFromFailure(result, signal?.reason)
+    return new PaliGemma(binding, result)
+  }
+
+  /** Whether {@link PaliGemma.dispose} was called. */
+  get disposed(): boolean {
+    return this.#native === undefined
+  }
+
+  #live(): NativeModel {
+    const model = this.#native
+    if (!model) throw disposedError()
+    return model
+  }
+
+  /**
+   * Runs the whole prompt once and returns the logits of every position (no sampling, no KV
+   * cache kept). Queued like any other request.
+   *
+   * @param input - prompt token ids, pixel values and an optional abort signal.
+   * @returns row-major `[seq, vocab]` float32 logits.
+   * @throws A {@link PaliGemmaError} `ERR_INVALID_ARGUMENT`, `ERR_DISPOSED`, `ERR_INTERNAL`;
+   *   {@link AbortError} as soon as `signal` aborts (a queued pass is removed; one already running
+   *   finishes in the background and its result is dropped).
+   */
+  async forward(input: ForwardInput): Promise<ForwardOutput> {
+    const model = this.#live()
+    const { inputIds, pixelValues, signal } = validateForwardInput(input, this.#nativeInfo)
+    if (signal?.aborted) throw abortErrorFor(signal)
+    const token = new this.#binding.CancelToken()
+    const out = await new Promise<NativeForwardOutput | NativeFailure>((resolve, reject) => {
+      // Abort rejects at once; a pass that already started finishes on the worker and its
+      // result is dropped.
+      const onAbort = (): void => {
+        token.cancel()
+        if (signal) reject(abortErrorFor(signal))
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
+      const done = (): void => signal?.removeEventListener('abort', onAbort)
+      try {
+        model.forward(inputIds, pixelValues, token).then(
+          (value) => {
+            done()
+            resolve(value)
+          },
+          (error: unknown) => {
+            done()
+            reject(errorFromThrown(error))
+          },
+        )
+      } catch (error) {
+        done()
+        reject(errorFromThrown(error))
+      }
+    })
+    if (isFailure(out)) throw errorFromFailure(out, signal?.reason)
+    const [seq = 0, vocab = 0] = out.dims
+    return { logits: out.logits, dims: [seq, vocab] }
+  }
+
+  #start(request: GenerateRequest, buffer: boolean): TokenStream {
+    let validated: ReturnType<typeof validateGenerateRequest>
+    let model: NativeModel
+    try {
+      model = this.#live()
+      validated = validateGenerateRequest(request, this.#nativeInfo)
+    } catch (error) {
+      return new TokenStream({ error: errorFromThrown(error), seed: 0, buffer })
+    }
+    const { native: nativeRequest, signal } = validated
+    return new TokenStream({
+      seed: nativeRequest.seed,
+      signal,
+      buffer,
+      token: new this.#binding.CancelToken(),
+      run: (token, onEvent) => model.generate(nativeRequest, token, onEvent),
+    })
+  }
+
+  /**
+   * Generates up to `maxNewTokens` tokens and resolves with all of them. Runs the same native
+   * request as {@link PaliGemma.stream}, so both give the same tokens for the same request.
+   *
+   * @param request - prompt ids, pixel values and sampling options.
+   * @returns the text, token ids, finish reason, seed and timings.
+   * @throws A {@link PaliGemmaError} `ERR_INVALID_ARGUMENT`, `ERR_DISPOSED` (also when the model is
+   *   disposed while the request waits or runs), `ERR_INTERNAL`; {@link AbortError} when `signal`
+   *   aborts.
+   */
+  generate(request: GenerateRequest): Promise<GenerateResult> {
+    return this.#start(request, false).result
+  }
+
+  /**
+   * Streams generated tokens as they are produced: `for await (const chunk of model.stream(req))`.
+   * Breaking out of the loop cancels the request. Errors (including invalid requests) are thrown
+   * by the loop; see {@link TokenStream}.
+   *
+   * @param request - prompt ids, pixel values and sampling options.
+   * @returns an async iterable of {@link StreamChunk}s, with the final `result` as a promise.
+   */
+  stream(request: GenerateRequest): TokenStream {
+    return this.#start(request, true)
+  }
+
+  /**
+   * Frees the model. Queued and running requests are cancelled and reject with `ERR_DISPOSED`
+   * (a running one stops before its next decode step); the promise resolves once the worker has
+   * released the weights. Later calls on the model reject with `ERR_DISPOSED`. Calling `dispose`
+   * again returns the same promise.
+   */
+  dispose(): Promise<void> {
+    if (!this.#disposing) {
+      const model = this.#native
+      this.#native = undefined
+      this.#disposing = model ? PaliGemma.#disposeNative(model) : Promise.resolve()
+    }
+    return this.#disposing
+  }
+
+  static async #disposeNative(model: NativeModel): Promise<void> {
+    let result: undefined | { code: string; message: string }
+    try {
+      result = await model.dispose()
+    } catch (error) {
+      throw errorFromThrown(error)
+    }
+    if (isFailure(result)) throw errorFromFailure(result)
+  }
+
+  /** Same as {@link PaliGemma.dispose}, for `await using model = await PaliGemma.load(...)`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose()
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * Loading of the native addon and the shape of its (private) API.
+ *
+ * The addon is found lazily, on the first `PaliGemma.load`, so that importing the package never
+ * throws: a missing or broken binary surfaces as an `ERR_MODEL_LOAD` rejection that lists every
+ * place that was tried.
+ *
+ * @packageDocumentation
+ * @internal
+ */
+
+import { existsSync, readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { fileURLToPath } from 'node:url'
+
+import { PaliGemmaError } from './errors.js'
+
+/** A failed native operation, delivered as a value (see crates/paligemma-node/src/error.rs). @internal */
+export interface NativeFailure {
+  code: string
+  message: string
+}
+
+/** @internal */
+export interface NativeProgress {
+  loadedBytes: number
+  totalBytes: number
+}
+
+/** @internal */
+export interface NativeLoadOptions {
+  device: string
+  dtype?: string
+  threads?: number
+}
+
+/** @internal */
+export interface NativeModelInfo {
+  architecture: string
+  imageSize: number
+  imageTokens: number
+  imageTokenId: number
+  bosTokenId: number
+  eosTokenIds: number[]
+  vocabSize: number
+  hiddenSize: number
+  contextLength: number
+  device: string
+  dtype: string
+  threads: number
+  hasTokenizer: boolean
+  weightBytes: number
+}
+
+/** @internal */
+export interface NativeForwardOutput {
+  logits: Float32Array
+  dims: number[]
+}
+
+/** @internal */
+export interface NativeGenerateRequest {
+  inputIds: Uint32Array
+  pixelValues: Float32Array
+  maxNewTokens: number
+  temperature: number
+  topK: number
+  topP: number
+  repetitionPenalty: number
+  seed: number
+  stop: string[]
+}
+
+/** @internal */
+export interface NativeTimings {
+  queuedMs: number
+  prefillMs: number
+  decodeMs: number
+  promptTokens: number
+  generatedTokens: number
+  decodeSteps: number
+}
+
+/** @internal */
+export interface NativeGenerateOutput {
+  tokenIds: number[]
+  text: string
+  finishReason: string
+  timings: NativeTimings
+}
+
+/** One message of a generation's event channel: tokens, then one `done` or `error`. @internal */
+export interface NativeEvent {
+  kind: string
+  tokenId?: number
+  index?: number
+  text?: string
+  output?: NativeGenerateOutput
+  error?: NativeFailure
+}
+
+/** @internal */
+export interface NativeCancelToken {
+  cancel(): void
+  readonly cancelled: boolean
+}
+
+/** @internal */
+export interface NativeModel {
+  readonly info: NativeModelInfo
+  readonly disposed: boolean
+  forward(inputIds: Uint32Array, pixelValues: Float32Array, cancel: NativeCancelToken): Promise<NativeForwardOutput | NativeFailure>
+  generate(request: NativeGenerateRequest, cancel: NativeCancelToken, onEvent: (event: NativeEvent) => void): void
+  dispose(): Promise<undefined | NativeFailure>
+}
+
+/** @internal */
+export interface NativeBinding {
+  CancelToken: new () => NativeCancelToken
+  loadModel(
+    dir: string,
+    options: NativeLoadOptions,
+    cancel: NativeCancelToken,
+    onProgress?: (progress: NativeProgress) => void,
+  ): Promise<NativeModel | NativeFailure>
+  addonInfo(): { version: string; cuda: boolean }
+}
+
+/** Whether a native result is a failure value rather than a success. @internal */
+export function isFailure(value: unknown): value is NativeFailure {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as { code?: unknown }).code === 'string' &&
+    typeof (value as { message?: unknown }).message === 'string' &&
+    !('info' in value)
+  )
+}
+
+function isMusl(): boolean {
+  if (process.platform !== 'linux') return false
+  try {
+    if (readFileSync('/usr/bin/ldd', 'utf8').includes('musl')) return true
+  } catch {
+    // No ldd: fall through to the process report.
+  }
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined
+  return !report?.header?.glibcVersionRuntime
+}
+
+/** The napi-rs platform suffix, e.g. `linux-x64-gnu`. */
+function platformSuffix(): string {
+  const base = `${process.platform}-${process.arch}`
+  if (process.platform === 'linux') return `${base}-${isMusl() ? 'musl' : 'gnu'}`
+  if (process.platform === 'win32') return `${base}-msvc`
+  return base
+}
+
+let cached: NativeBinding | undefined
+
+/**
+ * Loads the addon, in this order: `PALIGEMMA_NATIVE_LIBRARY_PATH` (a `.node` file, e.g. a custom
+ * CUDA build), the per-platform package `paligemma-<platform>`, then the local build in
+ * `<repo>/npm/<platform>/`.
+ *
+ * @internal
+ */
+export function native(): NativeBinding {
+  if (cached) return cached
+  const require = createRequire(import.meta.url)
+  const suffix = platformSuffix()
+  const localFile = fileURLToPath(new URL(`../../npm/${suffix}/paligemma.${suffix}.node`, import.meta.url))
+  const candidates: string[] = []
+  const override = process.env.PALIGEMMA_NATIVE_LIBRARY_PATH
+  if (override) candidates.push(override)
+  candidates.push(`paligemma-${suffix}`, localFile)
+  const failures: string[] = []
+  for (const candidate of candidates) {
+    if (candidate === localFile && !existsSync(localFile)) {
+      failures.push(`${candidate}: not found (run \`npm run build:native\`)`)
+      continue
+    }
+    try {
+      cached = require(candidate) as NativeBinding
+      return cached
+    } catch (error) {
+      failures.push(`${candidate}: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`)
+    }
+  }
+  throw new PaliGemmaError(
+    'ERR_MODEL_LOAD',
+    `cannot load the paligemma native addon for ${suffix}. Tried:\n  - ${failures.join('\n  - ')}\n` +
+      `Install the optional dependency paligemma-${suffix} (npm may skip optional dependencies: ` +
+      'reinstall without --omit=optional), or build it with `npm run build:native`.',
+  )
+}

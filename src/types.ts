@@ -1,0 +1,205 @@
+/**
+ * Public option and result types.
+ *
+ * @packageDocumentation
+ */
+
+/** Where a model runs. `'auto'` picks a GPU when this build has one and it is usable, else the CPU. */
+export type DeviceKind = 'auto' | 'cpu' | 'cuda'
+
+/** Compute precision of the weights and activations. */
+export type DType = 'f32' | 'f16' | 'bf16'
+
+/** Loading progress, in bytes of tensor data materialised so far. */
+export interface LoadProgress {
+  /** Bytes loaded so far. */
+  loadedBytes: number
+  /** Bytes of tensor data in the checkpoint; `loadedBytes` reaches it when loading ends. */
+  totalBytes: number
+}
+
+/** Options of {@link PaliGemma.load}. */
+export interface LoadOptions {
+  /**
+   * Compute device. Default `'auto'` (currently the CPU unless the addon was built with CUDA).
+   * `'cuda'` on a build without CUDA support or a machine without a usable GPU rejects with
+   * `ERR_DEVICE_UNAVAILABLE`.
+   */
+  device?: DeviceKind
+  /** Precision. Default: `'f32'` on the CPU (which has no fast bf16 matmul), `'bf16'` on CUDA. */
+  dtype?: DType
+  /**
+   * CPU threads that this model's work may use (an integer ≥ 1). Default: the machine's
+   * available parallelism. Each model runs its requests inside its own pool of this many threads,
+   * which bounds matrix multiplications, normalisations and softmax (measured on a 2-core machine:
+   * CPU time / wall time 1.06 with `threads: 1`, 1.67 with `threads: 2`). Two limits come from
+   * candle: a matrix multiplication is split into at most `RAYON_NUM_THREADS` (default: physical
+   * cores) pieces, so more threads than that do not speed it up; and large element-wise operations
+   * use candle's process-wide pool, sized once per process from `CANDLE_NUM_THREADS`
+   * (else `RAYON_NUM_THREADS`, else the physical core count).
+   */
+  threads?: number
+  /**
+   * Called on the JS thread as tensors load (at most every ~50 ms, and always with
+   * `loadedBytes === totalBytes` before `load` resolves). If it throws, loading stops and `load`
+   * rejects with that exception.
+   */
+  onProgress?: (progress: LoadProgress) => void
+  /** Cancels loading; `load` then rejects with an `AbortError`. */
+  signal?: AbortSignal
+}
+
+/** What a loaded model is. */
+export interface ModelInfo {
+  /** `'paligemma'` (Gemma decoder) or `'paligemma2'` (Gemma 2 decoder). */
+  architecture: 'paligemma' | 'paligemma2'
+  /** Side of the square input image, in pixels (224, 448 or 896 for released checkpoints). */
+  imageSize: number
+  /** Image tokens per prompt: one per image patch, `(imageSize / patchSize)²`. */
+  imageTokens: number
+  /** Id of the `<image>` placeholder token; a prompt holds exactly `imageTokens` of them. */
+  imageTokenId: number
+  /** Id of the `<bos>` token. */
+  bosTokenId: number
+  /** Ids that end generation (`finishReason: 'eos'`). */
+  eosTokenIds: readonly number[]
+  /** Rows of the token embedding. */
+  vocabSize: number
+  /** Width of the language model. */
+  hiddenSize: number
+  /** Most positions (prompt + generated tokens) one request may use. */
+  contextLength: number
+  /** Where the model runs. */
+  device: 'cpu' | 'cuda'
+  /** Precision the model runs in. */
+  dtype: DType
+  /** CPU threads of the model's pool. */
+  threads: number
+  /** Whether `tokenizer.json` was loaded, enabling `text` output and `stop` strings. */
+  hasTokenizer: boolean
+}
+
+/** Input of {@link PaliGemma.forward}. */
+export interface ForwardInput {
+  /** Token ids of the whole prompt, with exactly `info.imageTokens` image tokens. */
+  inputIds: ArrayLike<number>
+  /** The image, normalised, channel-major (CHW), `3 × imageSize × imageSize` values. */
+  pixelValues: Float32Array
+  /** Cancels the call; it then rejects with an `AbortError`. */
+  signal?: AbortSignal
+}
+
+/** Output of {@link PaliGemma.forward}. */
+export interface ForwardOutput {
+  /** Row-major `[seq, vocab]` logits, float32. */
+  logits: Float32Array
+  /** `[seq, vocab]`. */
+  dims: [number, number]
+}
+
+/**
+ * Sampling and stopping options, accepted by every generation request.
+ *
+ * Sampling runs natively on the logits, in transformers' order (repetition penalty,
+ * temperature, top-k, top-p), and only token ids cross into JS.
+ */
+export interface SamplingOptions {
+  /** Most tokens to generate (an integer ≥ 1). Default: 256, or what fits in the context. */
+  maxNewTokens?: number
+  /** 0 (the default) is greedy decoding; larger values flatten the distribution. */
+  temperature?: number
+  /** Keep only the `topK` most likely tokens (an integer ≥ 0); 0 (the default) disables. */
+  topK?: number
+  /** Keep the smallest set of tokens whose probability reaches `topP`, in (0, 1]; 1 (the default) disables. */
+  topP?: number
+  /** > 1 discourages tokens already in the sequence, prompt included; 1 (the default) disables. */
+  repetitionPenalty?: number
+  /**
+   * Seed of the sampler, an integer in [0, 2^53 − 1]. The same seed, request and model give the
+   * same tokens. Default: a fresh random seed per request (from `crypto.getRandomValues`),
+   * reported back as `result.seed`. Irrelevant for greedy decoding.
+   */
+  seed?: number
+  /**
+   * Generation stops when the text contains one of these strings; the stop string is not part of
+   * the output text (its tokens are part of `tokenIds`). Needs the model's tokenizer
+   * (`info.hasTokenizer`); without one, a non-empty `stop` is `ERR_INVALID_ARGUMENT`.
+   */
+  stop?: readonly string[]
+  /**
+   * Cancels the request: a queued request is removed without running, a running one stops
+   * before its next decode step. The call then rejects (or the stream throws) with an `AbortError`.
+   */
+  signal?: AbortSignal
+}
+
+/**
+ * A pre-tokenized request: prompt token ids plus the preprocessed image. Build `inputIds` as
+ * `[<image>] × info.imageTokens + <bos> + tokens(prompt + "\n")`.
+ */
+export interface TokenizedRequest extends SamplingOptions {
+  /** Token ids of the whole prompt, with exactly `info.imageTokens` image tokens. */
+  inputIds: ArrayLike<number>
+  /** The image, normalised, channel-major (CHW), `3 × imageSize × imageSize` values. */
+  pixelValues: Float32Array
+}
+
+/**
+ * A generation request. Today only {@link TokenizedRequest}; an `{ image, prompt }` form will
+ * join this union.
+ */
+export type GenerateRequest = TokenizedRequest
+
+/**
+ * Why generation ended: an EOS token (not included in the output), `maxNewTokens` reached, a
+ * stop string, or — only in a stream's `result` after the consumer stopped iterating early —
+ * abandoned.
+ */
+export type FinishReason = 'eos' | 'length' | 'stop' | 'abort'
+
+/** Durations (milliseconds) and counts of one generation. */
+export interface Timings {
+  /** Time spent waiting behind earlier requests in the model's queue. */
+  queuedMs: number
+  /** Vision tower and prompt prefill, up to choosing the first token (≈ time to first token). */
+  prefillMs: number
+  /** All decode steps after the first token. */
+  decodeMs: number
+  /** Decoder steps run after prefill: `generatedTokens − 1`, or `generatedTokens` when EOS ended the run. */
+  decodeSteps: number
+  /** Decode speed: `decodeSteps / (decodeMs / 1000)`, i.e. tokens per second after the first; 0 when nothing was decoded. */
+  tokensPerSecond: number
+  /** Prompt length in tokens (image tokens included). */
+  promptTokens: number
+  /** Tokens generated (EOS excluded). */
+  generatedTokens: number
+}
+
+/** The result of a generation. */
+export interface GenerateResult {
+  /** Decoded text of the generated tokens, stop string excluded; `''` without a tokenizer. */
+  text: string
+  /** Generated token ids (EOS excluded). */
+  tokenIds: number[]
+  /** Why generation ended. */
+  finishReason: FinishReason
+  /** The seed the sampler used (the given one, or the random default). */
+  seed: number
+  /** Durations and counts. */
+  timings: Timings
+}
+
+/** One generated token, as yielded by {@link PaliGemma.stream}. */
+export interface StreamChunk {
+  /** The token id. */
+  tokenId: number
+  /**
+   * Text this token completes: may be empty (part of a multi-byte character, a special token,
+   * text that may become a stop string, or no tokenizer). The chunks' texts concatenate to the
+   * result's `text`, except for text held back at the very end (an unfinished character or a
+   * partial stop-string match), which only `result.text` has.
+   */
+  text: string
+  /** Position of the token among the generated ones, from 0. */
+  index: number
+}
