@@ -6,9 +6,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/scripts/cuda-env.sh"
 cd "$ROOT"
-# --target matches what `napi build` passes, so the addon and this binary share artifacts.
-cargo build --release -p paligemma --features cuda --example engine_bench --target x86_64-unknown-linux-gnu
+cargo build --release -p paligemma --features cuda --example engine_bench
 mkdir -p .device
-strip -o .device/engine_bench "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/examples/engine_bench"
+strip -o .device/engine_bench "$CARGO_TARGET_DIR/release/examples/engine_bench"
 xz -T2 -6 -f .device/engine_bench
 ls -la .device/
