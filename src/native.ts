@@ -158,10 +158,30 @@ function platformSuffix(): string {
 
 let cached: NativeBinding | undefined
 
+/** Whether the CUDA variant may be tried (`PALIGEMMA_NO_CUDA=1` opts out). */
+function cudaAllowed(suffix: string): boolean {
+  return suffix === 'linux-x64-gnu' && !/^(1|true|yes)$/i.test(process.env.PALIGEMMA_NO_CUDA ?? '')
+}
+
+let fallbackNote: string | undefined
+
+/**
+ * Why a CUDA build was not used, when one was installed but failed to load (for example no
+ * NVIDIA driver: `libcuda.so.1` missing). `undefined` when no CUDA build was tried or it loaded.
+ *
+ * @internal
+ */
+export function cudaFallbackNote(): string | undefined {
+  return fallbackNote
+}
+
 /**
  * Loads the addon, in this order: `PALIGEMMA_NATIVE_LIBRARY_PATH` (a `.node` file, e.g. a custom
- * CUDA build), the per-platform package `paligemma-<platform>`, then the local build in
- * `<repo>/npm/<platform>/`.
+ * build); on Linux x64 the CUDA variant (package `paligemma-linux-x64-gnu-cuda`, then the local
+ * build in `<repo>/npm/linux-x64-gnu-cuda/`), which also runs on the CPU; then the CPU package
+ * `paligemma-<platform>` and the local build in `<repo>/npm/<platform>/`. A CUDA build that is
+ * installed but cannot load (no driver) is skipped with a warning, so `device: 'auto'` falls
+ * back to the CPU build.
  *
  * @internal
  */
@@ -169,27 +189,40 @@ export function native(): NativeBinding {
   if (cached) return cached
   const require = createRequire(import.meta.url)
   const suffix = platformSuffix()
-  const localFile = fileURLToPath(new URL(`../../npm/${suffix}/paligemma.${suffix}.node`, import.meta.url))
+  const local = (variant: string) => fileURLToPath(new URL(`../../npm/${variant}/paligemma.${variant}.node`, import.meta.url))
+  const cudaCandidates = cudaAllowed(suffix) ? [`paligemma-${suffix}-cuda`, local(`${suffix}-cuda`)] : []
   const candidates: string[] = []
   const override = process.env.PALIGEMMA_NATIVE_LIBRARY_PATH
   if (override) candidates.push(override)
-  candidates.push(`paligemma-${suffix}`, localFile)
+  candidates.push(...cudaCandidates, `paligemma-${suffix}`, local(suffix))
   const failures: string[] = []
+  const cudaFailures: string[] = []
   for (const candidate of candidates) {
-    if (candidate === localFile && !existsSync(localFile)) {
-      failures.push(`${candidate}: not found (run \`npm run build:native\`)`)
+    const isLocal = candidate.endsWith('.node') && candidate !== override
+    if (isLocal && !existsSync(candidate)) {
+      if (!cudaCandidates.includes(candidate)) failures.push(`${candidate}: not found (run \`npm run build:native\`)`)
       continue
     }
     try {
       cached = require(candidate) as NativeBinding
+      if (cudaFailures.length > 0) {
+        fallbackNote = `the CUDA build could not be loaded (${cudaFailures.join('; ')}); using the CPU build`
+        process.emitWarning(`paligemma: ${fallbackNote}`, { code: 'PALIGEMMA_CPU_FALLBACK' })
+      }
       return cached
     } catch (error) {
-      failures.push(`${candidate}: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`)
+      const reason = `${candidate}: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`
+      const missingPackage = error instanceof Error && 'code' in error && error.code === 'MODULE_NOT_FOUND' && !isLocal
+      if (cudaCandidates.includes(candidate)) {
+        if (!missingPackage) cudaFailures.push(reason)
+      } else {
+        failures.push(reason)
+      }
     }
   }
   throw new PaliGemmaError(
     'ERR_MODEL_LOAD',
-    `cannot load the paligemma native addon for ${suffix}. Tried:\n  - ${failures.join('\n  - ')}\n` +
+    `cannot load the paligemma native addon for ${suffix}. Tried:\n  - ${[...cudaFailures, ...failures].join('\n  - ')}\n` +
       `Install the optional dependency paligemma-${suffix} (npm may skip optional dependencies: ` +
       'reinstall without --omit=optional), or build it with `npm run build:native`.',
   )
