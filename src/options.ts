@@ -88,8 +88,8 @@ export function validateLoadArgs(modelDir: unknown, options: unknown): LoadArgs 
     throw invalid('device', `must be 'auto', 'cpu' or 'cuda', got ${describe(device)}`)
   }
   const dtype = options.dtype
-  if (dtype !== undefined && dtype !== 'f32' && dtype !== 'f16' && dtype !== 'bf16') {
-    throw invalid('dtype', `must be 'f32', 'f16' or 'bf16', got ${describe(dtype)}`)
+  if (dtype !== undefined && !['f32', 'f16', 'bf16', 'q8_0', 'q4k'].includes(dtype as string)) {
+    throw invalid('dtype', `must be 'f32', 'f16', 'bf16', 'q8_0' or 'q4k', got ${describe(dtype)}`)
   }
   const threads = options.threads === undefined ? undefined : integer('threads', options.threads, 1, 1024)
   const onProgress = options.onProgress

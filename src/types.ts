@@ -8,7 +8,7 @@
 export type DeviceKind = 'auto' | 'cpu' | 'cuda'
 
 /** Compute precision of the weights and activations. */
-export type DType = 'f32' | 'f16' | 'bf16'
+export type DType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4k'
 
 /** Loading progress, in bytes of tensor data materialised so far. */
 export interface LoadProgress {

@@ -1,6 +1,6 @@
 //! The one place where the compute device and dtype are chosen.
 
-use paligemma::{DType, Device};
+use paligemma::{DType, Device, Quantization};
 
 use crate::error::NativeFailure;
 
@@ -44,6 +44,21 @@ fn auto() -> Device {
     Device::Cpu
 }
 
+/// Resolves the `dtype` load option into a compute dtype and an optional quantization of the
+/// decoder ('q8_0', 'q4k': CPU only, f32 activations).
+pub(crate) fn select_precision(requested: Option<&str>, device: &Device) -> Result<(DType, Option<Quantization>), NativeFailure> {
+    match requested {
+        Some(q @ ("q8_0" | "q4k")) => {
+            if !device.is_cpu() {
+                return Err(NativeFailure::invalid("dtype", format!("'{q}' is a CPU mode; on a GPU use 'bf16' or 'f16'")));
+            }
+            let quantization = q.parse::<Quantization>().map_err(|e| NativeFailure::invalid("dtype", e.to_string()))?;
+            Ok((DType::F32, Some(quantization)))
+        }
+        other => Ok((select_dtype(other, device)?, None)),
+    }
+}
+
 /// Resolves the `dtype` load option; the default is f32 on the CPU (candle has no CPU bf16
 /// matmul) and bf16 on a GPU.
 pub(crate) fn select_dtype(requested: Option<&str>, device: &Device) -> Result<DType, NativeFailure> {
@@ -53,7 +68,7 @@ pub(crate) fn select_dtype(requested: Option<&str>, device: &Device) -> Result<D
         Some("f32") => Ok(DType::F32),
         Some("f16") => Ok(DType::F16),
         Some("bf16") => Ok(DType::BF16),
-        Some(other) => Err(NativeFailure::invalid("dtype", format!("`{other}` is not one of 'f32', 'f16', 'bf16'"))),
+        Some(other) => Err(NativeFailure::invalid("dtype", format!("`{other}` is not one of 'f32', 'f16', 'bf16', 'q8_0', 'q4k'"))),
     }
 }
 

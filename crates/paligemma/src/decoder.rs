@@ -7,7 +7,10 @@ use crate::attention::{attend, AttentionSpec, MaskSpec};
 use crate::config::{Architecture, LayerType, TextConfig};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::layers::{gelu_tanh, Linear, RmsNorm};
+use candle_core::quantized::QMatMul;
+use candle_core::Module;
+
+use crate::layers::{gelu_tanh, quantize_matrix, Linear, Quantization, RmsNorm};
 use crate::rotary::RotaryEmbedding;
 use crate::weights::Scope;
 
@@ -22,6 +25,22 @@ pub struct Step {
     pub sliding_window: bool,
 }
 
+/// Counts how many projections a quantization mode actually converted (a matrix whose input
+/// width is not a multiple of the block size stays dense).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QuantizationReport {
+    pub quantized: usize,
+    pub total: usize,
+}
+
+fn maybe_quantize(linear: Linear, q: Option<Quantization>, report: &mut QuantizationReport) -> Result<Linear> {
+    let Some(q) = q else { return Ok(linear) };
+    report.total += 1;
+    let (linear, done) = linear.quantized(q)?;
+    report.quantized += usize::from(done);
+    Ok(linear)
+}
+
 struct SelfAttention {
     qkv: Linear,
     o_proj: Linear,
@@ -32,15 +51,15 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn load(scope: &Scope, cfg: &TextConfig) -> Result<Self> {
+    fn load(scope: &Scope, cfg: &TextConfig, quant: Option<Quantization>, report: &mut QuantizationReport) -> Result<Self> {
         let (d, n, k, h) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let spec = AttentionSpec { scale: cfg.attention_scale, softcap: cfg.attn_logit_softcapping };
         let q = Linear::load(&scope.pp("q_proj"), d, n * h, false)?.scaled(spec.query_factor())?;
         let kp = Linear::load(&scope.pp("k_proj"), d, k * h, false)?;
         let v = Linear::load(&scope.pp("v_proj"), d, k * h, false)?;
         Ok(SelfAttention {
-            qkv: Linear::fused(&[q, kp, v])?,
-            o_proj: Linear::load(&scope.pp("o_proj"), n * h, d, false)?,
+            qkv: maybe_quantize(Linear::fused(&[q, kp, v])?, quant, report)?,
+            o_proj: maybe_quantize(Linear::load(&scope.pp("o_proj"), n * h, d, false)?, quant, report)?,
             heads: n,
             kv_heads: k,
             head_dim: h,
@@ -74,11 +93,15 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(scope: &Scope, cfg: &TextConfig) -> Result<Self> {
+    fn load(scope: &Scope, cfg: &TextConfig, quant: Option<Quantization>, report: &mut QuantizationReport) -> Result<Self> {
         let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
         let gate = Linear::load(&scope.pp("gate_proj"), d, f, false)?;
         let up = Linear::load(&scope.pp("up_proj"), d, f, false)?;
-        Ok(FeedForward { gate_up: Linear::fused(&[gate, up])?, down: Linear::load(&scope.pp("down_proj"), f, d, false)?, hidden: f })
+        Ok(FeedForward {
+            gate_up: maybe_quantize(Linear::fused(&[gate, up])?, quant, report)?,
+            down: maybe_quantize(Linear::load(&scope.pp("down_proj"), f, d, false)?, quant, report)?,
+            hidden: f,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -109,7 +132,14 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(scope: &Scope, cfg: &TextConfig, arch: Architecture, layer_type: LayerType) -> Result<Self> {
+    fn load(
+        scope: &Scope,
+        cfg: &TextConfig,
+        arch: Architecture,
+        layer_type: LayerType,
+        quant: Option<Quantization>,
+        report: &mut QuantizationReport,
+    ) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let norm = |name: &str| RmsNorm::load(&scope.pp(name), d, eps);
         let (pre_ffw_norm_gemma, post_norms) = match arch {
@@ -125,10 +155,10 @@ impl DecoderLayer {
         };
         Ok(DecoderLayer {
             input_norm: norm("input_layernorm")?,
-            attention: SelfAttention::load(&scope.pp("self_attn"), cfg)?,
+            attention: SelfAttention::load(&scope.pp("self_attn"), cfg, quant, report)?,
             pre_ffw_norm_gemma,
             post_norms,
-            mlp: FeedForward::load(&scope.pp("mlp"), cfg)?,
+            mlp: FeedForward::load(&scope.pp("mlp"), cfg, quant, report)?,
             layer_type,
         })
     }
@@ -162,6 +192,10 @@ pub enum LogitsFor {
 
 pub struct Decoder {
     embed_tokens: Tensor,
+    /// A quantized copy of the tied embedding used as the LM head in quantized mode (the
+    /// dense table is still needed for the lookup).
+    lm_head: Option<QMatMul>,
+    quantization: QuantizationReport,
     embed_scale: f64,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
@@ -172,15 +206,25 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn load(scope: &Scope, cfg: &TextConfig, arch: Architecture) -> Result<Self> {
+    pub fn load(scope: &Scope, cfg: &TextConfig, arch: Architecture, quant: Option<Quantization>) -> Result<Self> {
         let d = cfg.hidden_size;
         let embed_tokens = scope.pp("embed_tokens").get(&[cfg.vocab_size, d], "weight")?;
+        let mut report = QuantizationReport::default();
         let layers = cfg
             .layer_types
             .iter()
             .enumerate()
-            .map(|(i, &lt)| DecoderLayer::load(&scope.pp("layers").pp(i), cfg, arch, lt))
+            .map(|(i, &lt)| DecoderLayer::load(&scope.pp("layers").pp(i), cfg, arch, lt, quant, &mut report))
             .collect::<Result<Vec<_>>>()?;
+        let lm_head = match quant {
+            Some(q) => {
+                report.total += 1;
+                let head = quantize_matrix(&embed_tokens, q)?;
+                report.quantized += usize::from(head.is_some());
+                head
+            }
+            None => None,
+        };
         let norm = RmsNorm::load(&scope.pp("norm"), d, cfg.rms_norm_eps)?;
         // +2: positions are 1-indexed and the last token written may sit at max_positions.
         let rope = RotaryEmbedding::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings + 2, scope.dtype(), scope.device())?;
@@ -189,6 +233,8 @@ impl Decoder {
         let embed_scale = round_to_dtype((d as f64).sqrt(), scope.dtype());
         Ok(Decoder {
             embed_tokens,
+            lm_head,
+            quantization: report,
             embed_scale,
             layers,
             norm,
@@ -230,11 +276,20 @@ impl Decoder {
         }
         let h = self.norm.forward(&x)?;
         let (b, rows, d) = h.dims3()?;
-        let mut logits = h.reshape((b * rows, d))?.matmul(&self.embed_tokens.t()?)?;
+        let h = h.reshape((b * rows, d))?;
+        let mut logits = match &self.lm_head {
+            Some(head) => head.forward(&h.contiguous()?)?,
+            None => h.matmul(&self.embed_tokens.t()?)?,
+        };
         if let Some(cap) = self.final_softcap {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }
         Ok(logits.reshape((b, rows, ()))?)
+    }
+
+    /// How many projections quantization converted (all zero when it is off).
+    pub fn quantization(&self) -> QuantizationReport {
+        self.quantization
     }
 
     pub fn num_layers(&self) -> usize {

@@ -1,38 +1,116 @@
 //! Small building blocks shared by the vision tower and the decoder.
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::weights::Scope;
+
+/// Weight formats for the decoder's matmuls on the CPU (candle's GGML kernels): fewer bytes
+/// per decoded token, which is what bounds CPU decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// 8-bit, blocks of 32 (8.5 bits per weight).
+    Q8_0,
+    /// 4-bit k-quants, blocks of 256 (4.5 bits per weight).
+    Q4K,
+}
+
+impl Quantization {
+    fn ggml(self) -> GgmlDType {
+        match self {
+            Quantization::Q8_0 => GgmlDType::Q8_0,
+            Quantization::Q4K => GgmlDType::Q4K,
+        }
+    }
+    /// The input width must be a multiple of this for a matrix to be quantized.
+    pub fn block_size(self) -> usize {
+        self.ggml().block_size()
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantization::Q8_0 => "q8_0",
+            Quantization::Q4K => "q4k",
+        }
+    }
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "q8_0" => Ok(Quantization::Q8_0),
+            "q4k" => Ok(Quantization::Q4K),
+            other => Err(Error::invalid("dtype", format!("`{other}` is not a quantization (q8_0, q4k)"))),
+        }
+    }
+}
+
+/// Quantizes `[out, in]` (rows are dot products over `in`), or `None` when `in` is not a
+/// multiple of the block size.
+pub fn quantize_matrix(weight: &Tensor, q: Quantization) -> Result<Option<QMatMul>> {
+    if weight.dim(1)? % q.block_size() != 0 {
+        return Ok(None);
+    }
+    Ok(Some(QMatMul::from_qtensor(QTensor::quantize(weight, q.ggml())?)?))
+}
+
+#[derive(Debug, Clone)]
+enum Weight {
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
 
 /// `y = x·Wᵀ (+ b)` over the last dimension, for inputs of any rank.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+    out_dim: usize,
 }
 
 impl Linear {
     pub fn load(scope: &Scope, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = scope.get(&[out_dim, in_dim], "weight")?;
         let bias = if bias { Some(scope.get(&[out_dim], "bias")?) } else { None };
-        Ok(Linear { weight, bias })
+        Ok(Linear { weight: Weight::Dense(weight), bias, out_dim })
     }
 
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias }
+        let out_dim = weight.dims().first().copied().unwrap_or(0);
+        Linear { weight: Weight::Dense(weight), bias, out_dim }
+    }
+
+    fn dense(&self) -> Result<&Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Ok(w),
+            Weight::Quantized(_) => Err(Error::Internal("a quantized projection cannot be rescaled or fused".into())),
+        }
+    }
+
+    /// The same projection with quantized weights; unchanged (and `false`) when its input
+    /// width is not a multiple of the block size.
+    pub fn quantized(&self, q: Quantization) -> Result<(Linear, bool)> {
+        match quantize_matrix(self.dense()?, q)? {
+            Some(qm) => Ok((Linear { weight: Weight::Quantized(qm), bias: self.bias.clone(), out_dim: self.out_dim }, true)),
+            None => Ok((self.clone(), false)),
+        }
     }
 
     /// The same projection with its output multiplied by `factor` (weights and bias), so a
     /// constant that follows it (the attention scale) costs no kernel at run time.
     pub fn scaled(&self, factor: f64) -> Result<Self> {
-        Ok(Linear { weight: (&self.weight * factor)?, bias: self.bias.as_ref().map(|b| b * factor).transpose()? })
+        Ok(Linear {
+            weight: Weight::Dense((self.dense()? * factor)?),
+            bias: self.bias.as_ref().map(|b| b * factor).transpose()?,
+            out_dim: self.out_dim,
+        })
     }
 
     /// Stacks several projections that read the same input into one matmul (q/k/v, gate/up):
     /// one pass over the activations instead of several.
     pub fn fused(parts: &[Linear]) -> Result<Self> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let weights = parts.iter().map(Linear::dense).collect::<Result<Vec<&Tensor>>>()?;
         let weight = Tensor::cat(&weights, 0)?;
         let bias = if parts.iter().all(|p| p.bias.is_some()) {
             let biases: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
@@ -40,7 +118,8 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        let out_dim = weight.dim(0)?;
+        Ok(Linear { weight: Weight::Dense(weight), bias, out_dim })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -50,19 +129,22 @@ impl Linear {
             [] => return Err(candle_core::Error::Msg("Linear needs an input of rank >= 1".into()).into()),
         };
         let flat = x.reshape((rows, in_dim))?;
-        let mut y = flat.matmul(&self.weight.t()?)?;
+        let mut y = match &self.weight {
+            Weight::Dense(w) => flat.matmul(&w.t()?)?,
+            Weight::Quantized(q) => q.forward(&flat.contiguous()?)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
-            *last = self.weight.dim(0)?;
+            *last = self.out_dim;
         }
         Ok(y.reshape(out_dims)?)
     }
 
     pub fn out_dim(&self) -> usize {
-        self.weight.dims()[0]
+        self.out_dim
     }
 }
 

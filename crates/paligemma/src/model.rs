@@ -11,7 +11,8 @@ use crate::config::Config;
 use crate::decoder::{Decoder, LogitsFor, Step};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::layers::Linear;
+use crate::decoder::QuantizationReport;
+use crate::layers::{Linear, Quantization};
 use crate::vision::VisionTower;
 use crate::weights::{LoadMonitor, Scope, Weights};
 
@@ -26,6 +27,9 @@ pub struct LoadOptions<'a> {
     /// without it, and big_vision's transfer recipe sets it to 0. The cap is monotonic, so
     /// greedy output is the same either way; only sampled output and raw logits differ.
     pub final_logit_softcap: bool,
+    /// Quantize the decoder's matmuls and LM head (CPU, f32 activations). The vision tower and
+    /// the projector stay in `dtype`.
+    pub quantization: Option<Quantization>,
 }
 
 impl Default for LoadOptions<'_> {
@@ -35,6 +39,7 @@ impl Default for LoadOptions<'_> {
             dtype: DType::F32,
             monitor: LoadMonitor { on_progress: None, is_cancelled: None },
             final_logit_softcap: false,
+            quantization: None,
         }
     }
 }
@@ -72,6 +77,7 @@ pub struct PaliGemma {
     decoder: Decoder,
     device: Device,
     dtype: DType,
+    quantization: Option<Quantization>,
 }
 
 impl PaliGemma {
@@ -102,8 +108,19 @@ impl PaliGemma {
         if !options.final_logit_softcap {
             text.final_logit_softcapping = None;
         }
-        let decoder = Decoder::load(&root.pp("language_model"), &text, config.architecture)?;
-        Ok(PaliGemma { config, vision, projector, decoder, device: options.device.clone(), dtype: options.dtype })
+        if options.quantization.is_some() && (options.dtype != DType::F32 || !options.device.is_cpu()) {
+            return Err(Error::invalid("dtype", "quantized decoding (q8_0, q4k) runs on the CPU with f32 activations"));
+        }
+        let decoder = Decoder::load(&root.pp("language_model"), &text, config.architecture, options.quantization)?;
+        Ok(PaliGemma {
+            config,
+            vision,
+            projector,
+            decoder,
+            device: options.device.clone(),
+            dtype: options.dtype,
+            quantization: options.quantization,
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -114,6 +131,15 @@ impl PaliGemma {
     }
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+    /// The quantization the decoder was loaded with, if any.
+    pub fn quantization_mode(&self) -> Option<Quantization> {
+        self.quantization
+    }
+
+    /// How many decoder projections are quantized, out of how many (zeros when off).
+    pub fn quantization(&self) -> QuantizationReport {
+        self.decoder.quantization()
     }
 
     /// Checks and uploads `3·R·R` CHW floats as `[1, 3, R, R]`.
