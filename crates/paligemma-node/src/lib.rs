@@ -125,7 +125,10 @@ fn model_info(loaded: &Loaded, threads: usize, weight_bytes: u64) -> NativeModel
         hidden_size: config.text.hidden_size as u32,
         context_length: config.text.max_position_embeddings as u32,
         device: device::device_name(model.device()).to_string(),
-        dtype: device::dtype_name(model.dtype()).to_string(),
+        dtype: match model.quantization_mode() {
+            Some(q) => q.as_str().to_string(),
+            None => device::dtype_name(model.dtype()).to_string(),
+        },
         threads: threads as u32,
         has_tokenizer: loaded.tokenizer.is_some(),
         weight_bytes: weight_bytes as f64,
@@ -162,7 +165,7 @@ pub fn load_model<'env>(
         let total = weight_bytes.clone();
         let load = Box::new(move || -> Result<Loaded, NativeFailure> {
             let device = device::select_device(&options.device)?;
-            let dtype = device::select_dtype(options.dtype.as_deref(), &device)?;
+            let (dtype, quantization) = device::select_precision(options.dtype.as_deref(), &device)?;
             let last_sent: Mutex<Option<Instant>> = Mutex::new(None);
             let progress = |loaded: u64, all: u64| {
                 total.store(all, Ordering::Relaxed);
@@ -177,7 +180,7 @@ pub fn load_model<'env>(
             };
             let is_cancelled = || flag.is_cancelled();
             let monitor = LoadMonitor { on_progress: Some(&progress), is_cancelled: Some(&is_cancelled) };
-            let load_options = LoadOptions { device, dtype, monitor, final_logit_softcap: false };
+            let load_options = LoadOptions { device, dtype, monitor, final_logit_softcap: false, quantization };
             let model = PaliGemma::load(&dir, &load_options).map_err(|e| match e {
                 paligemma::Error::Aborted | paligemma::Error::DeviceUnavailable(_) | paligemma::Error::InvalidArgument { .. } => {
                     NativeFailure::from_core(&e, false)
