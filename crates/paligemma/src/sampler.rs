@@ -100,15 +100,17 @@ impl Sampler {
         if p.is_greedy() {
             return argmax(logits);
         }
-        let inv_t = 1.0 / p.temperature as f32;
-        let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)).collect();
+        // f64: 1/temperature overflows f32 for temperatures below ~1e-38, which would turn every
+        // logit into ±inf; in f64 a tiny temperature degrades gracefully towards greedy.
+        let t = p.temperature;
+        let mut candidates: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l as f64 / t)).collect();
         // Descending by logit; ties keep the lower id first so results are deterministic.
         candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 && p.top_k < candidates.len() {
             candidates.truncate(p.top_k);
         }
         let max = candidates[0].1;
-        let mut probs: Vec<f64> = candidates.iter().map(|&(_, l)| ((l - max) as f64).exp()).collect();
+        let mut probs: Vec<f64> = candidates.iter().map(|&(_, l)| (l - max).exp()).collect();
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= sum);
         if p.top_p < 1.0 {
@@ -208,6 +210,15 @@ mod tests {
         let mut logits = [4.0f32, 3.0, -1.0];
         s.sample(&mut logits, &[0, 2, 0]);
         assert_eq!(logits, [2.0, 3.0, -2.0]);
+    }
+
+    #[test]
+    fn a_tiny_temperature_behaves_like_greedy() {
+        let logits = [0.5f32, 2.0, -1.0, 1.9];
+        for t in [1e-45, 1e-39, 1e-12] {
+            let mut s = Sampler::new(SamplingParams { temperature: t, ..params(1.0) }).unwrap();
+            assert_eq!(s.sample(&mut logits.clone(), &[]), 1, "temperature {t}");
+        }
     }
 
     #[test]
