@@ -16,7 +16,40 @@
 export { PaliGemma } from './src/model.js'
 export { TokenStream } from './src/stream.js'
 export { AbortError, PaliGemmaError, isErrorCode } from './src/errors.js'
+export { downloadModel, hubCacheDir, isHubModelId, resolveModel } from './src/hub.js'
+export type { DownloadProgress, ResolveModelOptions } from './src/hub.js'
+export { convertCheckpoint, convertVae, inspectModel } from './src/tools.js'
+export type {
+  BytesPerDType,
+  CheckpointFiles,
+  ConvertCheckpointOptions,
+  ConvertReport,
+  ModelSummary,
+  TextSummary,
+  VaeReport,
+  VisionSummary,
+} from './src/tools.js'
 export type { ErrorCode } from './src/errors.js'
+export { decodeSegmentations, preprocessImage } from './src/image.js'
+export type { DecodeSegmentationsOptions } from './src/image.js'
+export { parseDetections, parseSegmentations } from './src/parse.js'
+export { drawDetections, drawMasks } from './src/render.js'
+export type { LabeledBox, MaskedDetection } from './src/render.js'
+export { taskPrompt } from './src/tasks.js'
+export type { LanguageTaskOptions, SegmentOptions, TaskOptions } from './src/tasks.js'
+export type {
+  BoundingBox,
+  Detection,
+  ImageInput,
+  ImageOptions,
+  ImageRequest,
+  ImageSize,
+  Mask,
+  ParsedSegmentation,
+  PreprocessedImage,
+  RawImage,
+  Segmentation,
+} from './src/types.js'
 export type {
   DType,
   DeviceKind,

@@ -6,11 +6,16 @@
 
 import { abortErrorFor, disposedError, errorFromFailure, errorFromThrown } from './errors.js'
 import type { AbortError, PaliGemmaError } from './errors.js'
+import { resolveLoadTarget } from './hub.js'
 import { isFailure, native } from './native.js'
 import type { NativeBinding, NativeFailure, NativeForwardOutput, NativeModel, NativeModelInfo, NativeProgress } from './native.js'
 import { validateForwardInput, validateGenerateRequest, validateLoadArgs } from './options.js'
+import { isImageRequest, startImageRequest } from './image.js'
 import { TokenStream } from './stream.js'
+import { runAsk, runCaption, runDetect, runOcr, runSegment } from './tasks.js'
+import type { LanguageTaskOptions, SegmentOptions, TaskOptions } from './tasks.js'
 import type { DType, ForwardInput, ForwardOutput, GenerateRequest, GenerateResult, LoadOptions, ModelInfo, StreamChunk } from './types.js'
+import type { Detection, ImageInput, ImageRequest, Segmentation } from './types.js'
 
 function publicInfo(info: NativeModelInfo): ModelInfo {
   return Object.freeze({
@@ -67,10 +72,13 @@ export class PaliGemma implements AsyncDisposable {
   readonly #binding: NativeBinding
   readonly #nativeInfo: NativeModelInfo
   #disposing: Promise<void> | undefined
+  /** `segment()`'s default mask decoder (the `vaePath` load option). */
+  readonly #vaePath: string | undefined
 
-  private constructor(binding: NativeBinding, model: NativeModel) {
+  private constructor(binding: NativeBinding, model: NativeModel, vaePath: string | undefined) {
     this.#binding = binding
     this.#native = model
+    this.#vaePath = vaePath
     this.#nativeInfo = model.info
     this.info = publicInfo(this.#nativeInfo)
   }
@@ -79,7 +87,9 @@ export class PaliGemma implements AsyncDisposable {
    * Loads a Hugging Face-layout model folder (`config.json`, `model.safetensors` or a sharded
    * index, and optionally `tokenizer.json`), off the JS thread.
    *
-   * @param modelDir - path of the model folder.
+   * @param modelDir - path of the model folder, or a Hugging Face hub id such as
+   *   `google/paligemma2-3b-mix-224` (downloaded into the Hugging Face cache first, see
+   *   {@link resolveModel}; download progress goes to `onProgress` too, with `phase: 'download'`).
    * @param options - device, precision, threads, progress callback and abort signal.
    * @returns the loaded model.
    * @throws A {@link PaliGemmaError} `ERR_MODEL_LOAD` (missing or invalid files, or no native
@@ -88,6 +98,8 @@ export class PaliGemma implements AsyncDisposable {
    *   exception `onProgress` threw, if it threw (loading stops too).
    */
   static async load(modelDir: string, options?: LoadOptions): Promise<PaliGemma> {
+    // A hub id (`owner/name`) that is not a local folder is downloaded first (see hub.ts).
+    modelDir = await resolveLoadTarget(modelDir, options)
     const args = validateLoadArgs(modelDir, options)
     const { signal } = args
     if (signal?.aborted) throw abortErrorFor(signal)
@@ -139,7 +151,7 @@ export class PaliGemma implements AsyncDisposable {
       if (signal) throw abortErrorFor(signal)
     }
     if (isFailure(result)) throw errorFromFailure(result, signal?.reason)
-    return new PaliGemma(binding, result)
+    return new PaliGemma(binding, result, args.vaePath)
   }
 
   /** Whether {@link PaliGemma.dispose} was called. */
@@ -199,6 +211,9 @@ export class PaliGemma implements AsyncDisposable {
   }
 
   #start(request: GenerateRequest, buffer: boolean): TokenStream {
+    if (isImageRequest(request)) {
+      return startImageRequest(() => this.#live(), () => new this.#binding.CancelToken(), this.#nativeInfo, request, buffer)
+    }
     let validated: ReturnType<typeof validateGenerateRequest>
     let model: NativeModel
     try {
@@ -221,11 +236,12 @@ export class PaliGemma implements AsyncDisposable {
    * Generates up to `maxNewTokens` tokens and resolves with all of them. Runs the same native
    * request as {@link PaliGemma.stream}, so both give the same tokens for the same request.
    *
-   * @param request - prompt ids, pixel values and sampling options.
-   * @returns the text, token ids, finish reason, seed and timings.
-   * @throws A {@link PaliGemmaError} `ERR_INVALID_ARGUMENT`, `ERR_DISPOSED` (also when the model is
-   *   disposed while the request waits or runs), `ERR_INTERNAL`; {@link AbortError} when `signal`
-   *   aborts.
+   * @param request - prompt ids and pixel values, or an image and a text prompt; sampling options.
+   * @returns the text, token ids, finish reason, seed and timings (plus the prompt ids and the
+   *   image size for `{ image, prompt }` requests).
+   * @throws A {@link PaliGemmaError} `ERR_INVALID_ARGUMENT`, `ERR_INVALID_IMAGE`, `ERR_DISPOSED`
+   *   (also when the model is disposed while the request waits or runs), `ERR_INTERNAL`;
+   *   {@link AbortError} when `signal` aborts.
    */
   generate(request: GenerateRequest): Promise<GenerateResult> {
     return this.#start(request, false).result
@@ -236,11 +252,89 @@ export class PaliGemma implements AsyncDisposable {
    * Breaking out of the loop cancels the request. Errors (including invalid requests) are thrown
    * by the loop; see {@link TokenStream}.
    *
-   * @param request - prompt ids, pixel values and sampling options.
+   * @param request - prompt ids and pixel values, or an image and a text prompt; sampling options.
    * @returns an async iterable of {@link StreamChunk}s, with the final `result` as a promise.
    */
   stream(request: GenerateRequest): TokenStream {
     return this.#start(request, true)
+  }
+
+  /** `generate` for the task helpers. */
+  readonly #run = (request: ImageRequest): Promise<GenerateResult> => this.generate(request)
+
+  /**
+   * Captions an image (prompt `caption <lang>`). Greedy by default; all sampling options apply.
+   * For token ids and timings, use `generate({ image, prompt: taskPrompt.caption(lang) })`.
+   *
+   * @param image - a path, encoded bytes or raw pixels.
+   * @param options - `lang` (default `'en'`), sampling, image decoding and `signal`.
+   * @returns the caption.
+   * @throws Like {@link PaliGemma.generate}; `ERR_INVALID_ARGUMENT` also when the model folder has
+   *   no `tokenizer.json`.
+   */
+  caption(image: ImageInput, options?: LanguageTaskOptions): Promise<string> {
+    return runCaption(this.#run, image, options)
+  }
+
+  /**
+   * Answers a question about an image (prompt `answer <lang> <question>`).
+   *
+   * @param image - a path, encoded bytes or raw pixels.
+   * @param question - the question, e.g. `'what is the cat sitting on?'`.
+   * @param options - `lang` (default `'en'`), sampling, image decoding and `signal`.
+   * @returns the answer.
+   * @throws Like {@link PaliGemma.caption}.
+   */
+  ask(image: ImageInput, question: string, options?: LanguageTaskOptions): Promise<string> {
+    return runAsk(this.#run, image, question, options)
+  }
+
+  /**
+   * Reads the text in an image (prompt `ocr`).
+   *
+   * @param image - a path, encoded bytes or raw pixels.
+   * @param options - sampling, image decoding and `signal`.
+   * @returns the text.
+   * @throws Like {@link PaliGemma.caption}.
+   */
+  ocr(image: ImageInput, options?: TaskOptions): Promise<string> {
+    return runOcr(this.#run, image, options)
+  }
+
+  /**
+   * Finds objects (prompt `detect a ; b`) and returns their boxes in pixels of the original image
+   * (see {@link parseDetections}). Malformed model output never throws: what cannot be parsed is
+   * skipped, so the result may be empty. Draw them with {@link drawDetections}.
+   *
+   * @param image - a path, encoded bytes or raw pixels.
+   * @param labels - what to look for: `'cat'`, `['cat', 'dog']` or `'cat ; dog'`.
+   * @param options - sampling (raise `maxNewTokens` for many objects: 5–8 tokens each), image
+   *   decoding and `signal`.
+   * @returns the detections, in the order the model wrote them.
+   * @throws Like {@link PaliGemma.caption}; `ERR_INVALID_ARGUMENT` for empty labels or labels
+   *   containing `;`.
+   */
+  detect(image: ImageInput, labels: string | readonly string[], options?: TaskOptions): Promise<Detection[]> {
+    return runDetect(this.#run, image, labels, options)
+  }
+
+  /**
+   * Segments objects (prompt `segment a ; b`): boxes as {@link PaliGemma.detect} returns them,
+   * plus a binary mask at the original image's size, decoded natively by the VQ-VAE mask decoder
+   * (`vaePath`) and pasted into the box as the official demo does. Objects whose mask tokens are
+   * missing or malformed get `mask: null`. Draw them with {@link drawMasks}.
+   *
+   * @param image - a path, encoded bytes or raw pixels.
+   * @param labels - what to segment: `'cat'`, `['cat', 'dog']` or `'cat ; dog'`.
+   * @param options - `vaePath` (default: the `vaePath` load option), sampling (about 21 tokens per
+   *   object), image decoding and `signal`.
+   * @returns the segmentations, in the order the model wrote them.
+   * @throws Like {@link PaliGemma.detect}; `ERR_INVALID_ARGUMENT` when no `vaePath` is given or
+   *   no file is there (checked before generating), `ERR_MODEL_LOAD` when the file is not a mask
+   *   decoder.
+   */
+  segment(image: ImageInput, labels: string | readonly string[], options?: SegmentOptions): Promise<Segmentation[]> {
+    return runSegment(this.#run, image, labels, options, this.#vaePath)
   }
 
   /**

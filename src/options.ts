@@ -21,7 +21,8 @@ export function invalid(name: string, message: string): PaliGemmaError {
   return new PaliGemmaError('ERR_INVALID_ARGUMENT', `invalid argument \`${name}\`: ${message}`)
 }
 
-function describe(value: unknown): string {
+/** A short description of a value for error messages. @internal */
+export function describe(value: unknown): string {
   if (value === null) return 'null'
   if (Array.isArray(value)) return 'an array'
   if (typeof value === 'object') return `an object (${value.constructor?.name ?? 'no prototype'})`
@@ -29,11 +30,13 @@ function describe(value: unknown): string {
   return `${typeof value} ${String(value)}`
 }
 
-function isRecord(value: unknown): value is Record<string, unknown> {
+/** Whether `value` is a plain object (not null, not an array). @internal */
+export function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
-function checkKeys(where: string, value: Record<string, unknown>, allowed: readonly string[]): void {
+/** Rejects keys outside `allowed`, naming the first unknown one. @internal */
+export function checkKeys(where: string, value: Record<string, unknown>, allowed: readonly string[]): void {
   for (const key of Object.keys(value)) {
     if (!allowed.includes(key)) {
       throw invalid(`${where}.${key}`, `unknown option; expected one of ${allowed.join(', ')}`)
@@ -45,13 +48,15 @@ function isAbortSignal(value: unknown): value is AbortSignal {
   return value instanceof AbortSignal
 }
 
-function optionalSignal(name: string, value: unknown): AbortSignal | undefined {
+/** An optional `AbortSignal` option. @internal */
+export function optionalSignal(name: string, value: unknown): AbortSignal | undefined {
   if (value === undefined) return undefined
   if (!isAbortSignal(value)) throw invalid(name, `must be an AbortSignal, got ${describe(value)}`)
   return value
 }
 
-function integer(name: string, value: unknown, min: number, max: number): number {
+/** An integer option in `[min, max]`. @internal */
+export function integer(name: string, value: unknown, min: number, max: number): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
     throw invalid(name, `must be an integer in [${min}, ${max}], got ${describe(value)}`)
   }
@@ -65,7 +70,7 @@ function finite(name: string, value: unknown, ok: (v: number) => boolean, range:
   return value
 }
 
-const LOAD_KEYS = ['device', 'dtype', 'threads', 'onProgress', 'signal'] as const
+const LOAD_KEYS = ['device', 'dtype', 'threads', 'onProgress', 'signal', 'vaePath'] as const
 
 /** Validated arguments of `PaliGemma.load`. @internal */
 export interface LoadArgs {
@@ -73,6 +78,8 @@ export interface LoadArgs {
   native: NativeLoadOptions
   onProgress?: (progress: NativeProgress) => void
   signal?: AbortSignal
+  /** The default mask decoder weights of `segment()`. */
+  vaePath?: string
 }
 
 /** @internal */
@@ -96,14 +103,21 @@ export function validateLoadArgs(modelDir: unknown, options: unknown): LoadArgs 
   if (onProgress !== undefined && typeof onProgress !== 'function') {
     throw invalid('onProgress', `must be a function, got ${describe(onProgress)}`)
   }
+  const vaePath = options.vaePath
+  if (vaePath !== undefined && (typeof vaePath !== 'string' || vaePath.length === 0)) {
+    throw invalid('vaePath', `must be a non-empty path string, got ${describe(vaePath)}`)
+  }
+  // Narrowed by the check above; TS cannot carry a negated compound condition over.
+  const defaultVae = typeof vaePath === 'string' ? vaePath : undefined
   const native: NativeLoadOptions = { device }
-  if (dtype !== undefined) native.dtype = dtype
+  if (typeof dtype === 'string') native.dtype = dtype
   if (threads !== undefined) native.threads = threads
   return {
     dir: modelDir,
     native,
     onProgress: onProgress as ((progress: LoadProgress) => void) | undefined,
     signal: optionalSignal('signal', options.signal),
+    vaePath: defaultVae,
   }
 }
 
@@ -122,6 +136,9 @@ export function validateInputIds(value: unknown, info: NativeModelInfo): Uint32A
   }
   const source = value as ArrayLike<unknown>
   const n = source.length
+  if (!Number.isSafeInteger(n) || n < 0) {
+    throw invalid('inputIds', `must be an array or typed array of token ids, got an object whose length is ${describe(n)}`)
+  }
   if (n === 0) throw invalid('inputIds', 'is empty')
   if (n > info.contextLength) {
     throw invalid('inputIds', `has ${n} tokens; the model supports at most ${info.contextLength} positions`)
@@ -178,7 +195,8 @@ export function validateForwardInput(
   }
 }
 
-const SAMPLING_KEYS = ['maxNewTokens', 'temperature', 'topK', 'topP', 'repetitionPenalty', 'seed', 'stop', 'signal'] as const
+/** Options every generation request accepts. @internal */
+export const SAMPLING_KEYS = ['maxNewTokens', 'temperature', 'topK', 'topP', 'repetitionPenalty', 'seed', 'stop', 'signal'] as const
 const REQUEST_KEYS = ['inputIds', 'pixelValues', ...SAMPLING_KEYS] as const
 
 /** A fresh seed in [0, 2^53 − 1]. */
@@ -196,7 +214,7 @@ export function validateGenerateRequest(
     throw invalid('request', `must be an object { inputIds, pixelValues, ...options }, got ${describe(request)}`)
   }
   if (request.inputIds === undefined) {
-    throw invalid('inputIds', 'is required (requests with { image, prompt } are not supported yet)')
+    throw invalid('inputIds', 'is required (or pass { image, prompt })')
   }
   checkKeys('request', request, REQUEST_KEYS)
   const inputIds = validateInputIds(request.inputIds, info)
@@ -217,6 +235,22 @@ export function validateGenerateRequest(
       )
     }
   }
+  return {
+    native: { inputIds, pixelValues, maxNewTokens, ...validateSampling(request, info) },
+    signal: optionalSignal('signal', request.signal),
+  }
+}
+
+/**
+ * Validates the sampling options shared by every request kind (all but `maxNewTokens`, whose
+ * limit depends on the prompt length).
+ *
+ * @internal
+ */
+export function validateSampling(
+  request: Record<string, unknown>,
+  info: NativeModelInfo,
+): Omit<NativeGenerateRequest, 'inputIds' | 'pixelValues' | 'maxNewTokens'> {
   const temperature = request.temperature === undefined ? 0 : finite('temperature', request.temperature, (v) => v >= 0, '≥ 0')
   const topK = request.topK === undefined ? 0 : integer('topK', request.topK, 0, 2 ** 32 - 1)
   const topP = request.topP === undefined ? 1 : finite('topP', request.topP, (v) => v > 0 && v <= 1, 'in (0, 1]')
@@ -236,8 +270,5 @@ export function validateGenerateRequest(
       throw invalid('stop', 'stop strings need the model\'s tokenizer, and the model folder has no tokenizer.json; omit `stop` or add the tokenizer')
     }
   }
-  return {
-    native: { inputIds, pixelValues, maxNewTokens, temperature, topK, topP, repetitionPenalty, seed, stop },
-    signal: optionalSignal('signal', request.signal),
-  }
+  return { temperature, topK, topP, repetitionPenalty, seed, stop }
 }

@@ -47,6 +47,12 @@ export interface LoadOptions {
   onProgress?: (progress: LoadProgress) => void
   /** Cancels loading; `load` then rejects with an `AbortError`. */
   signal?: AbortSignal
+  /**
+   * The mask decoder weights used by `segment()` unless its options name another: big_vision's
+   * `vae-oid.npz` converted with `npx paligemma convert-vae vae-oid.npz vae-oid.safetensors`.
+   * Not read until the first `segment()`.
+   */
+  vaePath?: string
 }
 
 /** What a loaded model is. */
@@ -145,10 +151,21 @@ export interface TokenizedRequest extends SamplingOptions {
 }
 
 /**
- * A generation request. Today only {@link TokenizedRequest}; an `{ image, prompt }` form will
- * join this union.
+ * A generation request from an image and a prompt; the model's `tokenizer.json` is required.
+ * The image is decoded and resized to `info.imageSize` natively, on the model's worker (in queue
+ * order, off the JS thread), and the prompt ids are built as
+ * `[<image>] × info.imageTokens + <bos> + tokens(prompt + "\n")`. Special-token literals in
+ * `prompt` (`<image>`, `<bos>`) are plain text; `<loc####>`/`<seg###>` are recognised.
  */
-export type GenerateRequest = TokenizedRequest
+export interface ImageRequest extends SamplingOptions, ImageOptions {
+  /** The image: a path, encoded bytes or raw pixels. */
+  image: ImageInput
+  /** The text prompt without the trailing newline, e.g. `'caption en'` (see `taskPrompt`). */
+  prompt: string
+}
+
+/** A generation request: pre-tokenized ({@link TokenizedRequest}) or from an image and a prompt ({@link ImageRequest}). */
+export type GenerateRequest = TokenizedRequest | ImageRequest
 
 /**
  * Why generation ended: an EOS token (not included in the output), `maxNewTokens` reached, a
@@ -187,6 +204,13 @@ export interface GenerateResult {
   seed: number
   /** Durations and counts. */
   timings: Timings
+  /**
+   * {@link ImageRequest}s only (absent when a stream ended with `'abort'`): the prompt ids the
+   * model saw, image tokens included.
+   */
+  promptIds?: number[]
+  /** {@link ImageRequest}s only: the size of the decoded image before resizing. */
+  image?: ImageSize
 }
 
 /** One generated token, as yielded by {@link PaliGemma.stream}. */
@@ -202,4 +226,107 @@ export interface StreamChunk {
   text: string
   /** Position of the token among the generated ones, from 0. */
   index: number
+}
+
+/** Width and height in pixels. */
+export interface ImageSize {
+  /** Width in pixels. */
+  width: number
+  /** Height in pixels. */
+  height: number
+}
+
+/**
+ * Raw 8-bit pixels, interleaved, rows top to bottom (e.g. from `sharp(...).raw()` or a canvas's
+ * `ImageData`).
+ */
+export interface RawImage {
+  /** `width × height × channels` bytes. */
+  data: Uint8Array | Uint8ClampedArray
+  /** Width in pixels. */
+  width: number
+  /** Height in pixels. */
+  height: number
+  /** 1 = grey, 3 = RGB, 4 = RGBA (the alpha channel is dropped, not composited onto a background). */
+  channels: 1 | 3 | 4
+}
+
+/**
+ * An image: a file path, the bytes of an encoded file (a `Buffer` is a `Uint8Array`), or raw
+ * pixels. Encoded files may be JPEG, PNG, WebP, GIF (first frame) or BMP, recognised by content.
+ * Colour handling is Pillow's `convert('RGB')`, like the reference processor: grey is replicated,
+ * palettes are expanded and **alpha is dropped without compositing** (transparent pixels show
+ * their stored colour, often black); 16-bit samples keep their high byte.
+ */
+export type ImageInput = string | Uint8Array | RawImage
+
+/** How images are decoded. */
+export interface ImageOptions {
+  /**
+   * Rotate/flip images that carry an EXIF orientation tag as it says. Default `false`, like
+   * the reference processor (which ignores EXIF, so the released checkpoints saw images as stored).
+   */
+  applyExifOrientation?: boolean
+  /**
+   * Largest accepted `width × height`, checked against the file header before any pixel is
+   * decoded. Default 100 000 000 (100 megapixels); larger images are `ERR_INVALID_IMAGE`.
+   */
+  maxPixels?: number
+}
+
+/** What the vision tower consumes, plus the original size. */
+export interface PreprocessedImage {
+  /** `3 × size × size` float32 values in [−1, 1], channel-major (CHW), RGB. */
+  pixelValues: Float32Array
+  /** Width of the decoded image before resizing. */
+  width: number
+  /** Height of the decoded image before resizing. */
+  height: number
+}
+
+/** An axis-aligned box in pixels of the original image. */
+export interface BoundingBox {
+  /** Left edge. */
+  x: number
+  /** Top edge. */
+  y: number
+  /** Width (right edge = `x + width`, exclusive). */
+  width: number
+  /** Height (bottom edge = `y + height`, exclusive). */
+  height: number
+}
+
+/** One detected object. */
+export interface Detection {
+  /** The label the model wrote after the box (trimmed); `''` when it wrote none. */
+  label: string
+  /** The box in pixels of the original image. */
+  box: BoundingBox
+  /** The raw location bins `[ymin, xmin, ymax, xmax]`, each in 0…1023 (`<loc####>` tokens). */
+  box1024: [number, number, number, number]
+}
+
+/** A detection parsed from segmentation output, with its mask tokens. */
+export interface ParsedSegmentation extends Detection {
+  /**
+   * The 16 `<seg###>` codebook indices (0…127) that followed the box, or `null` when the model
+   * wrote no complete, valid sequence of 16 (the object then has no mask).
+   */
+  segIndices: number[] | null
+}
+
+/** A binary mask at the original image's size. */
+export interface Mask {
+  /** Width in pixels (the image's). */
+  width: number
+  /** Height in pixels (the image's). */
+  height: number
+  /** `width × height` bytes, row-major: 255 inside the object, 0 outside. */
+  data: Uint8Array
+}
+
+/** One segmented object. */
+export interface Segmentation extends ParsedSegmentation {
+  /** The decoded mask, or `null` when the model wrote no valid mask tokens for this object. */
+  mask: Mask | null
 }

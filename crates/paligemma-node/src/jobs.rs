@@ -16,6 +16,7 @@ use napi_derive::napi;
 use paligemma::{Control, FinishReason, GenerateRequest, SamplingParams};
 
 use crate::error::NativeFailure;
+use crate::processor::ImagePrompt;
 use crate::text::TextState;
 use crate::worker::{CancelFlag, Context, Job};
 
@@ -160,6 +161,11 @@ pub struct NativeGenerateOutput {
     /// 'eos' | 'length' | 'stop'
     pub finish_reason: String,
     pub timings: NativeTimings,
+    /// `{ image, prompt }` requests only: the prompt ids the model saw (image tokens included).
+    pub prompt_ids: Option<Vec<u32>>,
+    /// `{ image, prompt }` requests only: the decoded image's size before resizing.
+    pub image_width: Option<u32>,
+    pub image_height: Option<u32>,
 }
 
 /// One message of a generation's event channel.
@@ -183,20 +189,7 @@ pub(crate) fn convert_request(req: &NativeGenerateRequest) -> Result<(GenerateRe
     if req.max_new_tokens == 0 {
         return Err(NativeFailure::invalid("maxNewTokens", "must be at least 1"));
     }
-    if !(req.seed.is_finite() && req.seed >= 0.0 && req.seed.fract() == 0.0 && req.seed <= MAX_SAFE_INTEGER) {
-        return Err(NativeFailure::invalid("seed", format!("{} must be an integer in [0, 2^53 − 1]", req.seed)));
-    }
-    if let Some(i) = req.stop.iter().position(String::is_empty) {
-        return Err(NativeFailure::invalid("stop", format!("entry {i} is an empty string")));
-    }
-    let sampling = SamplingParams {
-        temperature: req.temperature,
-        top_k: req.top_k as usize,
-        top_p: req.top_p,
-        repetition_penalty: req.repetition_penalty,
-        seed: req.seed as u64,
-    };
-    sampling.validate().map_err(|e| NativeFailure::from_core(&e, false))?;
+    let sampling = sampling_params(req.temperature, req.top_k, req.top_p, req.repetition_penalty, req.seed, &req.stop)?;
     let request = GenerateRequest {
         input_ids: req.input_ids.to_vec(),
         pixel_values: req.pixel_values.to_vec(),
@@ -209,11 +202,34 @@ pub(crate) fn convert_request(req: &NativeGenerateRequest) -> Result<(GenerateRe
     Ok((request, req.stop.clone()))
 }
 
+/// The checks shared by every kind of generation request (tokenized or `{ image, prompt }`).
+pub(crate) fn sampling_params(
+    temperature: f64,
+    top_k: u32,
+    top_p: f64,
+    repetition_penalty: f64,
+    seed: f64,
+    stop: &[String],
+) -> Result<SamplingParams, NativeFailure> {
+    if !(seed.is_finite() && seed >= 0.0 && seed.fract() == 0.0 && seed <= MAX_SAFE_INTEGER) {
+        return Err(NativeFailure::invalid("seed", format!("{seed} must be an integer in [0, 2^53 − 1]")));
+    }
+    if let Some(i) = stop.iter().position(String::is_empty) {
+        return Err(NativeFailure::invalid("stop", format!("entry {i} is an empty string")));
+    }
+    let sampling = SamplingParams { temperature, top_k: top_k as usize, top_p, repetition_penalty, seed: seed as u64 };
+    sampling.validate().map_err(|e| NativeFailure::from_core(&e, false))?;
+    Ok(sampling)
+}
+
 pub(crate) struct GenerateJob {
     pub flag: Arc<CancelFlag>,
     pub request: GenerateRequest,
     pub stop: Vec<String>,
     pub sink: Option<EventSink>,
+    /// An `{ image, prompt }` request: turned into `request`'s ids and pixels on the worker,
+    /// where the image decode stays off the event loop and keeps the request's queue position.
+    pub image_prompt: Option<ImagePrompt>,
 }
 
 fn event(kind: &str) -> NativeEvent {
@@ -243,6 +259,10 @@ impl GenerateJob {
 
     fn compute(&mut self, ctx: &Context, queued_at: Instant) -> Result<NativeGenerateOutput, NativeFailure> {
         let queued_ms = millis(queued_at);
+        let prepared = match self.image_prompt.take() {
+            Some(prompt) => Some(prompt.prepare(ctx, &mut self.request)?),
+            None => None,
+        };
         let sink = self.sink.as_ref().ok_or_else(|| NativeFailure::internal("generation has no event channel"))?;
         let mut text = TextState::new(ctx.tokenizer, &self.stop)?;
         let js_gone = AtomicBool::new(false);
@@ -297,6 +317,9 @@ impl GenerateJob {
                 generated_tokens: generated,
                 decode_steps,
             },
+            image_width: prepared.as_ref().map(|p| p.width),
+            image_height: prepared.as_ref().map(|p| p.height),
+            prompt_ids: prepared.map(|p| p.prompt_ids),
         })
     }
 }

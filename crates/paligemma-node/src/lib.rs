@@ -6,7 +6,9 @@
 //! - `class CancelToken { constructor(); cancel(); readonly cancelled }`
 //! - `loadModel(dir, options, cancel, onProgress?) → Promise<NativeModel | NativeFailure>`
 //! - `class NativeModel { info; disposed; forward(ids, pixels, cancel) → Promise<NativeForwardOutput
-//!   | NativeFailure>; generate(request, cancel, onEvent); dispose() → Promise<void> }`
+//!   | NativeFailure>; generate(request, cancel, onEvent); generateFromImage(request, cancel,
+//!   onEvent); dispose() → Promise<void> }`
+//! - `preprocessImage`, `decodeMasks`, `renderAnnotations` (see `processor`)
 //! - `addonInfo() → { version, cuda }`
 //!
 //! Every entry point runs under [`error::guard`] and every worker job under `catch_unwind`, so
@@ -15,7 +17,9 @@
 mod device;
 mod error;
 mod jobs;
+mod processor;
 mod text;
+mod tools;
 mod worker;
 
 use std::path::PathBuf;
@@ -279,7 +283,31 @@ impl NativeModel {
                     return Ok(());
                 }
             };
-            let job = GenerateJob { flag: cancel.flag.clone(), request, stop, sink: Some(on_event) };
+            let job = GenerateJob { flag: cancel.flag.clone(), request, stop, sink: Some(on_event), image_prompt: None };
+            self.submit(cancel.flag.clone(), Box::new(job));
+            Ok(())
+        })
+    }
+
+    /// Queues an `{ image, prompt }` generation: on the worker, the image is decoded and resized
+    /// to the model's resolution and the prompt ids are built with the model's tokenizer; then it
+    /// runs like `generate`, and `done` also carries the prompt ids and the image's size.
+    #[napi(catch_unwind, ts_args_type = "request: NativeImagePromptRequest, cancel: CancelToken, onEvent: (event: NativeEvent) => void")]
+    pub fn generate_from_image(
+        &self,
+        request: processor::NativeImagePromptRequest,
+        cancel: &CancelToken,
+        on_event: EventSink,
+    ) -> napi::Result<()> {
+        guard(|| {
+            let (request, stop, image_prompt) = match processor::convert_image_request(&request) {
+                Ok(converted) => converted,
+                Err(failure) => {
+                    jobs::send_failure(&on_event, failure);
+                    return Ok(());
+                }
+            };
+            let job = GenerateJob { flag: cancel.flag.clone(), request, stop, sink: Some(on_event), image_prompt: Some(image_prompt) };
             self.submit(cancel.flag.clone(), Box::new(job));
             Ok(())
         })

@@ -15,13 +15,16 @@ use crate::error::NativeFailure;
 pub(crate) type Tokenizer = PromptTokenizer;
 
 /// Loads `<dir>/tokenizer.json` when present and checks it against the model's config (a
-/// mismatched tokenizer would silently produce wrong text, so it fails the load).
+/// mismatched tokenizer would silently produce wrong text, so it fails the load). Only a
+/// missing entry means "no tokenizer": a folder, a dangling link (a Hugging Face cache snapshot
+/// whose blob is gone) or an unreadable file of that name fails the load, naming the file.
 pub(crate) fn load(dir: &Path, config: &Config) -> Result<Option<Tokenizer>, NativeFailure> {
-    if !dir.join("tokenizer.json").is_file() {
+    let path = dir.join("tokenizer.json");
+    if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         return Ok(None);
     }
     let core = |e: paligemma::Error| NativeFailure::from_core(&e, false);
-    let tokenizer = PromptTokenizer::from_dir(dir).map_err(core)?;
+    let tokenizer = PromptTokenizer::from_file(&path).map_err(core)?;
     tokenizer.check_against(config).map_err(core)?;
     Ok(Some(tokenizer))
 }

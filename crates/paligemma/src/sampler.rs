@@ -100,10 +100,13 @@ impl Sampler {
         if p.is_greedy() {
             return argmax(logits);
         }
-        // f64: 1/temperature overflows f32 for temperatures below ~1e-38, which would turn every
-        // logit into ±inf; in f64 a tiny temperature degrades gracefully towards greedy.
+        // Shift by the largest logit before dividing by the temperature: `(l − max) / t` is ≤ 0,
+        // so even a denormal temperature gives 0 for the best token and −∞ for the rest (greedy)
+        // instead of overflowing to ∞ − ∞ = NaN.
         let t = p.temperature;
-        let mut candidates: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l as f64 / t)).collect();
+        let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let mut candidates: Vec<(u32, f64)> =
+            logits.iter().enumerate().map(|(i, &l)| (i as u32, (l as f64 - top) / t)).collect();
         // Descending by logit; ties keep the lower id first so results are deterministic.
         candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 && p.top_k < candidates.len() {
@@ -215,7 +218,7 @@ mod tests {
     #[test]
     fn a_tiny_temperature_behaves_like_greedy() {
         let logits = [0.5f32, 2.0, -1.0, 1.9];
-        for t in [1e-45, 1e-39, 1e-12] {
+        for t in [f64::MIN_POSITIVE * f64::EPSILON, 1e-45, 1e-39, 1e-12] {
             let mut s = Sampler::new(SamplingParams { temperature: t, ..params(1.0) }).unwrap();
             assert_eq!(s.sample(&mut logits.clone(), &[]), 1, "temperature {t}");
         }

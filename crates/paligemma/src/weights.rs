@@ -264,6 +264,16 @@ fn map_file(path: &Path) -> Result<MappedFile> {
                 info.data_offsets.1
             )));
         }
+        // safetensors only checks the element count, which a zero dimension keeps at 0 however
+        // large the others are; candle's contiguous strides multiply the other dimensions and
+        // would overflow (a panic with overflow checks on). No real tensor comes near this.
+        if info.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d.max(1))).is_none() {
+            return Err(Error::Weights(format!(
+                "{}: tensor `{name}` has shape {:?}, whose dimensions multiply past the address space",
+                path.display(),
+                info.shape
+            )));
+        }
         tensors.insert(name, info.clone());
     }
     Ok(MappedFile { path: path.to_path_buf(), mmap, data_start, tensors })

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test: the Rust workspace (parity, converter, image, text, segmentation, unit
+# tests), then the Node addon build and the ava suite. Fails loudly if a stage ran no tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2} CANDLE_NUM_THREADS=${CANDLE_NUM_THREADS:-2}
+LOGS=${TEST_LOGS:-target/test-logs}
+mkdir -p "$LOGS"
+
+echo "== cargo test (release profile, shared with the addon build)"
+cargo test --release --workspace --all-targets -- --nocapture 2>&1 | tee "$LOGS/cargo.log" | grep -E '^(parity |test result|error|warning: unused)|FAILED|panicked' || true
+test "${PIPESTATUS[0]}" -eq 0 || { echo "cargo test failed (full log: $LOGS/cargo.log)"; exit 1; }
+passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$LOGS/cargo.log" | awk '{s+=$4} END {print s+0}')
+grep -q '^parity pg1-tiny-a: .*ids=match' "$LOGS/cargo.log" || { echo "the parity test printed no pg1 line"; exit 1; }
+grep -q '^parity pg2-tiny-a: .*ids=match' "$LOGS/cargo.log" || { echo "the parity test printed no pg2 line"; exit 1; }
+[ "$passed" -ge 100 ] || { echo "only $passed Rust tests passed; expected at least 100"; exit 1; }
+echo "Rust: $passed tests passed"
+
+echo "== addon build"
+npm run build:native
+echo "== ava"
+npm test 2>&1 | tee "$LOGS/ava.log"
+test "${PIPESTATUS[0]}" -eq 0 || exit 1
+grep -Eq '[0-9]+ tests? passed' "$LOGS/ava.log" || { echo "ava reported no passing tests"; exit 1; }
