@@ -174,3 +174,17 @@ test.serial('the event loop keeps ticking during generation', async (t) => {
   t.true(elapsed > 100)
   t.true(ticks >= Math.max(10, (elapsed / 5) * 0.2), `${ticks} ticks in ${elapsed} ms`)
 })
+
+test('slidingWindow is a boolean option and changes nothing below 4096 tokens', async (t) => {
+  const g = fixture('pg2-tiny-a')
+  const model = await PaliGemma.load(g.dir)
+  try {
+    const base = { inputIds: g.inputIds, pixelValues: g.pixelValues, maxNewTokens: 12 }
+    t.deepEqual((await model.generate({ ...base, slidingWindow: true })).tokenIds, Array.from(g.generatedIds, Number))
+    const error = await t.throwsAsync(model.generate({ ...base, slidingWindow: 'yes' }))
+    t.is(error.code, 'ERR_INVALID_ARGUMENT')
+    t.regex(error.message, /slidingWindow/)
+  } finally {
+    await model.dispose()
+  }
+})

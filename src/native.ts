@@ -69,6 +69,7 @@ export interface NativeGenerateRequest {
   repetitionPenalty: number
   seed: number
   stop: string[]
+  slidingWindow: boolean
 }
 
 /** @internal */

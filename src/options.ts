@@ -196,7 +196,7 @@ export function validateForwardInput(
 }
 
 /** Options every generation request accepts. @internal */
-export const SAMPLING_KEYS = ['maxNewTokens', 'temperature', 'topK', 'topP', 'repetitionPenalty', 'seed', 'stop', 'signal'] as const
+export const SAMPLING_KEYS = ['maxNewTokens', 'temperature', 'topK', 'topP', 'repetitionPenalty', 'seed', 'stop', 'slidingWindow', 'signal'] as const
 const REQUEST_KEYS = ['inputIds', 'pixelValues', ...SAMPLING_KEYS] as const
 
 /** A fresh seed in [0, 2^53 − 1]. */
@@ -270,5 +270,9 @@ export function validateSampling(
       throw invalid('stop', 'stop strings need the model\'s tokenizer, and the model folder has no tokenizer.json; omit `stop` or add the tokenizer')
     }
   }
-  return { temperature, topK, topP, repetitionPenalty, seed, stop }
+  if (request.slidingWindow !== undefined && typeof request.slidingWindow !== 'boolean') {
+    throw invalid('slidingWindow', `must be a boolean, got ${describe(request.slidingWindow)}`)
+  }
+  const slidingWindow = request.slidingWindow === true
+  return { temperature, topK, topP, repetitionPenalty, seed, stop, slidingWindow }
 }

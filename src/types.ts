@@ -133,6 +133,12 @@ export interface SamplingOptions {
    */
   stop?: readonly string[]
   /**
+   * PaliGemma 2 only: apply Gemma 2's sliding window (4096 positions on its even layers) as
+   * transformers 5.x does. Default `false`: full attention, as big_vision does. The two differ
+   * only beyond 4096 tokens (the 896 px checkpoints); see the README's fidelity notes.
+   */
+  slidingWindow?: boolean
+  /**
    * Cancels the request: a queued request is removed without running, a running one stops
    * before its next decode step. The call then rejects (or the stream throws) with an `AbortError`.
    */

@@ -135,6 +135,8 @@ pub struct NativeGenerateRequest {
     /// A non-negative integer ≤ 2^53 − 1 (JS numbers are exact up to there).
     pub seed: f64,
     pub stop: Vec<String>,
+    /// Gemma 2's sliding window on its sliding layers (off: full attention).
+    pub sliding_window: Option<bool>,
 }
 
 /// Durations in milliseconds and counts of one generation.
@@ -197,7 +199,7 @@ pub(crate) fn convert_request(req: &NativeGenerateRequest) -> Result<(GenerateRe
         sampling,
         stop_token_ids: Vec::new(),
         ignore_eos: false,
-        sliding_window: false,
+        sliding_window: req.sliding_window.unwrap_or(false),
     };
     Ok((request, req.stop.clone()))
 }

@@ -28,6 +28,8 @@ pub struct NativeImagePromptRequest {
     pub repetition_penalty: f64,
     pub seed: f64,
     pub stop: Vec<String>,
+    /// Gemma 2's sliding window on its sliding layers (off: full attention).
+    pub sliding_window: Option<bool>,
 }
 
 /// What an `{ image, prompt }` request still needs from the model: its image size and tokenizer.
@@ -67,7 +69,7 @@ pub(crate) fn convert_image_request(
         sampling,
         stop_token_ids: Vec::new(),
         ignore_eos: false,
-        sliding_window: false,
+        sliding_window: req.sliding_window.unwrap_or(false),
     };
     Ok((request, req.stop.clone(), prompt))
 }
