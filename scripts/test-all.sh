@@ -8,7 +8,8 @@ LOGS=${TEST_LOGS:-target/test-logs}
 mkdir -p "$LOGS"
 
 echo "== cargo test (release profile, shared with the addon build)"
-cargo test --release --workspace --all-targets -- --nocapture 2>&1 | tee "$LOGS/cargo.log" | grep -E '^(parity |test result|error|warning: unused)|FAILED|panicked' || true
+# The same --target as `napi build` passes, so the addon reuses these artifacts (one candle build).
+cargo test --release --workspace --all-targets --target x86_64-unknown-linux-gnu -- --nocapture 2>&1 | tee "$LOGS/cargo.log" | grep -E '^(parity |test result|error|warning: unused)|FAILED|panicked' || true
 test "${PIPESTATUS[0]}" -eq 0 || { echo "cargo test failed (full log: $LOGS/cargo.log)"; exit 1; }
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$LOGS/cargo.log" | awk '{s+=$4} END {print s+0}')
 grep -q '^parity pg1-tiny-a: .*ids=match' "$LOGS/cargo.log" || { echo "the parity test printed no pg1 line"; exit 1; }
