@@ -9,8 +9,13 @@ mkdir -p "$LOGS"
 
 echo "== cargo test (release profile, shared with the addon build)"
 # The same --target as `napi build` passes, so the addon reuses these artifacts (one candle build).
-cargo test --release --workspace --all-targets --target x86_64-unknown-linux-gnu -- --nocapture 2>&1 | tee "$LOGS/cargo.log" | grep -E '^(parity |test result|error|warning: unused)|FAILED|panicked' || true
-test "${PIPESTATUS[0]}" -eq 0 || { echo "cargo test failed (full log: $LOGS/cargo.log)"; exit 1; }
+# Capture cargo's own status: `|| true` on a pipeline would reset PIPESTATUS and hide a failure.
+set +e
+cargo test --release --workspace --all-targets --target x86_64-unknown-linux-gnu -- --nocapture 2>&1 | tee "$LOGS/cargo.log" |
+  grep -E '^(parity |test result|error|warning: unused)|FAILED|panicked'
+cargo_status=${PIPESTATUS[0]}
+set -e
+[ "$cargo_status" -eq 0 ] || { echo "cargo test failed with status $cargo_status (full log: $LOGS/cargo.log)"; exit 1; }
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$LOGS/cargo.log" | awk '{s+=$4} END {print s+0}')
 grep -q '^parity pg1-tiny-a: .*ids=match' "$LOGS/cargo.log" || { echo "the parity test printed no pg1 line"; exit 1; }
 grep -q '^parity pg2-tiny-a: .*ids=match' "$LOGS/cargo.log" || { echo "the parity test printed no pg2 line"; exit 1; }
