@@ -42,6 +42,12 @@ trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/packs" "$WORK/app" "$WORK/cache" "$WORK/model"
 : > "$WORK/npmrc"
 
+# The checkout carries no platform pins (they would break `npm ci`); add them for the pack, as a
+# release does, and put package.json back afterwards.
+cp package.json "$WORK/package.json.orig"
+trap 'cp "$WORK/package.json.orig" package.json; rm -rf "$WORK"' EXIT
+node scripts/add-platform-pins.mjs
+
 step "npm pack (main package and $SUFFIX)"
 MAIN_TGZ=$(npm pack --silent --pack-destination "$WORK/packs" | tail -n 1)
 PLATFORM_TGZ=$(cd "$PLATFORM_DIR" && npm pack --silent --pack-destination "$WORK/packs" | tail -n 1)
@@ -57,7 +63,8 @@ done
 if grep -Eq '\.node$|^package/(src|crates|testdata|__test__|target|examples)/|\.ts$' <<<"$(grep -v '\.d\.ts$' <<<"$MAIN_FILES")"; then
   fail "the main tarball holds files it should not: $(grep -E '\.node$|^package/(src|crates|testdata|__test__|target|examples)/' <<<"$MAIN_FILES" | head -5)"
 fi
-tar -xzOf "$MAIN_TGZ" package/dist/src/cli.js | head -n 1 | grep -qx '#!/usr/bin/env node' || fail "dist/src/cli.js does not start with #!/usr/bin/env node"
+# sed reads the whole stream: `head` would close the pipe early and, under pipefail, fail on tar's SIGPIPE.
+[ "$(tar -xzOf "$MAIN_TGZ" package/dist/src/cli.js | sed -n 1p)" = '#!/usr/bin/env node' ] || fail "dist/src/cli.js does not start with #!/usr/bin/env node"
 tar -xzOf "$MAIN_TGZ" package/package.json | node -e '
   let text = ""; process.stdin.on("data", (d) => (text += d)).on("end", () => {
     const pkg = JSON.parse(text)
