@@ -44,8 +44,9 @@ mkdir -p "$WORK/packs" "$WORK/app" "$WORK/cache" "$WORK/model"
 
 # The checkout carries no platform pins (they would break `npm ci`); add them for the pack, as a
 # release does, and put package.json back afterwards.
-cp package.json "$WORK/package.json.orig"
-trap 'cp "$WORK/package.json.orig" package.json; rm -rf "$WORK"' EXIT
+REPO_PACKAGE_JSON="$PWD/package.json" # absolute: the script changes directory before it exits
+cp "$REPO_PACKAGE_JSON" "$WORK/package.json.orig"
+trap 'cp "$WORK/package.json.orig" "$REPO_PACKAGE_JSON"; rm -rf "$WORK"' EXIT
 node scripts/add-platform-pins.mjs
 
 step "npm pack (main package and $SUFFIX)"
