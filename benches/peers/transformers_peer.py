@@ -3,6 +3,10 @@
 Loads the same checkpoint folder as the engine, builds the same prompt (image tokens, <bos>,
 eight text ids, "\n") and the same synthetic pixels, and prints one JSON line with load time,
 time to first token and decode ms/token (medians over --runs, after one warm-up).
+
+By default each run is two generate calls (1 token for TTFT, N tokens for decode). With
+--single-pass (batch 1 only; used by the CPU harness benches/run.mjs) one N-token call per run
+is timed through a streamer: the first generated token's arrival is TTFT, the rest is decode.
 """
 import argparse
 import json
@@ -12,6 +16,7 @@ import time
 
 import torch
 from transformers import PaliGemmaForConditionalGeneration
+from transformers.generation.streamers import BaseStreamer
 
 TEXT_IDS = [21209, 659, 4401, 603, 476, 2204, 576, 573, 108]
 
@@ -26,7 +31,11 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--attn", default="sdpa")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--single-pass", action="store_true")
     args = p.parse_args()
+    if args.single_pass and args.batch != 1:
+        p.error("--single-pass needs --batch 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
@@ -63,9 +72,35 @@ def main():
         sync()
         return (time.perf_counter() - t) * 1e3
 
-    run(2)
+    class Clock(BaseStreamer):
+        """Timestamps every put(): the first holds the prompt, the next ones one new token each."""
+
+        def __init__(self):
+            self.stamps = []
+
+        def put(self, value):
+            self.stamps.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    def run_single(n):
+        clock = Clock()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=clock)
+        tokens = clock.stamps[1:]
+        return (tokens[0] - t) * 1e3, (tokens[-1] - tokens[0]) * 1e3 / max(len(tokens) - 1, 1)
+
+    for _ in range(args.warmup):
+        run(2)
     ttft, decode = [], []
     for _ in range(args.runs):
+        if args.single_pass:
+            first, per_token = run_single(args.new_tokens)
+            ttft.append(first)
+            decode.append(per_token)
+            continue
         first = run(1)
         total = run(args.new_tokens)
         ttft.append(first)
@@ -77,6 +112,9 @@ def main():
         "dtype": args.dtype, "batch": args.batch, "attn": args.attn, "load_ms": round(load_ms, 1),
         "ttft_ms": round(med(ttft), 2), "decode_ms_per_token": round(d, 3), "tokens_per_s": round(args.batch * 1e3 / d, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cpu_s": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 2), "threads": torch.get_num_threads(),
+        "new_tokens": args.new_tokens, "runs": args.runs, "warmup": args.warmup,
+        "ttft_runs_ms": [round(x, 1) for x in ttft], "decode_runs_ms": [round(x, 2) for x in decode],
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }), flush=True)
 

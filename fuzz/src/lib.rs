@@ -1,0 +1,2 @@
+//! Shared harness code for the cargo-fuzz targets (see `harness.rs`).
+pub mod harness;
