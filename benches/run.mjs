@@ -51,8 +51,10 @@ const OPTIONS = {
   'wait-only': { type: 'boolean', default: false },
   help: { type: 'boolean', default: false },
   // child mode
+  'also-dtypes': { type: 'string' },
   child: { type: 'string' },
   model: { type: 'string' },
+  dtype: { type: 'string' },
 }
 
 const USAGE = `usage: npm run bench -- [options]
@@ -71,6 +73,7 @@ const USAGE = `usage: npm run bench -- [options]
   --no-bf16             do not write the bf16 checkpoints (the full run writes them for the GPU check)
   --write-results       replace the generated block of benches/RESULTS.md with this run's table
   --timeout S           per-engine limit, seconds (default 1800)
+  --also-dtypes a,b     extra paligemma rows with these load dtypes (e.g. q8_0,q4k); the peers stay f32
   --wait-only           only wait for a quiet machine (same rule, --max-wait cap), then exit
 Env: PALIGEMMA_BENCH_CACHE (checkpoints, logs, results; default benches/.cache),
      PALIGEMMA_BENCH_PYTHON (default benches/.venv/bin/python).`
@@ -99,7 +102,10 @@ async function childPaligemma(args) {
   const runs = Number(args.runs ?? 3)
   const warmup = Number(args.warmup ?? 1)
   const t0 = performance.now()
-  const model = await PaliGemma.load(args.model, { device: 'cpu', dtype: 'f32', threads })
+  const dtype = args.dtype ?? 'f32'
+  const addon = addonPath()
+  const addonStat = addon ? fs.statSync(addon) : undefined
+  const model = await PaliGemma.load(args.model, { device: 'cpu', dtype, threads })
   const loadMs = performance.now() - t0
   const rssAfterLoadMb = process.memoryUsage().rss / 2 ** 20
   const { info } = model
@@ -144,10 +150,11 @@ async function childPaligemma(args) {
   const d = median(decode)
   console.log(
     JSON.stringify({
-      engine: 'paligemma',
+      engine: dtype === 'f32' ? 'paligemma' : `paligemma-${dtype}`,
       model: path.basename(path.resolve(args.model)),
       device: 'cpu',
-      dtype: 'f32',
+      dtype,
+      addon: addonStat ? { mtime: addonStat.mtime.toISOString(), bytes: addonStat.size } : null,
       batch: 1,
       load_ms: round(loadMs, 1),
       ttft_ms: round(median(ttft), 2),
@@ -386,9 +393,10 @@ async function runEngine(engine, dir, plan, ctx) {
   const common = ['--new-tokens', String(plan.newTokens), '--runs', String(plan.runs)]
   let cmd
   let args
-  if (engine === 'paligemma') {
+  if (engine === 'paligemma' || engine.startsWith('paligemma-')) {
+    const dtype = engine === 'paligemma' ? 'f32' : engine.slice('paligemma-'.length)
     cmd = process.execPath
-    args = [fileURLToPath(import.meta.url), '--child', 'paligemma', '--model', dir, '--threads', String(ctx.threads), '--warmup', String(plan.warmup), ...common]
+    args = [fileURLToPath(import.meta.url), '--child', 'paligemma', '--model', dir, '--dtype', dtype, '--threads', String(ctx.threads), '--warmup', String(plan.warmup), ...common]
   } else if (engine === 'transformers') {
     cmd = ctx.python
     args = [path.join(HERE, 'peers', 'transformers_peer.py'), '--model', dir, '--device', 'cpu', '--dtype', 'f32', '--threads', String(ctx.threads),
@@ -488,7 +496,7 @@ function markdown(report) {
     const rs = Object.entries(mr.ratios).filter(([, r]) => r)
     if (rs.length) {
       L.push('')
-      L.push('Ratios, peer ÷ paligemma (above 1: paligemma is faster / smaller):')
+      L.push('Ratios, peer ÷ paligemma f32 (above 1: paligemma is faster / smaller); for paligemma-<dtype> rows, paligemma f32 ÷ that row:')
       L.push('')
       L.push('| peer | load | TTFT | decode | peak RSS |')
       L.push('|---|---:|---:|---:|---:|')
@@ -531,15 +539,18 @@ async function main() {
   const quick = args.quick
   const threads = Number(args.threads)
   const modelDir = args['model-dir'] ?? process.env.PALIGEMMA_BENCH_MODEL_DIR
-  const engines = args.engines ? args.engines.split(',') : ENGINES
+  const engines = args.engines ? args.engines.split(',') : [...ENGINES]
   for (const e of engines) if (!ENGINES.includes(e)) throw new Error(`unknown engine ${e}`)
+  // Extra rows of this engine in other load dtypes (quantized decoders): after the f32 row.
+  const also = args['also-dtypes'] ? args['also-dtypes'].split(',').map((d) => `paligemma-${d}`) : []
+  engines.splice(engines.includes('paligemma') ? engines.indexOf('paligemma') + 1 : 0, 0, ...also)
   const names = modelDir ? [path.basename(path.resolve(modelDir))] : args.models ? args.models.split(',') : quick ? ['pg1-3b-224'] : Object.keys(MODELS)
   for (const n of names) if (!modelDir && !MODELS[n]) throw new Error(`unknown model ${n}`)
   const timeoutS = Number(args.timeout ?? 1800)
   const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`
   const started = new Date()
 
-  const pkg = engines.includes('paligemma') ? checkPackage() : {}
+  const pkg = engines.some((e) => e.startsWith('paligemma')) ? checkPackage() : {}
   const python = process.env.PALIGEMMA_BENCH_PYTHON ?? path.join(HERE, '.venv', 'bin', 'python')
   if (engines.includes('transformers') && !fs.existsSync(python)) throw new Error(`${python} is missing: run benches/setup.sh (or set PALIGEMMA_BENCH_PYTHON)`)
   const peerBin = await buildCandlePeer()
@@ -610,7 +621,8 @@ async function main() {
       log(`${name}: ${engine} (${plan.warmup} warm-up + ${plan.runs} runs × ${plan.newTokens} tokens, ${threads} threads)`)
       try {
         const r = await runEngine(engine, dir, plan, ctx)
-        r.bandwidth_share = round(floorMs / r.decode_ms_per_token, 3)
+        // The floor counts f32 bytes; a quantized row reads fewer, so no share for it.
+        r.bandwidth_share = r.dtype === 'f32' ? round(floorMs / r.decode_ms_per_token, 3) : null
         log(`${name}: ${engine}: load ${(r.load_ms / 1e3).toFixed(1)} s, TTFT ${(r.ttft_ms / 1e3).toFixed(2)} s, decode ${r.decode_ms_per_token.toFixed(1)} ms/token, ` +
           `peak RSS ${(r.peak_rss_mb / 1024).toFixed(2)} GB, other cores ${r.other_cores}`)
         if (r.versions?.torch) Object.assign(report.versions, r.versions)
@@ -621,7 +633,9 @@ async function main() {
       }
     }
     const ours = mr.engines.find((e) => e.engine === 'paligemma' && !e.error)
-    for (const e of mr.engines) if (e.engine !== 'paligemma' && !e.error) mr.ratios[e.engine] = ratios(ours, e)
+    for (const e of mr.engines) if (!e.engine.startsWith('paligemma') && !e.error) mr.ratios[e.engine] = ratios(ours, e)
+    // Quantized rows against the f32 row (f32 ÷ quantized: above 1, the quantized one is faster).
+    for (const e of mr.engines) if (e.engine.startsWith('paligemma-') && !e.error) mr.ratios[e.engine] = ratios(e, ours)
     report.models.push(mr)
   }
   report.finished = new Date().toISOString()
