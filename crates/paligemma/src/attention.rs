@@ -33,6 +33,9 @@ impl AttentionSpec {
 /// Query heads `j·G … (j+1)·G−1` share kv head `j` (G = N/K), so q is viewed as
 /// `[B, K, G·T, H]` and multiplied against K directly: no `repeat_kv` copy (spec §2.4).
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec: &AttentionSpec) -> Result<Tensor> {
+    if let Some(out) = crate::cpu::attention::attend(q, k, v, mask, spec.softcap)? {
+        return Ok(out);
+    }
     let (b, n, t, h) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
     let g = n / kv;

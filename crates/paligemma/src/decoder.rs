@@ -7,10 +7,8 @@ use crate::attention::{attend, AttentionSpec, MaskSpec};
 use crate::config::{Architecture, LayerType, TextConfig};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use candle_core::quantized::QMatMul;
-use candle_core::Module;
 
-use crate::layers::{gelu_tanh, quantize_matrix, Linear, Quantization, RmsNorm};
+use crate::layers::{geglu, Linear, Quantization, RmsNorm};
 use crate::rotary::RotaryEmbedding;
 use crate::weights::Scope;
 
@@ -105,11 +103,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gu = self.gate_up.forward(x)?;
-        let last = gu.rank() - 1;
-        let gate = gu.narrow(last, 0, self.hidden)?;
-        let up = gu.narrow(last, self.hidden, self.hidden)?;
-        self.down.forward(&(gelu_tanh(&gate)? * up)?)
+        self.down.forward(&geglu(&self.gate_up.forward(x)?, self.hidden)?)
     }
 }
 
@@ -192,9 +186,9 @@ pub enum LogitsFor {
 
 pub struct Decoder {
     embed_tokens: Tensor,
-    /// A quantized copy of the tied embedding used as the LM head in quantized mode (the
-    /// dense table is still needed for the lookup).
-    lm_head: Option<QMatMul>,
+    /// The tied embedding as a projection: the same storage, or a quantized copy in quantized
+    /// mode (the dense table is still needed for the lookup).
+    lm_head: Linear,
     quantization: QuantizationReport,
     embed_scale: f64,
     layers: Vec<DecoderLayer>,
@@ -216,14 +210,15 @@ impl Decoder {
             .enumerate()
             .map(|(i, &lt)| DecoderLayer::load(&scope.pp("layers").pp(i), cfg, arch, lt, quant, &mut report))
             .collect::<Result<Vec<_>>>()?;
+        let tied = Linear::from_parts(embed_tokens.clone(), None);
         let lm_head = match quant {
             Some(q) => {
                 report.total += 1;
-                let head = quantize_matrix(&embed_tokens, q)?;
-                report.quantized += usize::from(head.is_some());
+                let (head, quantized) = tied.quantized(q)?;
+                report.quantized += usize::from(quantized);
                 head
             }
-            None => None,
+            None => tied,
         };
         let norm = RmsNorm::load(&scope.pp("norm"), d, cfg.rms_norm_eps)?;
         // +2: positions are 1-indexed and the last token written may sit at max_positions.
@@ -277,10 +272,7 @@ impl Decoder {
         let h = self.norm.forward(&x)?;
         let (b, rows, d) = h.dims3()?;
         let h = h.reshape((b * rows, d))?;
-        let mut logits = match &self.lm_head {
-            Some(head) => head.forward(&h.contiguous()?)?,
-            None => h.matmul(&self.embed_tokens.t()?)?,
-        };
+        let mut logits = self.lm_head.forward(&h)?;
         if let Some(cap) = self.final_softcap {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }

@@ -3,6 +3,7 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
+use crate::cpu;
 use crate::error::{Error, Result};
 use crate::weights::Scope;
 
@@ -111,7 +112,10 @@ impl Linear {
     /// one pass over the activations instead of several.
     pub fn fused(parts: &[Linear]) -> Result<Self> {
         let weights = parts.iter().map(Linear::dense).collect::<Result<Vec<&Tensor>>>()?;
-        let weight = Tensor::cat(&weights, 0)?;
+        let weight = match cpu::huge_pages::cat_rows(&weights)? {
+            Some(w) => w,
+            None => Tensor::cat(&weights, 0)?,
+        };
         let bias = if parts.iter().all(|p| p.bias.is_some()) {
             let biases: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
             Some(Tensor::cat(&biases, 0)?)
@@ -130,7 +134,10 @@ impl Linear {
         };
         let flat = x.reshape((rows, in_dim))?;
         let mut y = match &self.weight {
-            Weight::Dense(w) => flat.matmul(&w.t()?)?,
+            Weight::Dense(w) => match cpu::matvec::small_matmul(&flat, w)? {
+                Some(y) => y,
+                None => flat.matmul(&w.t()?)?,
+            },
             Weight::Quantized(q) => q.forward(&flat.contiguous()?)?,
         };
         if let Some(b) = &self.bias {
@@ -188,7 +195,28 @@ impl RmsNorm {
 /// tanh-approximated GELU (`gelu_pytorch_tanh`). candle's `Activation::Gelu` is the erf version
 /// and must not be used here (spec §2.2).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::Activation::GeluPytorchTanh.forward(x)?)
+    let cpu = cpu::with_f32_slice(x, |v| Ok(Tensor::from_vec(cpu::activation::gelu_tanh(v), x.shape(), x.device())?))?;
+    match cpu {
+        Some(y) => Ok(y),
+        None => Ok(candle_nn::Activation::GeluPytorchTanh.forward(x)?),
+    }
+}
+
+/// GeGLU over a fused gate/up projection `[…, 2·hidden]`: `gelu_tanh(gate) ⊙ up`, `[…, hidden]`.
+pub fn geglu(gate_up: &Tensor, hidden: usize) -> Result<Tensor> {
+    let mut dims = gate_up.dims().to_vec();
+    let rows = gate_up.elem_count() / (2 * hidden).max(1);
+    if let Some(last) = dims.last_mut() {
+        *last = hidden;
+    }
+    let geglu_cpu = |v: &[f32]| Ok(Tensor::from_vec(cpu::activation::geglu(v, rows, hidden), dims.as_slice(), gate_up.device())?);
+    if let Some(y) = cpu::with_f32_slice(gate_up, geglu_cpu)? {
+        return Ok(y);
+    }
+    let last = gate_up.rank() - 1;
+    let gate = gate_up.narrow(last, 0, hidden)?;
+    let up = gate_up.narrow(last, hidden, hidden)?;
+    Ok((gelu_tanh(&gate)? * up)?)
 }
 
 /// Softmax over the last dimension, as one fused kernel (candle's generic `softmax` is five

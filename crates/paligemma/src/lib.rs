@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod config;
 pub mod convert;
+pub mod cpu;
 pub mod decoder;
 pub mod error;
 pub mod generate;

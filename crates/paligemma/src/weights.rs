@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 
+use crate::cpu::huge_pages;
 use crate::error::{Error, Result};
 
 /// One memory-mapped `.safetensors` file with its parsed header.
@@ -160,15 +161,18 @@ impl Weights {
         };
         let (begin, end) = (file.data_start + info.data_offsets.0, file.data_start + info.data_offsets.1);
         let bytes = &file.mmap[begin..end];
-        let host = Tensor::from_raw_buffer(bytes, file_dtype, shape, &Device::Cpu)?;
-        // The copy now lives on the heap; let the kernel drop the mapped pages so RSS does not
-        // hold the checkpoint twice.
-        release_pages(&file.mmap, begin, end - begin);
         let tensor = if device.is_cpu() {
-            host.to_dtype(dtype)?
+            // Straight into a huge-page buffer where the conversion is covered (decode speed).
+            match huge_pages::tensor_from_le_bytes(bytes, file_dtype, dtype, shape)? {
+                Some(t) => t,
+                None => Tensor::from_raw_buffer(bytes, file_dtype, shape, &Device::Cpu)?.to_dtype(dtype)?,
+            }
         } else {
-            host.to_device(device)?.to_dtype(dtype)?
+            Tensor::from_raw_buffer(bytes, file_dtype, shape, &Device::Cpu)?.to_device(device)?.to_dtype(dtype)?
         };
+        // The copy now lives on the heap (or the device); let the kernel drop the mapped pages
+        // so RSS does not hold the checkpoint twice.
+        release_pages(&file.mmap, begin, end - begin);
         let loaded = self.loaded_bytes.fetch_add((end - begin) as u64, Ordering::Relaxed) + (end - begin) as u64;
         if let Some(progress) = monitor.on_progress {
             progress(loaded, self.total_bytes);

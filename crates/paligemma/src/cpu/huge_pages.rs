@@ -1,0 +1,205 @@
+//! CPU weight buffers backed by transparent huge pages.
+//!
+//! Why: decode reads every weight once per token, so its speed is the memory read rate. With
+//! 4 KiB pages the TLB misses cap that rate: on the 2-core bench machine two threads read
+//! ≈ 20 GB/s from 4 KiB pages and ≈ 27.5 GB/s from 2 MiB pages (`membw --hugepages`,
+//! benches/RESULTS.md). Linux often runs THP in `madvise` mode, where only regions that ask
+//! before their first touch get huge pages, so weight buffers are allocated here, advised, and
+//! only then filled. Elsewhere (or when the advice is refused) they are ordinary buffers.
+
+use candle_core::{DType, Device, Tensor, WithDType};
+
+use crate::error::{Error, Result};
+
+/// An empty vector with room for `len` elements whose pages are advised as huge pages.
+fn advised_vec<T>(len: usize) -> Vec<T> {
+    let v: Vec<T> = Vec::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = len * std::mem::size_of::<T>();
+        let start = (v.as_ptr() as usize).div_ceil(HUGE) * HUGE;
+        let stop = (v.as_ptr() as usize + bytes) / HUGE * HUGE;
+        if stop > start {
+            // SAFETY: the range lies inside this vector's allocation, which nothing has touched;
+            // the advice changes only how the kernel backs those pages, never their contents.
+            // A refusal (no THP support) is harmless, so the result is ignored.
+            let _ = unsafe {
+                libc::madvise(
+                    start as *mut libc::c_void,
+                    stop - start,
+                    libc::MADV_HUGEPAGE,
+                )
+            };
+        }
+    }
+    v
+}
+
+/// A CPU tensor of `dtype` from little-endian safetensors bytes stored as `file_dtype`, written
+/// once into an advised buffer; `None` for conversions this does not cover (f32 → half types),
+/// which the caller does through candle.
+pub fn tensor_from_le_bytes(
+    bytes: &[u8],
+    file_dtype: DType,
+    dtype: DType,
+    shape: &[usize],
+) -> Result<Option<Tensor>> {
+    let count: usize = shape.iter().product();
+    if bytes.len() != count * file_dtype.size_in_bytes() {
+        return Err(Error::Weights(format!(
+            "{} bytes cannot hold a {file_dtype:?} tensor of shape {shape:?}",
+            bytes.len()
+        )));
+    }
+    let tensor = match (file_dtype, dtype) {
+        (DType::F32, DType::F32) => filled(
+            shape,
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        )?,
+        (DType::BF16, DType::F32) => filled(
+            shape,
+            bytes
+                .chunks_exact(2)
+                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+        )?,
+        (DType::F16, DType::F32) => filled(
+            shape,
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        )?,
+        (DType::BF16, DType::BF16) => filled(
+            shape,
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]])),
+        )?,
+        (DType::F16, DType::F16) => filled(
+            shape,
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]])),
+        )?,
+        _ => return Ok(None),
+    };
+    Ok(Some(tensor))
+}
+
+fn filled<T: WithDType>(
+    shape: &[usize],
+    values: impl ExactSizeIterator<Item = T>,
+) -> Result<Tensor> {
+    let mut v = advised_vec::<T>(values.len());
+    v.extend(values);
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+/// Concatenates CPU matrices along their first dimension into an advised buffer (fused q/k/v and
+/// gate/up weights); `None` when they are not all contiguous CPU matrices of one dtype with the
+/// same width, which the caller concatenates through candle.
+pub fn cat_rows(parts: &[&Tensor]) -> Result<Option<Tensor>> {
+    let Some(first) = parts.first() else {
+        return Ok(None);
+    };
+    let (dtype, width) = (first.dtype(), first.dim(1)?);
+    if parts.iter().any(|p| {
+        !p.device().is_cpu() || p.rank() != 2 || p.dtype() != dtype || p.dims()[1] != width
+    }) {
+        return Ok(None);
+    }
+    let rows: usize = parts.iter().map(|p| p.dims()[0]).sum();
+    Ok(match dtype {
+        DType::F32 => Some(cat_typed::<f32>(parts, rows, width)?),
+        DType::BF16 => Some(cat_typed::<half::bf16>(parts, rows, width)?),
+        DType::F16 => Some(cat_typed::<half::f16>(parts, rows, width)?),
+        _ => None,
+    })
+}
+
+fn cat_typed<T: WithDType>(parts: &[&Tensor], rows: usize, width: usize) -> Result<Tensor> {
+    let mut v = advised_vec::<T>(rows * width);
+    for part in parts {
+        let part = part.contiguous()?;
+        let (storage, layout) = part.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            return Err(Error::Internal(
+                "cat_rows: a CPU tensor without CPU storage".into(),
+            ));
+        };
+        let start = layout.start_offset();
+        v.extend_from_slice(&cpu.as_slice::<T>()?[start..start + part.elem_count()]);
+    }
+    Ok(Tensor::from_vec(v, (rows, width), &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_each_stored_dtype_exactly() -> Result<()> {
+        let values = [1.5f32, -0.25, 3.0e-3, 65504.0, -0.0, 7.0];
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t =
+            tensor_from_le_bytes(&f32_bytes, DType::F32, DType::F32, &[2, 3])?.expect("covered");
+        assert_eq!(t.flatten_all()?.to_vec1::<f32>()?, values);
+        // bf16 and f16 widen exactly to f32: compare with candle's own conversion.
+        for (dt, bytes) in [
+            (
+                DType::BF16,
+                values
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            ),
+            (
+                DType::F16,
+                values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            ),
+        ] {
+            let ours = tensor_from_le_bytes(&bytes, dt, DType::F32, &[6])?.expect("covered");
+            let candle =
+                Tensor::from_raw_buffer(&bytes, dt, &[6], &Device::Cpu)?.to_dtype(DType::F32)?;
+            assert_eq!(ours.to_vec1::<f32>()?, candle.to_vec1::<f32>()?);
+            let same = tensor_from_le_bytes(&bytes, dt, dt, &[6])?.expect("covered");
+            assert_eq!(
+                same.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                candle.to_vec1::<f32>()?
+            );
+        }
+        assert!(tensor_from_le_bytes(&f32_bytes, DType::F32, DType::BF16, &[6])?.is_none());
+        assert!(tensor_from_le_bytes(&f32_bytes, DType::F32, DType::F32, &[7]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn cat_rows_matches_candle_cat() -> Result<()> {
+        let a = Tensor::arange(0f32, 6.0, &Device::Cpu)?.reshape((2, 3))?;
+        let b = Tensor::arange(6f32, 15.0, &Device::Cpu)?.reshape((3, 3))?;
+        let ours = cat_rows(&[&a, &b])?.expect("covered");
+        assert_eq!(
+            ours.to_vec2::<f32>()?,
+            Tensor::cat(&[&a, &b], 0)?.to_vec2::<f32>()?
+        );
+        // A transposed view is read in logical order.
+        let c = Tensor::arange(0f32, 6.0, &Device::Cpu)?
+            .reshape((3, 2))?
+            .t()?;
+        let ours = cat_rows(&[&c, &a])?.expect("covered");
+        assert_eq!(
+            ours.to_vec2::<f32>()?,
+            Tensor::cat(&[&c, &a], 0)?.to_vec2::<f32>()?
+        );
+        // Mismatched widths or dtypes are left to candle.
+        let narrow = Tensor::zeros((2, 2), DType::F32, &Device::Cpu)?;
+        assert!(cat_rows(&[&a, &narrow])?.is_none());
+        assert!(cat_rows(&[&a, &a.to_dtype(DType::F16)?])?.is_none());
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! `y = x·Wᵀ` in f32 on the CPU for a handful of rows: the decode step's matmuls.
+//!
+//! Why not candle's matmul: for M = 1 it goes through `gemm`, which runs the product on one
+//! thread (measured 9 GB/s of weights, a single core's share of the bandwidth; benches/RESULTS.md).
+//! Decode is bound by reading W once per token, so the work here is split over W's rows across
+//! the current rayon pool (the model's pool in the Node binding), and every row of W is read
+//! once from memory and dotted with all of x's rows while it is in cache. W is `[out, in]`
+//! row-major, so each output is one contiguous dot product: no transposition, no packing.
+
+use candle_core::{DType, Device, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// Up to this many input rows take this path; beyond it the product is compute-bound and
+/// gemm's packed kernels win.
+pub const MAX_ROWS: usize = 8;
+
+/// Output rows of W per rayon task: small enough to balance two to a few dozen threads over
+/// the narrowest projection (2048 outputs), large enough that scheduling costs nothing.
+const ROWS_PER_TASK: usize = 64;
+
+/// `x·Wᵀ` for `x: [m, k]` and `w: [n, k]`, both f32 on the CPU with `m ≤ MAX_ROWS`; `None`
+/// when the inputs do not qualify (the caller then uses candle's matmul).
+pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let (m, k) = x.dims2()?;
+    let (n, k_w) = w.dims2()?;
+    if m == 0
+        || m > MAX_ROWS
+        || k != k_w
+        || !x.device().is_cpu()
+        || x.dtype() != DType::F32
+        || w.dtype() != DType::F32
+    {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let (w_storage, w_layout) = w.storage_and_layout();
+    let (Storage::Cpu(x_cpu), Storage::Cpu(w_cpu)) = (&*x_storage, &*w_storage) else {
+        return Ok(None);
+    };
+    let Some((w_start, w_end)) = w_layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let xs = &x_cpu.as_slice::<f32>()?[x_layout.start_offset()..][..m * k];
+    let ws = &w_cpu.as_slice::<f32>()?[w_start..w_end];
+    let y = matmul_rows(xs, ws, m, k, n);
+    Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
+}
+
+/// `y[i, j] = Σ_c x[i, c] · w[j, c]`, row-major slices; y is `[m, n]`.
+fn matmul_rows(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    // Each task owns ROWS_PER_TASK consecutive outputs for every input row, stored
+    // output-major ([n, m]) so that tasks write disjoint contiguous chunks.
+    let mut y_t = vec![0f32; n * m];
+    y_t.par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * ROWS_PER_TASK;
+            for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
+                let w_row = &w[(first + r) * k..][..k];
+                for (i, y) in out_row.iter_mut().enumerate() {
+                    *y = dot(&x[i * k..][..k], w_row);
+                }
+            }
+        });
+    if m == 1 {
+        return y_t;
+    }
+    let mut y = vec![0f32; m * n];
+    for (j, col) in y_t.chunks_exact(m).enumerate() {
+        for (i, v) in col.iter().enumerate() {
+            y[i * n + j] = *v;
+        }
+    }
+    y
+}
+
+/// Dot product at load speed: four independent 8-wide FMA chains hide the FMA latency.
+/// The binary is built with AVX2 and FMA on x86-64 (`.cargo/config.toml`), so this is the
+/// path there; LLVM does not vectorise the portable loop below (it keeps the additions in order).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    const STEP: usize = 32;
+    let len = a.len().min(b.len());
+    let blocks = len / STEP;
+    // SAFETY: the target features are enabled at compile time (cfg above), and every load
+    // reads 8 floats inside `[0, blocks * STEP) ⊆ [0, len)` of both slices.
+    let mut sum = unsafe {
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for blk in 0..blocks {
+            let base = blk * STEP;
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let off = base + r * 8;
+                *acc_r = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(off)),
+                    _mm256_loadu_ps(pb.add(off)),
+                    *acc_r,
+                );
+            }
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let lanes = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let pairs = _mm_add_ps(lanes, _mm_movehl_ps(lanes, lanes));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
+    };
+    for c in blocks * STEP..len {
+        sum = a[c].mul_add(b[c], sum);
+    }
+    sum
+}
+
+/// Portable dot product with independent partial sums (vectorised by LLVM where it can).
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (a_blocks, a_tail) = a.as_chunks::<LANES>();
+    let (b_blocks, b_tail) = b.as_chunks::<LANES>();
+    for (ab, bb) in a_blocks.iter().zip(b_blocks) {
+        for l in 0..LANES {
+            acc[l] += ab[l] * bb[l];
+        }
+    }
+    let head: f32 = acc.iter().sum();
+    a_tail.iter().zip(b_tail).fold(head, |s, (p, q)| s + p * q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut y = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k)
+                    .map(|c| x[i * k + c] as f64 * w[j * k + c] as f64)
+                    .sum();
+            }
+        }
+        y
+    }
+
+    /// Deterministic values in [-1, 1) without a random-number dependency.
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_a_float64_reference_across_shapes() {
+        // k around the lane width and odd, n around the task size, every m up to MAX_ROWS.
+        for &(k, n) in &[
+            (1, 1),
+            (7, 3),
+            (31, 65),
+            (32, 64),
+            (33, 129),
+            (100, 200),
+            (2048, 130),
+        ] {
+            for m in 1..=MAX_ROWS {
+                let x = values(m * k, (m * 131 + k) as u32);
+                let w = values(n * k, (n * 17 + k) as u32);
+                let y = matmul_rows(&x, &w, m, k, n);
+                let r = reference(&x, &w, m, k, n);
+                for (idx, (a, b)) in y.iter().zip(&r).enumerate() {
+                    let tol = 1e-5 * (k as f64).sqrt().max(1.0);
+                    assert!(
+                        (*a as f64 - b).abs() <= tol,
+                        "m={m} k={k} n={n} at {idx}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tensor_entry_point_agrees_with_candle_and_declines_what_it_cannot_do() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(values(3 * 40, 1), &dev)?.reshape((3, 40))?;
+        let w = Tensor::new(values(70 * 40, 2), &dev)?.reshape((70, 40))?;
+        let ours = small_matmul(&x, &w)?.expect("f32 CPU inputs qualify");
+        let candle = x.matmul(&w.t()?)?;
+        let diff = (ours - candle)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        // A strided x (a transposed view) is made contiguous first.
+        let x_t = Tensor::new(values(40 * 2, 3), &dev)?
+            .reshape((40, 2))?
+            .t()?;
+        let ours = small_matmul(&x_t, &w)?.expect("qualifies");
+        let diff = (ours - x_t.matmul(&w.t()?)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        // Too many rows, another dtype, or a transposed W: left to candle.
+        let many = Tensor::zeros((MAX_ROWS + 1, 40), DType::F32, &dev)?;
+        assert!(small_matmul(&many, &w)?.is_none());
+        assert!(small_matmul(&x.to_dtype(DType::F16)?, &w.to_dtype(DType::F16)?)?.is_none());
+        let w_view = Tensor::new(values(40 * 70, 4), &dev)?
+            .reshape((40, 70))?
+            .t()?;
+        assert!(small_matmul(&x, &w_view)?.is_none());
+        Ok(())
+    }
+}
