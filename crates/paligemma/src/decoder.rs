@@ -8,7 +8,7 @@ use crate::config::{Architecture, LayerType, TextConfig};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 
-use crate::layers::{geglu, Linear, Quantization, RmsNorm};
+use crate::layers::{geglu, Layout, Linear, Projection, Quantization, RmsNorm};
 use crate::rotary::RotaryEmbedding;
 use crate::weights::Scope;
 
@@ -52,12 +52,16 @@ impl SelfAttention {
     fn load(scope: &Scope, cfg: &TextConfig, quant: Option<Quantization>, report: &mut QuantizationReport) -> Result<Self> {
         let (d, n, k, h) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let spec = AttentionSpec { scale: cfg.attention_scale, softcap: cfg.attn_logit_softcapping };
-        let q = Linear::load(&scope.pp("q_proj"), d, n * h, false)?.scaled(spec.query_factor())?;
-        let kp = Linear::load(&scope.pp("k_proj"), d, k * h, false)?;
-        let v = Linear::load(&scope.pp("v_proj"), d, k * h, false)?;
+        let layout = Layout::for_scope(scope, quant.is_none());
+        let qkv = [
+            Projection::new(scope.pp("q_proj"), n * h).scaled(spec.query_factor()),
+            Projection::new(scope.pp("k_proj"), k * h),
+            Projection::new(scope.pp("v_proj"), k * h),
+        ];
+        let o_proj = [Projection::new(scope.pp("o_proj"), d)];
         Ok(SelfAttention {
-            qkv: maybe_quantize(Linear::fused(&[q, kp, v])?, quant, report)?,
-            o_proj: maybe_quantize(Linear::load(&scope.pp("o_proj"), n * h, d, false)?, quant, report)?,
+            qkv: maybe_quantize(Linear::load_stacked(&qkv, d, false, layout)?, quant, report)?,
+            o_proj: maybe_quantize(Linear::load_stacked(&o_proj, n * h, false, layout)?, quant, report)?,
             heads: n,
             kv_heads: k,
             head_dim: h,
@@ -93,11 +97,12 @@ struct FeedForward {
 impl FeedForward {
     fn load(scope: &Scope, cfg: &TextConfig, quant: Option<Quantization>, report: &mut QuantizationReport) -> Result<Self> {
         let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let gate = Linear::load(&scope.pp("gate_proj"), d, f, false)?;
-        let up = Linear::load(&scope.pp("up_proj"), d, f, false)?;
+        let layout = Layout::for_scope(scope, quant.is_none());
+        let gate_up = [Projection::new(scope.pp("gate_proj"), f), Projection::new(scope.pp("up_proj"), f)];
+        let down = [Projection::new(scope.pp("down_proj"), d)];
         Ok(FeedForward {
-            gate_up: maybe_quantize(Linear::fused(&[gate, up])?, quant, report)?,
-            down: maybe_quantize(Linear::load(&scope.pp("down_proj"), f, d, false)?, quant, report)?,
+            gate_up: maybe_quantize(Linear::load_stacked(&gate_up, d, false, layout)?, quant, report)?,
+            down: maybe_quantize(Linear::load_stacked(&down, f, false, layout)?, quant, report)?,
             hidden: f,
         })
     }

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use crate::attention::{attend, AttentionSpec};
 use crate::config::VisionConfig;
 use crate::error::Result;
-use crate::layers::{gelu_tanh, LayerNorm, Linear};
+use crate::layers::{gelu_tanh, LayerNorm, Layout, Linear, Projection};
 use crate::weights::Scope;
 
 /// Conv2d(3→D, kernel = stride = patch) written as one matmul over flattened patches.
@@ -60,17 +60,20 @@ impl EncoderLayer {
         let attn = scope.pp("self_attn");
         let head_dim = cfg.head_dim();
         let spec = AttentionSpec { scale: (head_dim as f64).powf(-0.5), softcap: None };
-        let q = Linear::load(&attn.pp("q_proj"), d, d, true)?.scaled(spec.query_factor())?;
-        let k = Linear::load(&attn.pp("k_proj"), d, d, true)?;
-        let v = Linear::load(&attn.pp("v_proj"), d, d, true)?;
+        let (f, layout) = (cfg.intermediate_size, Layout::for_scope(scope, true));
+        let qkv = [
+            Projection::new(attn.pp("q_proj"), d).scaled(spec.query_factor()),
+            Projection::new(attn.pp("k_proj"), d),
+            Projection::new(attn.pp("v_proj"), d),
+        ];
         let mlp = scope.pp("mlp");
         Ok(EncoderLayer {
             norm1: LayerNorm::load(&scope.pp("layer_norm1"), d, cfg.layer_norm_eps)?,
-            qkv: Linear::fused(&[q, k, v])?,
-            out_proj: Linear::load(&attn.pp("out_proj"), d, d, true)?,
+            qkv: Linear::load_stacked(&qkv, d, true, layout)?,
+            out_proj: Linear::load_stacked(&[Projection::new(attn.pp("out_proj"), d)], d, true, layout)?,
             norm2: LayerNorm::load(&scope.pp("layer_norm2"), d, cfg.layer_norm_eps)?,
-            fc1: Linear::load(&mlp.pp("fc1"), d, cfg.intermediate_size, true)?,
-            fc2: Linear::load(&mlp.pp("fc2"), cfg.intermediate_size, d, true)?,
+            fc1: Linear::load_stacked(&[Projection::new(mlp.pp("fc1"), f)], d, true, layout)?,
+            fc2: Linear::load_stacked(&[Projection::new(mlp.pp("fc2"), d)], f, true, layout)?,
             heads: cfg.num_attention_heads,
             head_dim,
             spec,

@@ -35,6 +35,12 @@ pub struct LoadMonitor<'a> {
     pub is_cancelled: Option<&'a (dyn Fn() -> bool + Sync)>,
 }
 
+/// The stored bytes of one tensor (little-endian, shape already checked) and their dtype.
+pub struct RawTensor<'a> {
+    pub bytes: &'a [u8],
+    pub dtype: DType,
+}
+
 /// All tensors of a checkpoint folder, addressed by canonical name.
 pub struct Weights {
     files: Vec<MappedFile>,
@@ -136,6 +142,22 @@ impl Weights {
 
     /// Loads a tensor, checks its shape and converts it to `dtype` on `device`.
     pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device, monitor: &LoadMonitor) -> Result<Tensor> {
+        self.with_raw(name, shape, monitor, |raw| {
+            if device.is_cpu() {
+                // Straight into a huge-page buffer where the conversion is covered (decode speed).
+                if let Some(t) = huge_pages::tensor_from_le_bytes(raw.bytes, raw.dtype, dtype, shape)? {
+                    return Ok(t);
+                }
+                return Ok(Tensor::from_raw_buffer(raw.bytes, raw.dtype, shape, &Device::Cpu)?.to_dtype(dtype)?);
+            }
+            Ok(Tensor::from_raw_buffer(raw.bytes, raw.dtype, shape, &Device::Cpu)?.to_device(device)?.to_dtype(dtype)?)
+        })
+    }
+
+    /// Hands the checked, still-mapped bytes of a tensor to `convert` (loaders that convert while
+    /// copying, such as the transposed CPU layout), then releases the mapped pages and reports
+    /// progress.
+    pub fn with_raw<R>(&self, name: &str, shape: &[usize], monitor: &LoadMonitor, convert: impl FnOnce(RawTensor<'_>) -> Result<R>) -> Result<R> {
         if monitor.is_cancelled.is_some_and(|c| c()) {
             return Err(Error::Aborted);
         }
@@ -160,16 +182,7 @@ impl Weights {
             }
         };
         let (begin, end) = (file.data_start + info.data_offsets.0, file.data_start + info.data_offsets.1);
-        let bytes = &file.mmap[begin..end];
-        let tensor = if device.is_cpu() {
-            // Straight into a huge-page buffer where the conversion is covered (decode speed).
-            match huge_pages::tensor_from_le_bytes(bytes, file_dtype, dtype, shape)? {
-                Some(t) => t,
-                None => Tensor::from_raw_buffer(bytes, file_dtype, shape, &Device::Cpu)?.to_dtype(dtype)?,
-            }
-        } else {
-            Tensor::from_raw_buffer(bytes, file_dtype, shape, &Device::Cpu)?.to_device(device)?.to_dtype(dtype)?
-        };
+        let converted = convert(RawTensor { bytes: &file.mmap[begin..end], dtype: file_dtype })?;
         // The copy now lives on the heap (or the device); let the kernel drop the mapped pages
         // so RSS does not hold the checkpoint twice.
         release_pages(&file.mmap, begin, end - begin);
@@ -177,7 +190,7 @@ impl Weights {
         if let Some(progress) = monitor.on_progress {
             progress(loaded, self.total_bytes);
         }
-        Ok(tensor)
+        Ok(converted)
     }
 
     /// Reads a tensor as stored, without shape expectations (for inspection and conversion).
@@ -315,6 +328,11 @@ impl<'a> Scope<'a> {
     /// Loads `prefix.name` with the given shape.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
         self.path().get(shape, name)
+    }
+    /// Passes the checked bytes of `prefix.name` to `convert` (see [`Weights::with_raw`]).
+    pub fn with_raw<R>(&self, shape: &[usize], name: &str, convert: impl FnOnce(RawTensor<'_>) -> Result<R>) -> Result<R> {
+        let full = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        self.weights.with_raw(&full, shape, self.monitor, convert)
     }
     /// Loads `prefix.name` in an explicit dtype (e.g. norms kept in f32).
     pub fn get_as(&self, shape: &[usize], name: &str, dtype: DType) -> Result<Tensor> {

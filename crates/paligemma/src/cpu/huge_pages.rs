@@ -135,6 +135,76 @@ fn cat_typed<T: WithDType>(parts: &[&Tensor], rows: usize, width: usize) -> Resu
     Ok(Tensor::from_vec(v, (rows, width), &Device::Cpu)?)
 }
 
+/// Builds `[in, Σ rows]` f32: the transposes of several `[rows, in]` stored matrices side by
+/// side, each multiplied by its own factor, written once into an advised buffer. This is the
+/// CPU layout of dense projections (see `layers::Layout::InOut`): the fused q/k/v or gate/up
+/// matrices come straight from the mapped checkpoint without an intermediate copy.
+pub struct TransposedStack {
+    data: Vec<f32>,
+    in_dim: usize,
+    total_rows: usize,
+    filled_rows: usize,
+}
+
+/// Rows decoded per block before scattering them as columns: one cache line of output per
+/// input column.
+const BLOCK_ROWS: usize = 16;
+
+impl TransposedStack {
+    pub fn new(in_dim: usize, total_rows: usize) -> Self {
+        let len = in_dim * total_rows;
+        let mut data = advised_vec::<f32>(len);
+        data.resize(len, 0.0);
+        TransposedStack { data, in_dim, total_rows, filled_rows: 0 }
+    }
+
+    /// Appends the columns of one stored `[rows, in]` matrix (f32, bf16 or f16 bytes).
+    pub fn push(&mut self, bytes: &[u8], dtype: DType, rows: usize, factor: f32) -> Result<()> {
+        let (k, n) = (self.in_dim, self.total_rows);
+        if bytes.len() != rows * k * dtype.size_in_bytes() || self.filled_rows + rows > n {
+            return Err(Error::Internal(format!("transposed stack: {} bytes of {dtype:?} for {rows}×{k}", bytes.len())));
+        }
+        let elem = dtype.size_in_bytes();
+        let mut block = vec![0f32; BLOCK_ROWS * k];
+        for first in (0..rows).step_by(BLOCK_ROWS) {
+            let count = BLOCK_ROWS.min(rows - first);
+            let src = &bytes[first * k * elem..(first + count) * k * elem];
+            decode_into(src, dtype, &mut block[..count * k])?;
+            let col0 = self.filled_rows + first;
+            for c in 0..k {
+                let out = &mut self.data[c * n + col0..][..count];
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = block[r * k + c] * factor;
+                }
+            }
+        }
+        self.filled_rows += rows;
+        Ok(())
+    }
+
+    /// The `[in, Σ rows]` tensor; every column must have been pushed.
+    pub fn finish(self) -> Result<Tensor> {
+        if self.filled_rows != self.total_rows {
+            return Err(Error::Internal(format!("transposed stack: {} of {} columns filled", self.filled_rows, self.total_rows)));
+        }
+        Ok(Tensor::from_vec(self.data, (self.in_dim, self.total_rows), &Device::Cpu)?)
+    }
+}
+
+/// Little-endian f32/bf16/f16 bytes → f32 values.
+fn decode_into(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<()> {
+    match dtype {
+        DType::F32 => out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        DType::BF16 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(o, b)| *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+        DType::F16 => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        other => return Err(Error::Internal(format!("transposed stack: unsupported stored dtype {other:?}"))),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +245,28 @@ mod tests {
         }
         assert!(tensor_from_le_bytes(&f32_bytes, DType::F32, DType::BF16, &[6])?.is_none());
         assert!(tensor_from_le_bytes(&f32_bytes, DType::F32, DType::F32, &[7]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn transposed_stack_matches_candle_transpose_and_cat() -> Result<()> {
+        // Two parts with row counts that are not multiples of the 16-row block, bf16 and f32.
+        let (k, r1, r2) = (5, 19, 3);
+        let a = Tensor::arange(0f32, (r1 * k) as f32, &Device::Cpu)?.reshape((r1, k))?;
+        let b = (Tensor::arange(0f32, (r2 * k) as f32, &Device::Cpu)?.reshape((r2, k))? * 0.5)?;
+        let a_bytes: Vec<u8> = a.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let b_bf16: Vec<u8> = b.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
+        let mut stack = TransposedStack::new(k, r1 + r2);
+        stack.push(&a_bytes, DType::F32, r1, 2.0)?;
+        stack.push(&b_bf16, DType::BF16, r2, 1.0)?;
+        let ours = stack.finish()?;
+        let want = Tensor::cat(&[&(a * 2.0)?, &b], 0)?.t()?;
+        assert_eq!(ours.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
+        // Too many rows, or unfilled columns, are errors rather than silent garbage.
+        let mut short = TransposedStack::new(k, r1 + r2);
+        assert!(short.push(&a_bytes, DType::F32, r1 + 1, 1.0).is_err());
+        short.push(&a_bytes, DType::F32, r1, 1.0)?;
+        assert!(short.finish().is_err());
         Ok(())
     }
 

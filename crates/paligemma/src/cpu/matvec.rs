@@ -10,6 +10,7 @@
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::fmadd;
 use crate::error::Result;
 
 /// Up to this many input rows take this path; beyond it the product is compute-bound and
@@ -47,6 +48,92 @@ pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     let ws = &w_cpu.as_slice::<f32>()?[w_start..w_end];
     let y = matmul_rows(xs, ws, m, k, n);
     Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
+}
+
+/// `x·Wt` for `x: [m, k]` and a transposed weight `wt: [k, n]` (the CPU layout of dense
+/// projections), both f32 on the CPU with `m ≤ MAX_ROWS`; `None` when they do not qualify.
+/// Each task streams a contiguous band of Wt's rows (four at a time) and accumulates a partial
+/// `[m, n]`; the partials are summed at the end.
+pub fn small_matmul_t(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
+    let (m, k) = x.dims2()?;
+    let (k_w, n) = wt.dims2()?;
+    if m == 0 || m > MAX_ROWS || k != k_w || !x.device().is_cpu() || x.dtype() != DType::F32 || wt.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let (w_storage, w_layout) = wt.storage_and_layout();
+    let (Storage::Cpu(x_cpu), Storage::Cpu(w_cpu)) = (&*x_storage, &*w_storage) else {
+        return Ok(None);
+    };
+    let Some((w_start, w_end)) = w_layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let xs = &x_cpu.as_slice::<f32>()?[x_layout.start_offset()..][..m * k];
+    let ws = &w_cpu.as_slice::<f32>()?[w_start..w_end];
+    let y = matmul_cols(xs, ws, m, k, n);
+    Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
+}
+
+/// `y[i, j] = Σ_c x[i, c] · wt[c, j]`, row-major slices; y is `[m, n]`.
+fn matmul_cols(x: &[f32], wt: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    // One band per thread (rounded to whole groups of four rows): each band is one long
+    // contiguous read, and there are only as many partials to add up as threads.
+    let threads = rayon::current_num_threads().max(1);
+    let band = k.div_ceil(threads).div_ceil(4) * 4;
+    let partials: Vec<Vec<f32>> = (0..k.div_ceil(band))
+        .into_par_iter()
+        .map(|b| {
+            let (c0, c1) = (b * band, ((b + 1) * band).min(k));
+            let mut y = vec![0f32; m * n];
+            let mut c = c0;
+            while c + 4 <= c1 {
+                let rows = [&wt[c * n..][..n], &wt[(c + 1) * n..][..n], &wt[(c + 2) * n..][..n], &wt[(c + 3) * n..][..n]];
+                for i in 0..m {
+                    let xi = &x[i * k + c..][..4];
+                    axpy4(&mut y[i * n..][..n], [xi[0], xi[1], xi[2], xi[3]], rows);
+                }
+                c += 4;
+            }
+            for c in c..c1 {
+                for i in 0..m {
+                    let a = x[i * k + c];
+                    y[i * n..][..n].iter_mut().zip(&wt[c * n..][..n]).for_each(|(yv, w)| *yv = fmadd(a, *w, *yv));
+                }
+            }
+            y
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut y = parts.next().unwrap_or_else(|| vec![0f32; m * n]);
+    for p in parts {
+        y.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    y
+}
+
+/// `y += a[0]·rows[0] + … + a[3]·rows[3]`: four rows of Wt read together (four streams in
+/// flight), y loaded and stored once per four rows.
+fn axpy4(y: &mut [f32], a: [f32; 4], rows: [&[f32]; 4]) {
+    const LANES: usize = 16;
+    let n = rows.iter().fold(y.len(), |l, r| l.min(r.len()));
+    let (y_blocks, y_tail) = y[..n].as_chunks_mut::<LANES>();
+    let blocks: [(&[[f32; LANES]], &[f32]); 4] = rows.map(|r| r[..n].as_chunks::<LANES>());
+    for (j, yb) in y_blocks.iter_mut().enumerate() {
+        let (r0, r1, r2, r3) = (&blocks[0].0[j], &blocks[1].0[j], &blocks[2].0[j], &blocks[3].0[j]);
+        for l in 0..LANES {
+            let s = fmadd(a[0], r0[l], yb[l]);
+            let s = fmadd(a[1], r1[l], s);
+            let s = fmadd(a[2], r2[l], s);
+            yb[l] = fmadd(a[3], r3[l], s);
+        }
+    }
+    for (t, yv) in y_tail.iter_mut().enumerate() {
+        let s = fmadd(a[0], blocks[0].1[t], *yv);
+        let s = fmadd(a[1], blocks[1].1[t], s);
+        let s = fmadd(a[2], blocks[2].1[t], s);
+        *yv = fmadd(a[3], blocks[3].1[t], s);
+    }
 }
 
 /// `y[i, j] = Σ_c x[i, c] · w[j, c]`, row-major slices; y is `[m, n]`.
@@ -246,6 +333,30 @@ mod tests {
                         (*a as f64 - b).abs() <= tol,
                         "m={m} k={k} n={n} at {idx}: {a} vs {b}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_layout_matches_a_float64_reference_across_shapes() {
+        // k around the four-row groups and the per-thread bands, n around the 16-lane blocks.
+        for &(k, n) in &[(1, 1), (3, 17), (4, 16), (7, 33), (64, 5), (257, 100), (2048, 48)] {
+            for m in 1..=MAX_ROWS {
+                let x = values(m * k, (m * 7 + k) as u32);
+                let w = values(n * k, (n * 3 + k) as u32);
+                // wt[c, j] = w[j, c]
+                let mut wt = vec![0f32; k * n];
+                for j in 0..n {
+                    for c in 0..k {
+                        wt[c * n + j] = w[j * k + c];
+                    }
+                }
+                let y = matmul_cols(&x, &wt, m, k, n);
+                let r = reference(&x, &w, m, k, n);
+                for (idx, (a, b)) in y.iter().zip(&r).enumerate() {
+                    let tol = 1e-5 * (k as f64).sqrt().max(1.0);
+                    assert!((*a as f64 - b).abs() <= tol, "m={m} k={k} n={n} at {idx}: {a} vs {b}");
                 }
             }
         }
