@@ -203,10 +203,24 @@ test('convert-vae converts a synthetic vae-oid.npz into the same tensors', async
   t.regex(wrong.stderr, /^paligemma: ERR_MODEL_LOAD: .*_vq_vae\._embedding/m)
 })
 
-test('quantize is not available in this version (exit 2)', async (t) => {
+test('quantize is not available in this version (exit 2) and points to --dtype q8_0|q4k', async (t) => {
   const { code, stderr } = await runCli(['quantize', fixtureDir('pg1-tiny-a')])
   t.is(code, 2)
   t.regex(stderr, /^paligemma: ERR_NOT_AVAILABLE: quantize is not available in this version/m)
+  t.regex(stderr, /--dtype q8_0 or --dtype q4k/)
+})
+
+test('--dtype q8_0 and q4k quantize on load; an unknown dtype is a usage error', async (t) => {
+  const dir = fixtureWithTokenizer('pg1-tiny-a')
+  for (const dtype of ['q8_0', 'q4k']) {
+    const { code, stdout, stderr } = await runCli(['caption', '--json', '--model', dir, '--image', image, '-n', '4', '--dtype', dtype])
+    t.is(code, 0, `${dtype}: ${stderr}`)
+    const result = JSON.parse(stdout)
+    t.true(result.tokenIds.length >= 1 && result.tokenIds.length <= 4, dtype)
+  }
+  const bad = await runCli(['caption', '--model', dir, '--image', image, '--dtype', 'q5'])
+  t.is(bad.code, 2)
+  t.regex(bad.stderr, /--dtype must be one of f32, f16, bf16, q8_0, q4k/)
 })
 
 test('bench runs the checkout harness (its --help here)', async (t) => {

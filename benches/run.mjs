@@ -299,7 +299,7 @@ async function runLogged(cmd, args, opts = {}) {
 }
 
 async function buildCandlePeer() {
-  log('building benches/candle-peer (candle-transformers peer and membw), release, target/candle-peer')
+  log('building benches/candle-peer (candle-transformers peer, membw, flops), release, target/candle-peer')
   // Built from the repository root so that .cargo/config.toml (AVX2/FMA/F16C) applies.
   await runLogged('cargo', ['build', '--release', '--quiet', '--manifest-path', 'benches/candle-peer/Cargo.toml', '--target-dir', 'target/candle-peer'], {
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -338,14 +338,29 @@ function paramCount(dir) {
   }
   let total = 0
   let decode = 0
+  let vision = 0
+  let embedding = 0
   const untiedHead = Object.keys(tensors).some((n) => n.includes('lm_head'))
   for (const [name, numel] of Object.entries(tensors)) {
     total += numel
+    if (name.startsWith('vision_tower.') || name.startsWith('multi_modal_projector.')) vision += numel
+    if (name.includes('embed_tokens')) embedding += numel
     // What one decode step reads: every decoder weight plus the LM head. The tied embedding is
     // the LM head (all of it is read); with an untied head, the embedding lookup reads one row.
     if (name.startsWith('language_model.') && !(untiedHead && name.includes('embed_tokens'))) decode += numel
   }
-  return { total, decode }
+  return { total, decode, vision, embedding }
+}
+
+/** Multiply-add FLOPs of the time to first token: every vision weight once per patch, every
+ * decoder weight once per prompt position (patches + about 6 text tokens), and the LM head for
+ * the last position. Attention's own products are left out (under 3 % at 224 px). */
+function ttftFlops(dir, counts) {
+  const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'))
+  const v = cfg.vision_config ?? {}
+  const patches = ((v.image_size ?? 224) / (v.patch_size ?? 14)) ** 2
+  const decoderBody = counts.decode - counts.embedding
+  return 2 * (counts.vision * patches + decoderBody * (patches + 6) + counts.embedding)
 }
 
 async function ensureCheckpoint(name, dtype) {
@@ -472,6 +487,8 @@ function markdown(report) {
   L.push('')
   const bw = report.bandwidth
   if (bw) L.push(`Memory read bandwidth (streaming sum over ${bw.buffer_mib} MiB, best of ${bw.passes}): ` + bw.results.map((r) => `${r.threads} thread${r.threads > 1 ? 's' : ''} ${r.best_gb_s} GB/s (median ${r.median_gb_s})`).join(', ') + '.')
+  const fl = report.compute
+  if (fl) L.push(`f32 multiply-add peak (${fl.isa} FMA chains in registers, best of 3): ` + fl.results.map((r) => `${r.threads} thread${r.threads > 1 ? 's' : ''} ${r.gflop_s} GFLOP/s`).join(', ') + '.')
   L.push('')
   L.push(`Machine load: ${report.wait.quiet ? 'quiet' : 'NOT quiet'} at start (1-min load average ${report.wait.loadavg} after waiting ${report.wait.waitedS} s); per engine below ("other cores" = CPU used by other processes while the engine ran).`)
   L.push('')
@@ -480,17 +497,18 @@ function markdown(report) {
     L.push('')
     L.push(`### ${mr.title} (\`${mr.name}\`), ${mr.new_tokens} new tokens, ${mr.warmup} warm-up + ${mr.runs} runs`)
     L.push('')
-    L.push(`Decode reads ${fmt(mr.decode_bytes / 1e9)} GB per token (decoder + LM head in f32): a ${fmt(mr.floor_ms)} ms/token floor at ${mr.bandwidth_gb_s} GB/s ("decode % of bandwidth" = floor ÷ measured decode time).`)
+    L.push(`Decode reads ${fmt(mr.decode_bytes / 1e9)} GB per token (decoder + LM head in f32): a ${fmt(mr.floor_ms)} ms/token floor at ${mr.bandwidth_gb_s} GB/s ("decode % of bandwidth" = floor ÷ measured decode time). ` +
+      `The time to first token needs ${fmt(mr.ttft_flops / 1e12)} TFLOP of matmuls: a ${fmt(mr.ttft_floor_ms / 1e3)} s floor at ${mr.peak_gflop_s} GFLOP/s ("TTFT % of peak" = floor ÷ measured TTFT).`)
     L.push('')
-    L.push('| engine | load s | TTFT s | decode ms/token | tokens/s | peak RSS GB | decode % of bandwidth | TTFT runs s | decode runs ms | other cores | load avg |')
-    L.push('|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|')
+    L.push('| engine | load s | TTFT s | decode ms/token | tokens/s | peak RSS GB | decode % of bandwidth | TTFT % of peak | TTFT runs s | decode runs ms | other cores | load avg |')
+    L.push('|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|')
     for (const e of mr.engines) {
       if (e.error) {
-        L.push(`| ${e.engine} | failed: ${e.error.replace(/\|/g, '/')} |||||||||| `)
+        L.push(`| ${e.engine} | failed: ${e.error.replace(/\|/g, '/')} ||||||||||| `)
         continue
       }
       L.push(`| ${e.engine} | ${fmt(e.load_ms / 1e3)} | ${fmt(e.ttft_ms / 1e3)} | ${fmt(e.decode_ms_per_token)} | ${fmt(e.tokens_per_s)} | ` +
-        `${fmt(e.peak_rss_mb / 1024)} | ${e.bandwidth_share !== null ? fmt(e.bandwidth_share * 100) + ' %' : '–'} | ` +
+        `${fmt(e.peak_rss_mb / 1024)} | ${e.bandwidth_share !== null ? fmt(e.bandwidth_share * 100) + ' %' : '–'} | ${e.compute_share != null ? fmt(e.compute_share * 100) + ' %' : '–'} | ` +
         `${e.ttft_runs_ms.map((x) => fmt(x / 1e3)).join(', ')} | ${e.decode_runs_ms.map((x) => fmt(x)).join(', ')} | ${e.other_cores ?? '–'} | ${e.loadavg_before} |`)
     }
     const rs = Object.entries(mr.ratios).filter(([, r]) => r)
@@ -572,6 +590,9 @@ async function main() {
   const bwAt = (n) => membw.results.find((r) => r.threads === n)?.best_gb_s ?? membw.results.at(-1).best_gb_s
   const bandwidth = bwAt(threads)
   log(`memory read bandwidth: ${membw.results.map((r) => `${r.threads}T ${r.best_gb_s} GB/s`).join(', ')}`)
+  const flops = JSON.parse(execFileSync(path.join(peerBin, 'flops'), ['--threads', `1,${threads}`], { encoding: 'utf8' }).trim().split('\n').pop())
+  const peakGflops = flops.results.find((r) => r.threads === threads)?.gflop_s ?? flops.results.at(-1).gflop_s
+  log(`f32 FMA peak (${flops.isa}): ${flops.results.map((r) => `${r.threads}T ${r.gflop_s} GFLOP/s`).join(', ')}`)
 
   const logDir = path.join(cacheDir(), 'logs')
   fs.mkdirSync(logDir, { recursive: true })
@@ -586,6 +607,7 @@ async function main() {
     package: pkg,
     wait,
     bandwidth: membw,
+    compute: flops,
     models: [],
   }
 
@@ -596,7 +618,10 @@ async function main() {
       runs: Number(args.runs ?? (quick || pg2 ? 3 : 5)),
       warmup: Number(args.warmup),
     }
-    const { decode: decodeParams } = paramCount(dir)
+    const counts = paramCount(dir)
+    const decodeParams = counts.decode
+    const prefillFlops = ttftFlops(dir, counts)
+    const ttftFloorMs = (prefillFlops / (peakGflops * 1e9)) * 1e3
     const decodeBytes = decodeParams * 4 // f32 compute on the CPU
     const floorMs = (decodeBytes / (bandwidth * 1e9)) * 1e3
     const mr = {
@@ -609,6 +634,9 @@ async function main() {
       decode_bytes: decodeBytes,
       bandwidth_gb_s: bandwidth,
       floor_ms: round(floorMs, 2),
+      ttft_flops: prefillFlops,
+      peak_gflop_s: peakGflops,
+      ttft_floor_ms: round(ttftFloorMs, 1),
       engines: [],
       ratios: {},
     }
@@ -623,6 +651,8 @@ async function main() {
         const r = await runEngine(engine, dir, plan, ctx)
         // The floor counts f32 bytes; a quantized row reads fewer, so no share for it.
         r.bandwidth_share = r.dtype === 'f32' ? round(floorMs / r.decode_ms_per_token, 3) : null
+        // Likewise the f32 FMA peak bounds f32 rows only (quantized prefill runs int8 dot products).
+        r.compute_share = r.dtype === 'f32' ? round(ttftFloorMs / r.ttft_ms, 3) : null
         log(`${name}: ${engine}: load ${(r.load_ms / 1e3).toFixed(1)} s, TTFT ${(r.ttft_ms / 1e3).toFixed(2)} s, decode ${r.decode_ms_per_token.toFixed(1)} ms/token, ` +
           `peak RSS ${(r.peak_rss_mb / 1024).toFixed(2)} GB, other cores ${r.other_cores}`)
         if (r.versions?.torch) Object.assign(report.versions, r.versions)
