@@ -179,19 +179,101 @@ pub fn attend(
     Ok(Some(out.transpose(1, 2)?.reshape((b, t, n * h))?))
 }
 
-/// Softmax of one row in f32; `−∞` entries (masked keys) get exactly zero weight.
+/// Softmax of one row in f32; `−∞` entries (masked keys) get exactly zero weight. Written as
+/// 16 independent lanes so that the max, the exponentials and the sum vectorise.
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        let e = if *x == f32::NEG_INFINITY {
-            0.0
-        } else {
-            exp(*x - max)
-        };
-        *x = e;
-        sum += e;
+    const LANES: usize = 16;
+    let (blocks, tail) = row.as_chunks::<LANES>();
+    let mut lane_max = [f32::NEG_INFINITY; LANES];
+    for b in blocks {
+        for l in 0..LANES {
+            lane_max[l] = lane_max[l].max(b[l]);
+        }
+    }
+    let max = tail.iter().chain(&lane_max).copied().fold(f32::NEG_INFINITY, f32::max);
+    let weight = |x: f32| if x == f32::NEG_INFINITY { 0.0 } else { exp(x - max) };
+    let (blocks, tail) = row.as_chunks_mut::<LANES>();
+    let mut lane_sum = [0f32; LANES];
+    for b in blocks.iter_mut() {
+        for l in 0..LANES {
+            b[l] = weight(b[l]);
+            lane_sum[l] += b[l];
+        }
+    }
+    let mut sum: f32 = lane_sum.iter().sum();
+    for x in tail.iter_mut() {
+        *x = weight(*x);
+        sum += *x;
     }
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|x| *x *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention through candle ops, one query head at a time (K/V head `n / group`).
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, cap: Option<f64>) -> Result<Tensor> {
+        let (b, n, t, h) = q.dims4()?;
+        let kv = k.dim(1)?;
+        let mut heads = Vec::new();
+        for head in 0..n {
+            let qh = q.narrow(1, head, 1)?;
+            let kh = k.narrow(1, head / (n / kv), 1)?;
+            let vh = v.narrow(1, head / (n / kv), 1)?;
+            let mut s = qh.matmul(&kh.t()?)?;
+            if let Some(c) = cap {
+                s = (s.tanh()? * c)?;
+            }
+            if let Some(m) = mask {
+                s = s.broadcast_add(m)?;
+            }
+            heads.push(candle_nn::ops::softmax_last_dim(&s)?.matmul(&vh)?);
+        }
+        Ok(Tensor::cat(&heads, 1)?.transpose(1, 2)?.reshape((b, t, n * h))?)
+    }
+
+    #[test]
+    fn attention_matches_candle_ops_with_gqa_softcap_mask_and_strided_cache() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, n, kv, t, h, cap) = (2, 4, 2, 3, 8, 5usize);
+        let q = Tensor::randn(0f32, 1.0, (b, n, t, h), &dev)?;
+        // K/V as narrowed views of a larger cache: rows contiguous, heads `cap` rows apart.
+        let k_cache = Tensor::randn(0f32, 1.0, (b, kv, cap, h), &dev)?;
+        let v_cache = Tensor::randn(0f32, 1.0, (b, kv, cap, h), &dev)?;
+        let s = 4;
+        let (k, v) = (k_cache.narrow(2, 0, s)?, v_cache.narrow(2, 0, s)?);
+        assert!(!k.is_contiguous());
+        let mask = Tensor::new(&[[0f32, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY], [0.0, 0.0, 0.0, f32::NEG_INFINITY], [0.0; 4]], &dev)?;
+        for (m, c) in [(None, None), (Some(&mask), None), (Some(&mask), Some(2.5))] {
+            let ours = attend(&q, &k, &v, m, c)?.expect("f32 CPU inputs qualify");
+            let want = reference(&q, &k.contiguous()?, &v.contiguous()?, m, c)?;
+            let diff = (ours - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "mask {} cap {c:?}: {diff}", m.is_some());
+        }
+        // Other dtypes are left to candle.
+        assert!(attend(&q.to_dtype(DType::F16)?, &k.to_dtype(DType::F16)?, &v.to_dtype(DType::F16)?, None, None)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn softmax_matches_f64_and_zeroes_masked_keys() {
+        for len in [1usize, 5, 16, 17, 40] {
+            let mut row: Vec<f32> = (0..len).map(|i| ((i * 37) % 11) as f32 * 0.7 - 3.0).collect();
+            if len > 3 {
+                row[2] = f32::NEG_INFINITY;
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let exps: Vec<f64> = row.iter().map(|&x| if x == f32::NEG_INFINITY { 0.0 } else { (x as f64 - max).exp() }).collect();
+            let total: f64 = exps.iter().sum();
+            softmax_in_place(&mut row);
+            for (got, e) in row.iter().zip(&exps) {
+                assert!((*got as f64 - e / total).abs() < 1e-6, "len {len}: {got} vs {}", e / total);
+            }
+            if len > 3 {
+                assert_eq!(row[2], 0.0);
+            }
+        }
+    }
 }
