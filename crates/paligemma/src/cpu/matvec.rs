@@ -7,10 +7,10 @@
 //! once from memory and dotted with all of x's rows while it is in cache. W is `[out, in]`
 //! row-major, so each output is one contiguous dot product: no transposition, no packing.
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::fmadd;
+use super::{fmadd, with_f32_slice};
 use crate::error::Result;
 
 /// Up to this many input rows take this path; beyond it the product is compute-bound and
@@ -24,30 +24,8 @@ const ROWS_PER_TASK: usize = 64;
 /// `x·Wᵀ` for `x: [m, k]` and `w: [n, k]`, both f32 on the CPU with `m ≤ MAX_ROWS`; `None`
 /// when the inputs do not qualify (the caller then uses candle's matmul).
 pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    let (m, k) = x.dims2()?;
-    let (n, k_w) = w.dims2()?;
-    if m == 0
-        || m > MAX_ROWS
-        || k != k_w
-        || !x.device().is_cpu()
-        || x.dtype() != DType::F32
-        || w.dtype() != DType::F32
-    {
-        return Ok(None);
-    }
-    let x = x.contiguous()?;
-    let (x_storage, x_layout) = x.storage_and_layout();
-    let (w_storage, w_layout) = w.storage_and_layout();
-    let (Storage::Cpu(x_cpu), Storage::Cpu(w_cpu)) = (&*x_storage, &*w_storage) else {
-        return Ok(None);
-    };
-    let Some((w_start, w_end)) = w_layout.contiguous_offsets() else {
-        return Ok(None);
-    };
-    let xs = &x_cpu.as_slice::<f32>()?[x_layout.start_offset()..][..m * k];
-    let ws = &w_cpu.as_slice::<f32>()?[w_start..w_end];
-    let y = matmul_rows(xs, ws, m, k, n);
-    Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
+    let (n, k) = w.dims2()?;
+    with_operands(x, w, k, n, |xs, ws, m| matmul_rows(xs, ws, m, k, n))
 }
 
 /// `x·Wt` for `x: [m, k]` and a transposed weight `wt: [k, n]` (the CPU layout of dense
@@ -55,24 +33,20 @@ pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 /// Each task streams a contiguous band of Wt's rows (four at a time) and accumulates a partial
 /// `[m, n]`; the partials are summed at the end.
 pub fn small_matmul_t(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
-    let (m, k) = x.dims2()?;
-    let (k_w, n) = wt.dims2()?;
-    if m == 0 || m > MAX_ROWS || k != k_w || !x.device().is_cpu() || x.dtype() != DType::F32 || wt.dtype() != DType::F32 {
+    let (k, n) = wt.dims2()?;
+    with_operands(x, wt, k, n, |xs, ws, m| matmul_cols(xs, ws, m, k, n))
+}
+
+/// Runs `product(x, w, m)` on the f32 CPU data of `x: [m, k]` (made contiguous) and of a
+/// contiguous `w`, giving `[m, n]`; `None` when either does not qualify.
+fn with_operands(x: &Tensor, w: &Tensor, k: usize, n: usize, product: impl FnOnce(&[f32], &[f32], usize) -> Vec<f32>) -> Result<Option<Tensor>> {
+    let (m, x_k) = x.dims2()?;
+    if m == 0 || m > MAX_ROWS || x_k != k || !x.device().is_cpu() || x.dtype() != DType::F32 {
         return Ok(None);
     }
     let x = x.contiguous()?;
-    let (x_storage, x_layout) = x.storage_and_layout();
-    let (w_storage, w_layout) = wt.storage_and_layout();
-    let (Storage::Cpu(x_cpu), Storage::Cpu(w_cpu)) = (&*x_storage, &*w_storage) else {
-        return Ok(None);
-    };
-    let Some((w_start, w_end)) = w_layout.contiguous_offsets() else {
-        return Ok(None);
-    };
-    let xs = &x_cpu.as_slice::<f32>()?[x_layout.start_offset()..][..m * k];
-    let ws = &w_cpu.as_slice::<f32>()?[w_start..w_end];
-    let y = matmul_cols(xs, ws, m, k, n);
-    Ok(Some(Tensor::from_vec(y, (m, n), &Device::Cpu)?))
+    let y = with_f32_slice(&x, |xs| with_f32_slice(w, |ws| Ok(product(xs, ws, m))))?.flatten();
+    y.map(|y| Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)).transpose()
 }
 
 /// `y[i, j] = Σ_c x[i, c] · wt[c, j]`, row-major slices; y is `[m, n]`.
