@@ -15,7 +15,7 @@ OUT="$ROOT/npm/linux-x64-gnu-cuda"
 cd "$ROOT"
 npx napi build --platform --release --features cuda \
   --manifest-path crates/paligemma-node/Cargo.toml --package-json-path package.json \
-  --output-dir "$OUT" --no-js --no-dts-header --dts "$CARGO_TARGET_DIR/ignored.d.ts"
+  --output-dir "$OUT" --no-js --no-dts-header --dts ../../target/napi/paligemma-cuda.d.ts  # relative to --output-dir
 NODE_FILE="$OUT/paligemma.linux-x64-gnu.node"
 mv -f "$NODE_FILE" "$OUT/paligemma.linux-x64-gnu-cuda.node"
 strip --strip-unneeded "$OUT/paligemma.linux-x64-gnu-cuda.node"
