@@ -13,7 +13,10 @@ import type { Detection, ImageInput, ImageOptions, Mask } from './types.js'
 export type LabeledBox = Pick<Detection, 'label' | 'box'>
 
 /** What {@link drawMasks} draws: a box, its label and a mask when there is one (a `Segmentation` is one). */
-export type MaskedDetection = LabeledBox & { mask?: Mask | null }
+export type MaskedDetection = LabeledBox & {
+  /** The object's {@link Mask}; without one (`undefined` or `null`) only the box and label are drawn. */
+  mask?: Mask | null
+}
 
 function coordinate(name: string, value: unknown): number {
   if (typeof value !== 'number' || !Number.isFinite(value)) throw invalid(name, `must be a finite number, got ${describe(value)}`)
