@@ -8,6 +8,7 @@
 //! only then filled. Elsewhere (or when the advice is refused) they are ordinary buffers.
 
 use candle_core::{DType, Device, Tensor, WithDType};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -53,47 +54,35 @@ pub fn tensor_from_le_bytes(
         )));
     }
     let tensor = match (file_dtype, dtype) {
-        (DType::F32, DType::F32) => filled(
-            shape,
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        )?,
-        (DType::BF16, DType::F32) => filled(
-            shape,
-            bytes
-                .chunks_exact(2)
-                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
-        )?,
-        (DType::F16, DType::F32) => filled(
-            shape,
-            bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        )?,
-        (DType::BF16, DType::BF16) => filled(
-            shape,
-            bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]])),
-        )?,
-        (DType::F16, DType::F16) => filled(
-            shape,
-            bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]])),
-        )?,
+        (DType::F32, DType::F32) => filled(shape, bytes, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
+        (DType::BF16, DType::F32) => filled(shape, bytes, |b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))?,
+        (DType::F16, DType::F32) => filled(shape, bytes, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())?,
+        (DType::BF16, DType::BF16) => filled(shape, bytes, |b| half::bf16::from_le_bytes([b[0], b[1]]))?,
+        (DType::F16, DType::F16) => filled(shape, bytes, |b| half::f16::from_le_bytes([b[0], b[1]]))?,
         _ => return Ok(None),
     };
     Ok(Some(tensor))
 }
 
-fn filled<T: WithDType>(
-    shape: &[usize],
-    values: impl ExactSizeIterator<Item = T>,
-) -> Result<Tensor> {
-    let mut v = advised_vec::<T>(values.len());
-    v.extend(values);
+/// Decodes every stored element (`bytes.len() / count` bytes each) into an advised buffer,
+/// in parallel chunks: the first touch of the pages (a large part of loading on a VM) and the
+/// reads from the mapped file proceed on every thread of the pool.
+fn filled<T: WithDType>(shape: &[usize], bytes: &[u8], decode: impl Fn(&[u8]) -> T + Sync) -> Result<Tensor> {
+    const CHUNK: usize = 1 << 18;
+    let count: usize = shape.iter().product();
+    if count == 0 {
+        return Ok(Tensor::from_vec(Vec::<T>::new(), shape, &Device::Cpu)?);
+    }
+    let elem = bytes.len() / count;
+    let mut v = advised_vec::<T>(count);
+    v.spare_capacity_mut()[..count].par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * elem)).for_each(|(out, src)| {
+        for (o, b) in out.iter_mut().zip(src.chunks_exact(elem)) {
+            o.write(decode(b));
+        }
+    });
+    // SAFETY: the capacity is at least `count` and the chunks above wrote elements 0..count
+    // (`bytes` holds exactly `count` elements, checked by the caller).
+    unsafe { v.set_len(count) };
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
@@ -149,13 +138,27 @@ pub struct TransposedStack {
 /// Rows decoded per block before scattering them as columns: one cache line of output per
 /// input column.
 const BLOCK_ROWS: usize = 16;
+/// Output rows (input columns) per parallel task of [`TransposedStack::push`].
+const OUT_ROWS: usize = 128;
+
+/// A zero-filled advised buffer, first touched by every thread of the pool at once: on a VM
+/// the page faults of a fresh multi-gigabyte buffer are a large part of loading, and they
+/// proceed in parallel.
+fn zeroed_in_parallel(len: usize) -> Vec<f32> {
+    let mut v = advised_vec::<f32>(len);
+    v.spare_capacity_mut().par_chunks_mut(1 << 20).for_each(|chunk| {
+        for x in chunk {
+            x.write(0.0);
+        }
+    });
+    // SAFETY: the capacity is `len` (advised_vec) and every element was written just above.
+    unsafe { v.set_len(len) };
+    v
+}
 
 impl TransposedStack {
     pub fn new(in_dim: usize, total_rows: usize) -> Self {
-        let len = in_dim * total_rows;
-        let mut data = advised_vec::<f32>(len);
-        data.resize(len, 0.0);
-        TransposedStack { data, in_dim, total_rows, filled_rows: 0 }
+        TransposedStack { data: zeroed_in_parallel(in_dim * total_rows), in_dim, total_rows, filled_rows: 0 }
     }
 
     /// Appends the columns of one stored `[rows, in]` matrix (f32, bf16 or f16 bytes).
@@ -164,20 +167,27 @@ impl TransposedStack {
         if bytes.len() != rows * k * dtype.size_in_bytes() || self.filled_rows + rows > n {
             return Err(Error::Internal(format!("transposed stack: {} bytes of {dtype:?} for {rows}×{k}", bytes.len())));
         }
-        let elem = dtype.size_in_bytes();
-        let mut block = vec![0f32; BLOCK_ROWS * k];
-        for first in (0..rows).step_by(BLOCK_ROWS) {
-            let count = BLOCK_ROWS.min(rows - first);
-            let src = &bytes[first * k * elem..(first + count) * k * elem];
-            decode_into(src, dtype, &mut block[..count * k])?;
-            let col0 = self.filled_rows + first;
-            for c in 0..k {
-                let out = &mut self.data[c * n + col0..][..count];
-                for (r, o) in out.iter_mut().enumerate() {
-                    *o = block[r * k + c] * factor;
+        let (elem, col0) = (dtype.size_in_bytes(), self.filled_rows);
+        // Each task owns OUT_ROWS output rows (input columns c0..c0 + width), so the tasks write
+        // disjoint memory; each reads its column band of 16 input rows at a time.
+        self.data.par_chunks_mut(OUT_ROWS * n).enumerate().try_for_each(|(task, out)| {
+            let (c0, width) = (task * OUT_ROWS, out.len() / n);
+            let mut block = [0f32; BLOCK_ROWS * OUT_ROWS];
+            for first in (0..rows).step_by(BLOCK_ROWS) {
+                let count = BLOCK_ROWS.min(rows - first);
+                for r in 0..count {
+                    let src = &bytes[((first + r) * k + c0) * elem..][..width * elem];
+                    decode_into(src, dtype, &mut block[r * width..][..width])?;
+                }
+                for c in 0..width {
+                    let out_row = &mut out[c * n + col0 + first..][..count];
+                    for (r, o) in out_row.iter_mut().enumerate() {
+                        *o = block[r * width + c] * factor;
+                    }
                 }
             }
-        }
+            Ok::<(), Error>(())
+        })?;
         self.filled_rows += rows;
         Ok(())
     }
@@ -245,13 +255,23 @@ mod tests {
         }
         assert!(tensor_from_le_bytes(&f32_bytes, DType::F32, DType::BF16, &[6])?.is_none());
         assert!(tensor_from_le_bytes(&f32_bytes, DType::F32, DType::F32, &[7]).is_err());
+        let empty = tensor_from_le_bytes(&[], DType::BF16, DType::F32, &[0, 4])?.expect("covered");
+        assert_eq!(empty.dims(), [0, 4]);
         Ok(())
     }
 
     #[test]
     fn transposed_stack_matches_candle_transpose_and_cat() -> Result<()> {
-        // Two parts with row counts that are not multiples of the 16-row block, bf16 and f32.
-        let (k, r1, r2) = (5, 19, 3);
+        // Two parts with row counts that are not multiples of the 16-row block, bf16 and f32;
+        // widths below and above one parallel task's 128 columns.
+        for k in [5, 300] {
+            check_transposed_stack(k)?;
+        }
+        Ok(())
+    }
+
+    fn check_transposed_stack(k: usize) -> Result<()> {
+        let (r1, r2) = (19, 3);
         let a = Tensor::arange(0f32, (r1 * k) as f32, &Device::Cpu)?.reshape((r1, k))?;
         let b = (Tensor::arange(0f32, (r2 * k) as f32, &Device::Cpu)?.reshape((r2, k))? * 0.5)?;
         let a_bytes: Vec<u8> = a.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -260,7 +280,9 @@ mod tests {
         stack.push(&a_bytes, DType::F32, r1, 2.0)?;
         stack.push(&b_bf16, DType::BF16, r2, 1.0)?;
         let ours = stack.finish()?;
-        let want = Tensor::cat(&[&(a * 2.0)?, &b], 0)?.t()?;
+        // b went through bf16, which rounds values above 256 (k = 300) to steps of 2.
+        let b_stored = b.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+        let want = Tensor::cat(&[&(a * 2.0)?, &b_stored], 0)?.t()?;
         assert_eq!(ours.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
         // Too many rows, or unfilled columns, are errors rather than silent garbage.
         let mut short = TransposedStack::new(k, r1 + r2);
