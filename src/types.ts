@@ -15,7 +15,7 @@ export type DeviceKind = 'auto' | 'cpu' | 'cuda'
  * - `'q8_0'`, `'q4k'` (CPU only): the text decoder's matrices and LM head are quantized to GGML
  *   Q8_0 (8.5 bits per weight) or Q4_K (4.5 bits) while the model loads; the vision tower,
  *   embeddings and activations stay f32. Decoding reads 4× or 7× fewer bytes per token
- *   (PaliGemma-3B-224 on 2 cores: 102 ms/token against 335 in f32). Q8_0 tracks f32 closely
+ *   (PaliGemma-3B-224 on 2 cores, one run: 102 ms/token against 335 in f32). Q8_0 tracks f32 closely
  *   (logit cosine ≥ 0.999 and top-1 agreement ≥ 0.9 on the test fixture); Q4_K is coarser and,
  *   on that machine, no faster, so prefer `'q8_0'`. Loading takes longer (the quantization). On a
  *   GPU these reject with `ERR_INVALID_ARGUMENT`.
