@@ -18,7 +18,9 @@ const model = await PaliGemma.load(modelDir)
 try {
   // 1. AbortSignal: abort after `limit` tokens (AbortSignal.timeout(ms) works the same way).
   const controller = new AbortController()
-  const stream = model.stream({ image, prompt: 'caption en', maxNewTokens: 64, signal: controller.signal })
+  // maxNewTokens is generous on purpose: a small or fast model could otherwise finish its whole
+  // answer before the loop has read `limit` chunks, and then there is nothing left to stop.
+  const stream = model.stream({ image, prompt: 'caption en', maxNewTokens: 1000, signal: controller.signal })
   let tokens = 0
   try {
     for await (const chunk of stream) {
@@ -32,7 +34,7 @@ try {
   }
 
   // 2. break: leaving the loop cancels the request; `result` then reports finishReason 'abort'.
-  const second = model.stream({ image, prompt: 'caption en', maxNewTokens: 64 })
+  const second = model.stream({ image, prompt: 'caption en', maxNewTokens: 1000 })
   for await (const chunk of second) {
     if (chunk.index + 1 >= limit) break
   }
