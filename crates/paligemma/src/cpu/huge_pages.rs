@@ -54,9 +54,10 @@ pub fn tensor_from_le_bytes(
         )));
     }
     let tensor = match (file_dtype, dtype) {
-        (DType::F32, DType::F32) => filled(shape, bytes, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
-        (DType::BF16, DType::F32) => filled(shape, bytes, |b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))?,
-        (DType::F16, DType::F32) => filled(shape, bytes, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())?,
+        // Named fn items, not pointers: each `filled` is monomorphised with its decoder inlined.
+        (DType::F32, DType::F32) => filled(shape, bytes, f32_from_le)?,
+        (DType::BF16, DType::F32) => filled(shape, bytes, bf16_le_to_f32)?,
+        (DType::F16, DType::F32) => filled(shape, bytes, f16_le_to_f32)?,
         (DType::BF16, DType::BF16) => filled(shape, bytes, |b| half::bf16::from_le_bytes([b[0], b[1]]))?,
         (DType::F16, DType::F16) => filled(shape, bytes, |b| half::f16::from_le_bytes([b[0], b[1]]))?,
         _ => return Ok(None),
@@ -201,15 +202,24 @@ impl TransposedStack {
     }
 }
 
+// One little-endian stored element widened (exactly) to f32.
+fn f32_from_le(b: &[u8]) -> f32 {
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+fn bf16_le_to_f32(b: &[u8]) -> f32 {
+    f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
+}
+fn f16_le_to_f32(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
 /// Little-endian f32/bf16/f16 bytes → f32 values.
 fn decode_into(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<()> {
+    let mut widen = |decode: fn(&[u8]) -> f32, size: usize| out.iter_mut().zip(bytes.chunks_exact(size)).for_each(|(o, b)| *o = decode(b));
     match dtype {
-        DType::F32 => out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        DType::BF16 => out
-            .iter_mut()
-            .zip(bytes.chunks_exact(2))
-            .for_each(|(o, b)| *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
-        DType::F16 => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        DType::F32 => widen(f32_from_le, 4),
+        DType::BF16 => widen(bf16_le_to_f32, 2),
+        DType::F16 => widen(f16_le_to_f32, 2),
         other => return Err(Error::Internal(format!("transposed stack: unsupported stored dtype {other:?}"))),
     }
     Ok(())
