@@ -67,7 +67,7 @@ pub struct MaskSpec {
 
 impl MaskSpec {
     /// Whether query `i` (absolute) may attend key `j`.
-    fn allowed(&self, i: usize, j: usize) -> bool {
+    pub(crate) fn allowed(&self, i: usize, j: usize) -> bool {
         let same_prefix = i < self.prefix_len && j < self.prefix_len;
         let causal = j <= i && self.window.is_none_or(|w| i - j < w);
         same_prefix || causal

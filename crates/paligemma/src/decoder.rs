@@ -23,6 +23,25 @@ pub struct Step {
     pub sliding_window: bool,
 }
 
+/// Where the new tokens' positions are known.
+#[derive(Clone, Copy)]
+pub enum Positions<'a> {
+    /// On the host: the block starts at the cache's length (prefill, eager decode).
+    Host,
+    /// On the device, one token per sequence: the fixed-shape decode step that a CUDA graph
+    /// replays ([`crate::decode_step`]).
+    Device(&'a DevicePositions),
+}
+
+/// The position of a one-token-per-sequence decode step, held on the device.
+pub struct DevicePositions {
+    /// `[1, head_dim / 2]`: the rotary rows of the position ([`RotaryEmbedding::rows_at`]).
+    cos: Tensor,
+    sin: Tensor,
+    /// `[B, K, 1, H]` u32: the cache slot, repeated for [`KvCache::write_at`].
+    kv_index: Tensor,
+}
+
 /// Counts how many projections a quantization mode actually converted (a matrix whose input
 /// width is not a multiple of the block size stays dense).
 #[derive(Debug, Default, Clone, Copy)]
@@ -69,19 +88,29 @@ impl SelfAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cache: &KvCache, layer: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cache: &KvCache, layer: usize, mask: Option<&Tensor>, at: Positions) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (n, k, h) = (self.heads, self.kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x)?;
-        let q = qkv.narrow(2, 0, n * h)?.reshape((b, t, n, h))?.transpose(1, 2)?;
-        let kn = qkv.narrow(2, n * h, k * h)?.reshape((b, t, k, h))?.transpose(1, 2)?;
+        // Queries and keys are rotated together, as `n + k` heads: one kernel where two rotations
+        // and two gathers would run (at batch 1 the q|k block is already contiguous).
+        let qk = qkv.narrow(2, 0, (n + k) * h)?.reshape((b, t, n + k, h))?.transpose(1, 2)?;
         let vn = qkv.narrow(2, (n + k) * h, k * h)?.reshape((b, t, k, h))?.transpose(1, 2)?;
-        // transformers numbers positions from 1 (spec §2.7, §8 P1); matching it keeps the
-        // rounding of cos/sin identical to the reference.
-        let first_position = cache.len() + 1;
-        let q = rope.apply(&q, first_position)?;
-        let kn = rope.apply(&kn, first_position)?;
-        let (keys, values) = cache.write(layer, &kn, &vn)?;
+        let (qk, (keys, values)) = match at {
+            Positions::Host => {
+                // transformers numbers positions from 1 (spec §2.7, §8 P1); matching it keeps
+                // the rounding of cos/sin identical to the reference.
+                let qk = rope.apply(&qk, cache.len() + 1)?;
+                let kv = cache.write(layer, &qk.narrow(1, n, k)?, &vn)?;
+                (qk, kv)
+            }
+            Positions::Device(p) => {
+                let qk = RotaryEmbedding::apply_rows(&qk, &p.cos, &p.sin)?;
+                let kv = cache.write_at(layer, &qk.narrow(1, n, k)?, &vn, &p.kv_index)?;
+                (qk, kv)
+            }
+        };
+        let q = qk.narrow(1, 0, n)?;
         let out = attend(&q, &keys, &values, mask, &self.spec)?;
         self.o_proj.forward(&out)
     }
@@ -162,8 +191,8 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cache: &KvCache, layer: usize, mask: Option<&Tensor>) -> Result<Tensor> {
-        let a = self.attention.forward(&self.input_norm.forward(x)?, rope, cache, layer, mask)?;
+    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cache: &KvCache, layer: usize, mask: Option<&Tensor>, at: Positions) -> Result<Tensor> {
+        let a = self.attention.forward(&self.input_norm.forward(x)?, rope, cache, layer, mask, at)?;
         match (&self.post_norms, &self.pre_ffw_norm_gemma) {
             (Some(p), _) => {
                 let h = (x + p.post_attention.forward(&a)?)?;
@@ -262,15 +291,35 @@ impl Decoder {
             (true, Some(w)) => MaskSpec { window: Some(w), ..base }.build(self.dtype, device)?,
             _ => full_mask.clone(),
         };
+        let logits = self.run(embeds, cache, Positions::Host, [full_mask.as_ref(), sliding_mask.as_ref()], logits_for)?;
+        cache.advance(t);
+        Ok(logits)
+    }
+
+    /// One decode step for `tokens: [B]` with everything that changes from step to step read
+    /// from the device: `rope_row: [1]` (the 1-based position id), `kv_index: [B, K, 1, H]` (the
+    /// cache slot, repeated; all u32) and the additive masks over the whole cache, `[1,
+    /// capacity]` for full and for sliding layers. Shapes and addresses are the same at every
+    /// step, so a CUDA graph can replay it. Returns `[B, 1, vocab]`; the caller commits the
+    /// cache position.
+    pub fn forward_at(&self, tokens: &Tensor, rope_row: &Tensor, kv_index: Tensor, masks: [&Tensor; 2], cache: &KvCache) -> Result<Tensor> {
+        let embeds = (self.embed_tokens.index_select(tokens, 0)? * self.embed_scale)?.unsqueeze(1)?;
+        let (cos, sin) = self.rope.rows_at(rope_row)?;
+        let at = DevicePositions { cos, sin, kv_index };
+        self.run(&embeds, cache, Positions::Device(&at), masks.map(Some), LogitsFor::Last)
+    }
+
+    /// The layers, final norm and LM head. `masks`: for full and for sliding layers.
+    fn run(&self, embeds: &Tensor, cache: &KvCache, at: Positions, masks: [Option<&Tensor>; 2], logits_for: LogitsFor) -> Result<Tensor> {
+        let (_, t, _) = embeds.dims3()?;
         let mut x = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let mask = match layer.layer_type {
-                LayerType::Full => full_mask.as_ref(),
-                LayerType::Sliding => sliding_mask.as_ref(),
+                LayerType::Full => masks[0],
+                LayerType::Sliding => masks[1],
             };
-            x = layer.forward(&x, &self.rope, cache, i, mask)?;
+            x = layer.forward(&x, &self.rope, cache, i, mask, at)?;
         }
-        cache.advance(t);
         if logits_for == LogitsFor::Last {
             x = x.narrow(1, t - 1, 1)?.contiguous()?;
         }
@@ -282,6 +331,11 @@ impl Decoder {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }
         Ok(logits.reshape((b, rows, ()))?)
+    }
+
+    /// Gemma 2's sliding window, when the config has one.
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.sliding_window
     }
 
     /// How many projections quantization converted (all zero when it is off).

@@ -11,10 +11,13 @@ struct LayerCache {
     v: Tensor,
 }
 
+#[derive(Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
     len: usize,
     capacity: usize,
+    /// `[B, K, 1, H]`: one position of one layer.
+    slot_shape: [usize; 4],
 }
 
 impl KvCache {
@@ -32,7 +35,7 @@ impl KvCache {
         let layers = (0..layers)
             .map(|_| Ok(LayerCache { k: Tensor::zeros(shape, dtype, device)?, v: Tensor::zeros(shape, dtype, device)? }))
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { layers, len: 0, capacity })
+        Ok(KvCache { layers, len: 0, capacity, slot_shape: [batch, kv_heads, 1, head_dim] })
     }
 
     /// Number of positions already stored.
@@ -46,6 +49,16 @@ impl KvCache {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Bytes held by the keys and values of every layer.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|c| (c.k.elem_count() + c.v.elem_count()) * c.k.dtype().size_in_bytes()).sum()
+    }
+
+    /// `[batch, kv_heads, 1, head_dim]`, the shape of one position's keys in one layer.
+    pub fn slot_shape(&self) -> [usize; 4] {
+        self.slot_shape
     }
 
     /// Writes `k, v: [B, K, T, H]` after the stored positions of `layer` and returns views of
@@ -64,6 +77,29 @@ impl KvCache {
         c.v.slice_set(&v.contiguous()?, 2, self.len)?;
         let total = self.len + t;
         Ok((c.k.narrow(2, 0, total)?, c.v.narrow(2, 0, total)?))
+    }
+
+    /// Writes one token per sequence, `k, v: [B, K, 1, H]`, into the slot that `index` holds on
+    /// the device (`[B, K, 1, H]` u32, every entry the slot), and returns the whole cache. Nothing
+    /// here depends on the host's length, so a CUDA graph can replay it
+    /// ([`crate::decode_step`]); the attention mask hides the slots not yet written.
+    pub fn write_at(&self, layer: usize, k: &Tensor, v: &Tensor, index: &Tensor) -> Result<(Tensor, Tensor)> {
+        let c = &self.layers[layer];
+        c.k.scatter_set(index, &k.contiguous()?, 2)?;
+        c.v.scatter_set(index, &v.contiguous()?, 2)?;
+        Ok((c.k.clone(), c.v.clone()))
+    }
+
+    /// Empties the cache for a new request, keeping its buffers (and so their addresses, which
+    /// a captured decode step refers to). The contents are zeroed: masked slots get probability
+    /// exactly 0, and 0 · (a stale value) is 0 only if the value is finite.
+    pub fn reset(&mut self) -> Result<()> {
+        for c in &self.layers {
+            c.k.zero_set()?;
+            c.v.zero_set()?;
+        }
+        self.len = 0;
+        Ok(())
     }
 
     /// Commits `t` newly written positions.

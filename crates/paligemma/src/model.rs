@@ -12,6 +12,7 @@ use crate::decoder::{Decoder, LogitsFor, Step};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::decoder::QuantizationReport;
+use crate::decode_step::{FixedStep, StepMode, StepPool, CAPACITY_STEP};
 use crate::layers::{Linear, Quantization};
 use crate::vision::VisionTower;
 use crate::weights::{LoadMonitor, Scope, Weights};
@@ -51,6 +52,20 @@ pub struct Session {
     batch: usize,
     /// Apply Gemma 2's sliding window on its sliding layers (off by default, spec §2.5).
     pub sliding_window: bool,
+    /// How decode steps run: [`StepMode::default_for`] the model's device unless changed before
+    /// the first step.
+    pub step_mode: StepMode,
+    fixed: Option<FixedStep>,
+    /// Where the cache and its captured step go when the session ends.
+    pool: Option<StepPool>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let (Some(pool), Some(fixed)) = (self.pool.take(), self.fixed.take()) {
+            pool.give(std::mem::take(&mut self.cache), fixed);
+        }
+    }
 }
 
 impl Session {
@@ -68,6 +83,15 @@ impl Session {
     pub fn batch(&self) -> usize {
         self.batch
     }
+    /// Whether decode steps are being replayed from a captured CUDA graph.
+    pub fn graph_captured(&self) -> bool {
+        self.fixed.as_ref().is_some_and(FixedStep::is_captured)
+    }
+    /// Why capturing the decode step as a CUDA graph failed, if it did; decoding then goes on
+    /// kernel by kernel, with the same results.
+    pub fn graph_error(&self) -> Option<&str> {
+        self.fixed.as_ref().and_then(FixedStep::capture_error)
+    }
 }
 
 pub struct PaliGemma {
@@ -78,6 +102,7 @@ pub struct PaliGemma {
     device: Device,
     dtype: DType,
     quantization: Option<Quantization>,
+    steps: StepPool,
 }
 
 impl PaliGemma {
@@ -120,6 +145,7 @@ impl PaliGemma {
             device: options.device.clone(),
             dtype: options.dtype,
             quantization: options.quantization,
+            steps: StepPool::default(),
         })
     }
 
@@ -257,6 +283,13 @@ impl PaliGemma {
 
     /// A fresh session for `batch` sequences decoded in lockstep.
     pub fn new_batch_session(&self, batch: usize, capacity: usize) -> Result<Session> {
+        self.new_session_with(batch, capacity, StepMode::default_for(&self.device))
+    }
+
+    /// A session whose decode steps run in `mode`. Outside [`StepMode::Eager`] the capacity is
+    /// rounded up to a multiple of [`CAPACITY_STEP`], and the cache (with its captured step) is
+    /// taken from an earlier session of the same batch, capacity and mode when one has ended.
+    pub fn new_session_with(&self, batch: usize, capacity: usize, mode: StepMode) -> Result<Session> {
         let t = &self.config.text;
         let max = self.decoder.max_positions();
         if capacity > max {
@@ -265,8 +298,23 @@ impl PaliGemma {
         if batch == 0 {
             return Err(Error::invalid("batch", "must hold at least one sequence"));
         }
+        let session = |cache, fixed, pool| Session { cache, prefix_len: 0, batch, sliding_window: false, step_mode: mode, fixed, pool };
+        if mode == StepMode::Eager {
+            let cache = KvCache::new(self.decoder.num_layers(), batch, t.num_key_value_heads, t.head_dim, capacity, self.dtype, &self.device)?;
+            return Ok(session(cache, None, None));
+        }
+        let capacity = capacity.div_ceil(CAPACITY_STEP).saturating_mul(CAPACITY_STEP).min(max);
+        let pool = Some(self.steps.clone());
+        if let Some((cache, fixed)) = self.steps.take(batch, capacity, mode)? {
+            return Ok(session(cache, Some(fixed), pool));
+        }
         let cache = KvCache::new(self.decoder.num_layers(), batch, t.num_key_value_heads, t.head_dim, capacity, self.dtype, &self.device)?;
-        Ok(Session { cache, prefix_len: 0, batch, sliding_window: false })
+        Ok(session(cache, None, pool))
+    }
+
+    /// How many ended sessions' decode steps (and caches) are kept for reuse.
+    pub fn pooled_decode_steps(&self) -> usize {
+        self.steps.len()
     }
 
     /// Runs the prompt (vision tower, projector, decoder) into an empty session and returns the
@@ -311,6 +359,18 @@ impl PaliGemma {
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.text.vocab_size) {
             return Err(Error::invalid("token", format!("{bad} is outside the vocabulary")));
+        }
+        if session.is_empty() {
+            return Err(Error::invalid("session", "a decode step needs a prefilled session"));
+        }
+        if session.step_mode != StepMode::Eager {
+            if session.fixed.is_none() {
+                let fixed = FixedStep::new(&session.cache, self.config.text.vocab_size, self.dtype, &self.device, session.step_mode)?;
+                session.fixed = Some(fixed);
+            }
+            if let Some(fixed) = session.fixed.as_mut() {
+                return fixed.step(&self.decoder, &mut session.cache, tokens, session.prefix_len, session.sliding_window);
+            }
         }
         let embeds = self.decoder.embed_text(tokens)?.unsqueeze(1)?;
         let step = Step { offset: session.len(), prefix_len: session.prefix_len, sliding_window: session.sliding_window };

@@ -49,4 +49,16 @@ impl RotaryEmbedding {
         let sin = self.sin.narrow(0, first, t)?;
         Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
     }
+
+    /// The cos and sin rows, `[1, head_dim / 2]`, for the position id that `row: [1]` (u32)
+    /// holds on the device: looked up once per decode step, shared by every layer.
+    pub fn rows_at(&self, row: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.cos.index_select(row, 0)?, self.sin.index_select(row, 0)?))
+    }
+
+    /// Rotates `x: [B, heads, T, head_dim]` by rows from [`RotaryEmbedding::rows_at`]: the
+    /// graph-safe form of [`RotaryEmbedding::apply`].
+    pub fn apply_rows(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
+    }
 }
