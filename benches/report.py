@@ -6,13 +6,23 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
 bench = [r for r in rows if "engine" in r]
 checks = [r for r in rows if r.get("check") == "parity"]
 for c in checks:
-    print(f"parity {c['fixture']:<12} {c['device']:<5} {c['dtype']:<5} prefill max|Δ|={c['prefill_maxdiff']:.2e} ids={c['ids']}")
+    steps = f" steps max|Δ|={c['steps_maxdiff']:.2e} (graph: {c['graph']})" if c.get("dtype") == "f32" and "steps_maxdiff" in c else ""
+    print(f"parity {c['fixture']:<12} {c['device']:<5} {c['dtype']:<5} {c.get('step_mode', ''):<6} prefill max|Δ|={c['prefill_maxdiff']:.2e}{steps} ids={c['ids']}")
+def label(r):
+    """Our rows carry the decode step mode (eager kernel by kernel, or a replayed CUDA graph)."""
+    if r["engine"] != "paligemma" or "step_mode" not in r:
+        return r["engine"]
+    return f"paligemma/{r['step_mode'].lower()}" + ("" if r.get("graph", True) or r["step_mode"] != "Graph" else "(no capture)")
+
+
 keys = sorted({(r["model"], r["device"], r["dtype"], r["batch"]) for r in bench})
-print(f"\n{'model':<12} {'dtype':<5} {'batch':>5} | {'engine':<13} {'load ms':>9} {'TTFT ms':>9} {'decode ms/tok':>13} {'tok/s':>8}")
+print(f"\n{'model':<12} {'dtype':<5} {'batch':>5} | {'engine':<20} {'load ms':>9} {'TTFT ms':>9} {'decode ms/tok':>13} {'tok/s':>8} | steps: 1st, 2nd, steady ms")
 for key in keys:
-    group = {r["engine"]: r for r in bench if (r["model"], r["device"], r["dtype"], r["batch"]) == key}
+    group = {label(r): r for r in bench if (r["model"], r["device"], r["dtype"], r["batch"]) == key}
     for name, r in group.items():
-        print(f"{key[0]:<12} {key[2]:<5} {key[3]:>5} | {name:<13} {r['load_ms']:>9.0f} {r['ttft_ms']:>9.2f} {r['decode_ms_per_token']:>13.3f} {r['tokens_per_s']:>8.1f}")
-    ours, peer = group.get("paligemma"), group.get("transformers")
-    if ours and peer:
-        print(f"{'':<25} | ratio (transformers / ours): TTFT {peer['ttft_ms'] / ours['ttft_ms']:.2f}x, decode {peer['decode_ms_per_token'] / ours['decode_ms_per_token']:.2f}x")
+        steps = f"{r['first_step_ms']:.2f}, {r['second_step_ms']:.2f}, {r['steady_step_ms']:.3f}" if "steady_step_ms" in r else ""
+        print(f"{key[0]:<12} {key[2]:<5} {key[3]:>5} | {name:<20} {r['load_ms']:>9.0f} {r['ttft_ms']:>9.2f} {r['decode_ms_per_token']:>13.3f} {r['tokens_per_s']:>8.1f} | {steps}")
+    peer = group.get("transformers")
+    for name, ours in group.items():
+        if name.startswith("paligemma") and peer:
+            print(f"{'':<25} | {name}: transformers / ours: TTFT {peer['ttft_ms'] / ours['ttft_ms']:.2f}x, decode {peer['decode_ms_per_token'] / ours['decode_ms_per_token']:.2f}x, throughput {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x")

@@ -28,8 +28,14 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
 echo "== parity on $DEV"
+# Each decode step mode that a CUDA session can use, each in its own process (a faulting
+# kernel ends the process): fixed shapes kernel by kernel, and the same replayed as a graph.
 for f in testdata/reference/*/; do
-  for dt in $PARITY_DTYPES; do "$BIN" parity "$f" "$DEV" "$dt" | tee -a "$RESULTS"; done
+  for dt in $PARITY_DTYPES; do
+    for mode in ${PARITY_MODES:-fixed graph}; do
+      PALIGEMMA_STEP_MODE=$mode "$BIN" parity "$f" "$DEV" "$dt" | sed "s/^{/{\"step_mode\":\"$mode\",/" | tee -a "$RESULTS"
+    done
+  done
 done
 
 echo "== random checkpoints"
@@ -45,9 +51,12 @@ fi
 echo "== benchmarks ($DTYPE, $NEW_TOKENS new tokens, median of $RUNS)"
 for m in ${MODELS:-pg1-3b-224 pg2-3b-448}; do
   for b in ${BATCHES:-1 8}; do
-    timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" | tee -a "$RESULTS"
+    # Each decode step mode in turn (StepMode: eager kernel by kernel, or one CUDA graph per step).
+    for mode in ${STEP_MODES:-eager graph}; do
+      PALIGEMMA_STEP_MODE=$mode timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" | tee -a "$RESULTS"
+    done
     [ -n "${SKIP_PEER:-}" ] || timeout 150 "$PY" benches/peers/transformers_peer.py --model "$CKPT/$m" --device "$DEV" \
-      --dtype "$DTYPE" --batch "$b" --new-tokens "$NEW_TOKENS" --runs "$RUNS" 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"
+      --dtype "$DTYPE" --batch "$b" --new-tokens "$NEW_TOKENS" --runs "$RUNS" --warmup "${PEER_WARMUP:-2}" 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"
   done
 done
 

@@ -145,6 +145,24 @@ fn parity(args: &[String]) -> AnyResult<()> {
     let expected = load_tensors(&dir.join(expected_file))?;
     let generated = ids(expected.get("generated_ids").unwrap_or(&inputs["generated_ids"]))?;
     let prefill = max_diff(&model.forward(&input_ids, &pixels)?, &expected["prefill_logits"])?;
+    // Teacher-forced decode steps in the session's default mode (a CUDA graph on CUDA) against
+    // the reference's per-step logits (f32 only: the bf16 reference has none).
+    let step_reference = if dt == "f32" { expected.get("generation_step_logits") } else { None };
+    let (steps_diff, graph) = match step_reference {
+        Some(reference) => {
+            let rows = reference.dim(0)?;
+            let mut session = model.new_session(input_ids.len() + rows)?;
+            let mut logits = vec![model.prefill(&mut session, &input_ids, &pixels)?];
+            for &id in &generated[..rows - 1] {
+                logits.push(model.step(&mut session, id)?);
+            }
+            if let Some(e) = session.graph_error() {
+                eprintln!("graph capture failed: {e}");
+            }
+            (max_diff(&Tensor::stack(&logits, 0)?, reference)?, session.graph_captured())
+        }
+        None => (0.0, false),
+    };
     let request = GenerateRequest {
         input_ids,
         pixel_values: pixels,
@@ -156,9 +174,9 @@ fn parity(args: &[String]) -> AnyResult<()> {
     };
     let out = generate(&model, &request, &mut |_| Control::Continue, &|| false)?;
     let ids_match = out.token_ids == generated;
-    let ok = ids_match && (dt != "f32" || prefill <= 1e-4);
+    let ok = ids_match && (dt != "f32" || (prefill <= 1e-4 && steps_diff <= 1e-4));
     println!(
-        "{{\"check\":\"parity\",\"fixture\":\"{name}\",\"device\":\"{dev}\",\"dtype\":\"{dt}\",\"prefill_maxdiff\":{prefill:e},\"ids\":\"{}\",\"ok\":{ok}}}",
+        "{{\"check\":\"parity\",\"fixture\":\"{name}\",\"device\":\"{dev}\",\"dtype\":\"{dt}\",\"prefill_maxdiff\":{prefill:e},\"steps_maxdiff\":{steps_diff:e},\"graph\":{graph},\"ids\":\"{}\",\"ok\":{ok}}}",
         if ids_match { "match" } else { "MISMATCH" }
     );
     if ok {
@@ -171,6 +189,41 @@ fn parity(args: &[String]) -> AnyResult<()> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+struct StepProfile {
+    mode: paligemma::StepMode,
+    graph: bool,
+    /// The first decode step (on CUDA: the warm-up that runs kernel by kernel).
+    first_ms: f64,
+    /// The second (on CUDA: graph capture plus its first launch).
+    second_ms: f64,
+    /// Median of the rest.
+    steady_ms: f64,
+}
+
+/// Times each decode step of one greedy batch on its own, each ending with the chosen ids on
+/// the host (as the generation loop does), to show what a graph capture costs and saves.
+fn step_profile(model: &PaliGemma, requests: &[GenerateRequest], new_tokens: usize) -> AnyResult<StepProfile> {
+    let prompts: Vec<&[u32]> = requests.iter().map(|r| r.input_ids.as_slice()).collect();
+    let images: Vec<&[f32]> = requests.iter().map(|r| r.pixel_values.as_slice()).collect();
+    // One bucket above the timed runs' capacity: a fresh session, so that the first steps show
+    // the warm-up and the capture rather than a pooled graph.
+    let capacity = prompts[0].len() + new_tokens.max(4) + paligemma::decode_step::CAPACITY_STEP;
+    let mut session = model.new_batch_session(requests.len(), capacity)?;
+    let mut logits = model.prefill_batch(&mut session, &prompts, &images)?;
+    let mut times = Vec::new();
+    for _ in 0..new_tokens.max(4) - 1 {
+        let ids = logits.argmax(1)?.to_vec1::<u32>()?;
+        let t = Instant::now();
+        logits = model.step_batch(&mut session, &ids)?;
+        logits.argmax(1)?.to_vec1::<u32>()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    if let Some(e) = session.graph_error() {
+        eprintln!("graph capture failed: {e}");
+    }
+    Ok(StepProfile { mode: session.step_mode, graph: session.graph_captured(), first_ms: times[0], second_ms: times[1], steady_ms: median(times[2..].to_vec()) })
 }
 
 fn bench(args: &[String]) -> AnyResult<()> {
@@ -221,10 +274,16 @@ fn bench(args: &[String]) -> AnyResult<()> {
         decode.push((total - first) / (n.saturating_sub(1).max(1)) as f64);
     }
     let (ttft, decode) = (median(ttft), median(decode));
+    let steps = step_profile(&model, &requests, new_tokens)?;
     println!(
-        "{{\"engine\":\"paligemma\",\"model\":\"{}\",\"device\":\"{dev}\",\"dtype\":\"{dt}\",\"batch\":{batch},\"load_ms\":{load_ms:.1},\"ttft_ms\":{ttft:.2},\"decode_ms_per_token\":{decode:.3},\"tokens_per_s\":{:.1}}}",
+        "{{\"engine\":\"paligemma\",\"model\":\"{}\",\"device\":\"{dev}\",\"dtype\":\"{dt}\",\"batch\":{batch},\"load_ms\":{load_ms:.1},\"ttft_ms\":{ttft:.2},\"decode_ms_per_token\":{decode:.3},\"tokens_per_s\":{:.1},\"step_mode\":\"{:?}\",\"graph\":{},\"first_step_ms\":{:.3},\"second_step_ms\":{:.3},\"steady_step_ms\":{:.3}}}",
         Path::new(dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        batch as f64 * 1e3 / decode
+        batch as f64 * 1e3 / decode,
+        steps.mode,
+        steps.graph,
+        steps.first_ms,
+        steps.second_ms,
+        steps.steady_ms,
     );
     Ok(())
 }
