@@ -43,6 +43,7 @@ const OPTIONS = {
   runs: { type: 'string' },
   'new-tokens': { type: 'string' },
   warmup: { type: 'string', default: '1' },
+  rounds: { type: 'string', default: '1' },
   'no-wait': { type: 'boolean', default: false },
   'max-wait': { type: 'string' },
   'no-bf16': { type: 'boolean', default: false },
@@ -68,6 +69,8 @@ const USAGE = `usage: npm run bench -- [options]
   --runs N              measured runs per engine (default 3 quick, 5 for PG1 / 3 for PG2 otherwise)
   --new-tokens N        tokens per run, ≥ 32 for real figures (default 32 quick, 64 otherwise)
   --warmup N            warm-up runs (2 tokens) before measuring (default 1)
+  --rounds R            run every engine R times, in a rotated order each round, and pool their runs
+                        (host noise then falls on every engine alike; each round reloads the model)
   --no-wait             do not wait for a quiet machine
   --max-wait S          longest wait for a quiet machine, seconds (default 600 quick, 1200 otherwise)
   --no-bf16             do not write the bf16 checkpoints (the full run writes them for the GPU check)
@@ -461,6 +464,33 @@ async function runEngine(engine, dir, plan, ctx) {
 // ---------------------------------------------------------------------------------------------
 // Report.
 
+/** `list` rotated left by `n`: round r starts with engine r, so no engine always runs first. */
+function rotate(list, n) {
+  const k = n % list.length
+  return [...list.slice(k), ...list.slice(0, k)]
+}
+
+/**
+ * One engine's rounds as one row: the medians over every measured run of every round, the
+ * median load, the largest peak RSS, and each round's own medians for the record.
+ */
+function pooled(results) {
+  if (results.length === 1) return results[0]
+  const all = (key) => results.flatMap((r) => r[key] ?? [])
+  const r = { ...results[0] }
+  r.ttft_runs_ms = all('ttft_runs_ms')
+  r.decode_runs_ms = all('decode_runs_ms')
+  r.ttft_ms = round(median(r.ttft_runs_ms), 1)
+  r.decode_ms_per_token = round(median(r.decode_runs_ms), 2)
+  r.tokens_per_s = round(1e3 / r.decode_ms_per_token, 2)
+  r.load_ms = round(median(results.map((x) => x.load_ms)), 1)
+  r.peak_rss_mb = Math.max(...results.map((x) => x.peak_rss_mb))
+  r.other_cores = Math.max(...results.map((x) => x.other_cores ?? 0))
+  r.wall_s = round(results.reduce((sum, x) => sum + x.wall_s, 0), 1)
+  r.rounds = results.map((x) => ({ ttft_ms: x.ttft_ms, decode_ms_per_token: x.decode_ms_per_token, load_ms: x.load_ms }))
+  return r
+}
+
 function ratios(ours, peer) {
   if (!ours || !peer) return null
   const q = (k) => (ours[k] && peer[k] ? round(peer[k] / ours[k], 2) : null)
@@ -495,7 +525,8 @@ function markdown(report) {
   L.push('TTFT = time from the request to the first generated token (vision tower + prefill + first sampling); image preprocessing is not included, since every side is given the same pixel tensor. Decode = ms per token after the first. Each figure is the median of the runs; load = checkpoint folder to a ready model.')
   for (const mr of report.models) {
     L.push('')
-    L.push(`### ${mr.title} (\`${mr.name}\`), ${mr.new_tokens} new tokens, ${mr.warmup} warm-up + ${mr.runs} runs`)
+    const rounds = mr.rounds > 1 ? ` per round, ${mr.rounds} rounds in rotated order (figures pool every round's runs)` : ''
+    L.push(`### ${mr.title} (\`${mr.name}\`), ${mr.new_tokens} new tokens, ${mr.warmup} warm-up + ${mr.runs} runs${rounds}`)
     L.push('')
     L.push(`Decode reads ${fmt(mr.decode_bytes / 1e9)} GB per token (decoder + LM head in f32): a ${fmt(mr.floor_ms)} ms/token floor at ${mr.bandwidth_gb_s} GB/s ("decode % of bandwidth" = floor ÷ measured decode time). ` +
       `The time to first token needs ${fmt(mr.ttft_flops / 1e12)} TFLOP of matmuls: a ${fmt(mr.ttft_floor_ms / 1e3)} s floor at ${mr.peak_gflop_s} GFLOP/s ("TTFT % of peak" = floor ÷ measured TTFT).`)
@@ -640,27 +671,43 @@ async function main() {
       engines: [],
       ratios: {},
     }
-    for (const engine of engines) {
-      if (engine === 'candle-transformers' && pg2) {
-        log(`${name}: skipping candle-transformers (it has no PaliGemma 2)`)
+    const rounds = Math.max(1, Number(args.rounds))
+    mr.rounds = rounds
+    const byEngine = new Map()
+    for (let pass = 0; pass < rounds; pass++) {
+      for (const engine of rotate(engines, pass)) {
+        if (engine === 'candle-transformers' && pg2) {
+          if (pass === 0) log(`${name}: skipping candle-transformers (it has no PaliGemma 2)`)
+          continue
+        }
+        if (!args['no-wait']) await waitQuiet({ maxBusy: 0.5, holdS: 10, capS: 120, stepS: 5 })
+        const which = rounds > 1 ? `, round ${pass + 1} of ${rounds}` : ''
+        log(`${name}: ${engine} (${plan.warmup} warm-up + ${plan.runs} runs × ${plan.newTokens} tokens, ${threads} threads${which})`)
+        if (!byEngine.has(engine)) byEngine.set(engine, [])
+        try {
+          const r = await runEngine(engine, dir, plan, ctx)
+          log(`${name}: ${engine}: load ${(r.load_ms / 1e3).toFixed(1)} s, TTFT ${(r.ttft_ms / 1e3).toFixed(2)} s, decode ${r.decode_ms_per_token.toFixed(1)} ms/token, ` +
+            `peak RSS ${(r.peak_rss_mb / 1024).toFixed(2)} GB, other cores ${r.other_cores}`)
+          if (r.versions?.torch) Object.assign(report.versions, r.versions)
+          byEngine.get(engine).push(r)
+        } catch (error) {
+          log(`${name}: ${engine}: ${error.message}`)
+          byEngine.get(engine).push({ engine, error: error.message })
+        }
+      }
+    }
+    for (const results of byEngine.values()) {
+      const failed = results.find((r) => r.error)
+      if (failed) {
+        mr.engines.push(failed)
         continue
       }
-      if (!args['no-wait']) await waitQuiet({ maxBusy: 0.5, holdS: 10, capS: 120, stepS: 5 })
-      log(`${name}: ${engine} (${plan.warmup} warm-up + ${plan.runs} runs × ${plan.newTokens} tokens, ${threads} threads)`)
-      try {
-        const r = await runEngine(engine, dir, plan, ctx)
-        // The floor counts f32 bytes; a quantized row reads fewer, so no share for it.
-        r.bandwidth_share = r.dtype === 'f32' ? round(floorMs / r.decode_ms_per_token, 3) : null
-        // Likewise the f32 FMA peak bounds f32 rows only (quantized prefill runs int8 dot products).
-        r.compute_share = r.dtype === 'f32' ? round(ttftFloorMs / r.ttft_ms, 3) : null
-        log(`${name}: ${engine}: load ${(r.load_ms / 1e3).toFixed(1)} s, TTFT ${(r.ttft_ms / 1e3).toFixed(2)} s, decode ${r.decode_ms_per_token.toFixed(1)} ms/token, ` +
-          `peak RSS ${(r.peak_rss_mb / 1024).toFixed(2)} GB, other cores ${r.other_cores}`)
-        if (r.versions?.torch) Object.assign(report.versions, r.versions)
-        mr.engines.push(r)
-      } catch (error) {
-        log(`${name}: ${engine}: ${error.message}`)
-        mr.engines.push({ engine, error: error.message })
-      }
+      const r = pooled(results)
+      // The floor counts f32 bytes; a quantized row reads fewer, so no share for it.
+      r.bandwidth_share = r.dtype === 'f32' ? round(floorMs / r.decode_ms_per_token, 3) : null
+      // Likewise the f32 FMA peak bounds f32 rows only (quantized prefill runs int8 dot products).
+      r.compute_share = r.dtype === 'f32' ? round(ttftFloorMs / r.ttft_ms, 3) : null
+      mr.engines.push(r)
     }
     const ours = mr.engines.find((e) => e.engine === 'paligemma' && !e.error)
     for (const e of mr.engines) if (!e.engine.startsWith('paligemma') && !e.error) mr.ratios[e.engine] = ratios(ours, e)
