@@ -476,14 +476,25 @@ function rotate(list, n) {
  */
 function pooled(results) {
   if (results.length === 1) return results[0]
+  // The mean of the two middle values for an even count (the children's helper takes the upper).
+  const mid = (values) => {
+    const v = [...values].sort((a, b) => a - b)
+    return (v[Math.floor((v.length - 1) / 2)] + v[Math.ceil((v.length - 1) / 2)]) / 2
+  }
   const all = (key) => results.flatMap((r) => r[key] ?? [])
   const r = { ...results[0] }
   r.ttft_runs_ms = all('ttft_runs_ms')
   r.decode_runs_ms = all('decode_runs_ms')
-  r.ttft_ms = round(median(r.ttft_runs_ms), 1)
-  r.decode_ms_per_token = round(median(r.decode_runs_ms), 2)
+  r.ttft_ms = round(mid(r.ttft_runs_ms), 1)
+  r.decode_ms_per_token = round(mid(r.decode_runs_ms), 2)
   r.tokens_per_s = round(1e3 / r.decode_ms_per_token, 2)
-  r.load_ms = round(median(results.map((x) => x.load_ms)), 1)
+  r.load_ms = round(mid(results.map((x) => x.load_ms)), 1)
+  if (r.internal) {
+    r.internal = {
+      prefill_ms: round(mid(results.map((x) => x.internal.prefill_ms)), 2),
+      decode_ms_per_token: round(mid(results.map((x) => x.internal.decode_ms_per_token)), 3),
+    }
+  }
   r.peak_rss_mb = Math.max(...results.map((x) => x.peak_rss_mb))
   r.other_cores = Math.max(...results.map((x) => x.other_cores ?? 0))
   r.wall_s = round(results.reduce((sum, x) => sum + x.wall_s, 0), 1)
