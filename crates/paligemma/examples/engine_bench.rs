@@ -273,10 +273,12 @@ fn bench(args: &[String]) -> AnyResult<()> {
         let (total, first, n) = run(new_tokens)?;
         decode.push((total - first) / (n.saturating_sub(1).max(1)) as f64);
     }
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(",");
+    let runs_json = format!("\"ttft_runs_ms\":[{}],\"decode_runs_ms\":[{}]", list(&ttft), list(&decode));
     let (ttft, decode) = (median(ttft), median(decode));
     let steps = step_profile(&model, &requests, new_tokens)?;
     println!(
-        "{{\"engine\":\"paligemma\",\"model\":\"{}\",\"device\":\"{dev}\",\"dtype\":\"{dt}\",\"batch\":{batch},\"load_ms\":{load_ms:.1},\"ttft_ms\":{ttft:.2},\"decode_ms_per_token\":{decode:.3},\"tokens_per_s\":{:.1},\"step_mode\":\"{:?}\",\"graph\":{},\"first_step_ms\":{:.3},\"second_step_ms\":{:.3},\"steady_step_ms\":{:.3}}}",
+        "{{\"engine\":\"paligemma\",\"model\":\"{}\",\"device\":\"{dev}\",\"dtype\":\"{dt}\",\"batch\":{batch},\"load_ms\":{load_ms:.1},\"ttft_ms\":{ttft:.2},\"decode_ms_per_token\":{decode:.3},\"tokens_per_s\":{:.1},\"step_mode\":\"{:?}\",\"graph\":{},\"first_step_ms\":{:.3},\"second_step_ms\":{:.3},\"steady_step_ms\":{:.3},{runs_json}}}",
         Path::new(dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         batch as f64 * 1e3 / decode,
         steps.mode,
