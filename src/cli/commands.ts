@@ -1,0 +1,407 @@
+/**
+ * What each command does, and the table of commands with their options and help.
+ *
+ * @internal
+ */
+
+import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdir, writeFile } from 'node:fs/promises'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { downloadModel, isHubModelId } from '../hub.js'
+import { drawDetections, drawMasks } from '../render.js'
+import { convertCheckpoint, convertVae, inspectModel } from '../tools.js'
+import type { ModelSummary } from '../tools.js'
+import type { Detection, GenerateResult, Segmentation } from '../types.js'
+import { CliError, IMAGE_OPTION, MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS, UsageError, choice, err, flag, numberOption, out, required, samplingOptions, str } from './args.js'
+import type { Command, Parsed } from './args.js'
+import { formatBytes, formatCount } from './progress.js'
+import { checkModelOptions, interrupt, modelDir, openModel, readImage } from './loading.js'
+
+async function streamText(args: Parsed, prompt: string): Promise<number> {
+  const { values } = args
+  checkModelOptions(values)
+  const sampling = samplingOptions(values)
+  const image = await readImage(values)
+  const model = await openModel(values)
+  try {
+    const stream = model.stream({ ...sampling, image, prompt, signal: interrupt.signal })
+    const json = flag(values, 'json')
+    let printed = ''
+    if (!json) {
+      for await (const chunk of stream) {
+        if (chunk.text) {
+          out.write(chunk.text)
+          printed += chunk.text
+        }
+      }
+    }
+    const result = await stream.result
+    if (json) {
+      out.write(`${JSON.stringify({ prompt, ...resultJson(result) })}\n`)
+    } else {
+      // Text held back at the very end (an unfinished character) is only in `result.text`.
+      if (result.text.startsWith(printed)) out.write(result.text.slice(printed.length))
+      out.write('\n')
+    }
+    if (flag(values, 'verbose')) printTimings(result)
+    return 0
+  } finally {
+    await model.dispose()
+  }
+}
+
+function resultJson(result: GenerateResult): Record<string, unknown> {
+  return {
+    text: result.text,
+    tokenIds: result.tokenIds,
+    finishReason: result.finishReason,
+    seed: result.seed,
+    timings: result.timings,
+  }
+}
+
+function printTimings(result: GenerateResult): void {
+  const t = result.timings
+  err.write(
+    `${t.promptTokens} prompt tokens, ${t.generatedTokens} generated (${result.finishReason}); ` +
+      `prefill ${t.prefillMs.toFixed(0)} ms, decode ${t.decodeMs.toFixed(0)} ms (${t.tokensPerSecond.toFixed(1)} tokens/s), seed ${result.seed}\n`,
+  )
+}
+
+/** Labels for detect/segment: positionals, or `--labels "a; b"`. */
+function labelsOf(args: Parsed): string[] {
+  const fromFlag = str(args.values, 'labels')
+  const labels = [...args.positionals, ...(fromFlag ? fromFlag.split(';') : [])].map((l) => l.trim()).filter(Boolean)
+  if (labels.length === 0) throw new UsageError('missing the labels to look for, e.g. `paligemma detect --image x.jpg cat dog`')
+  return labels
+}
+
+async function runTask(args: Parsed, name: 'detect' | 'segment'): Promise<number> {
+  const { values } = args
+  const labels = labelsOf(args)
+  checkModelOptions(values)
+  const outPath = str(values, 'out')
+  const vaePath = str(values, 'vae') ?? (process.env.PALIGEMMA_VAE || undefined)
+  const sampling = samplingOptions(values)
+  const image = await readImage(values)
+  const model = await openModel(values)
+  try {
+    const options = { ...sampling, signal: interrupt.signal }
+    let found: Detection[] | Segmentation[]
+    let png: Buffer | undefined
+    if (name === 'detect') {
+      const detections = await model.detect(image, labels, options)
+      if (outPath) png = await drawDetections(image, detections)
+      found = detections
+    } else {
+      const segmentations = await model.segment(image, labels, { ...options, ...(vaePath === undefined ? {} : { vaePath }) })
+      if (outPath) png = await drawMasks(image, segmentations)
+      found = segmentations
+    }
+    if (outPath && png) {
+      await mkdir(dirname(resolve(outPath)), { recursive: true })
+      await writeFile(outPath, png)
+    }
+    if (flag(values, 'json')) {
+      const key = name === 'detect' ? 'detections' : 'segmentations'
+      out.write(`${JSON.stringify({ labels, [key]: found.map(jsonItem), ...(outPath ? { out: outPath } : {}) })}\n`)
+    } else {
+      for (const item of found) out.write(`${describeItem(item)}\n`)
+      if (found.length === 0) err.write(`nothing found for ${labels.join(', ')}\n`)
+      if (outPath) err.write(`wrote ${outPath}\n`)
+    }
+    return 0
+  } finally {
+    await model.dispose()
+  }
+}
+
+/** A detection or segmentation for `--json`: a mask is summarised (its pixels are in the --out image). */
+function jsonItem(item: Detection | Segmentation): Record<string, unknown> {
+  if (!('mask' in item)) return { ...item }
+  const { mask, ...rest } = item
+  if (!mask) return { ...rest, mask: null }
+  let area = 0
+  for (const value of mask.data) if (value !== 0) area++
+  return { ...rest, mask: { width: mask.width, height: mask.height, area } }
+}
+
+/** `label<TAB>x<TAB>y<TAB>width<TAB>height` (pixels of the original image), plus the mask's area. */
+function describeItem(item: Detection | Segmentation): string {
+  const { x, y, width, height } = item.box
+  const round = (n: number): number => Math.round(n * 10) / 10
+  const fields = [item.label || '?', round(x), round(y), round(width), round(height)]
+  if ('mask' in item) {
+    let area = 0
+    if (item.mask) for (const value of item.mask.data) if (value !== 0) area++
+    fields.push(item.mask ? `mask ${area} px` : 'no mask')
+  }
+  return fields.join('\t')
+}
+
+async function runInfo(args: Parsed): Promise<number> {
+  const { values, positionals } = args
+  if (positionals.length > 1) throw new UsageError(`info takes one model, got ${positionals.length}`)
+  const model = str(values, 'model') ?? positionals[0] ?? process.env.PALIGEMMA_MODEL
+  if (!model) throw new UsageError('missing the model: paligemma info <dir|hub id>')
+  let dir: string
+  if (!existsSync(model) && isHubModelId(model)) {
+    const revision = str(values, 'revision')
+    dir = await downloadModel(model, { configOnly: true, signal: interrupt.signal, ...(revision === undefined ? {} : { revision }) })
+  } else {
+    dir = await modelDir({ ...values, model })
+  }
+  const summary = await inspectModel(dir)
+  if (flag(values, 'json')) {
+    out.write(`${JSON.stringify({ model, dir, ...summary }, null, 2)}\n`)
+  } else {
+    out.write(formatSummary(model, dir, summary))
+  }
+  return 0
+}
+
+function formatSummary(model: string, dir: string, s: ModelSummary): string {
+  const decoder = s.architecture === 'paligemma2' ? 'Gemma 2' : 'Gemma'
+  const t = s.text
+  const v = s.vision
+  const sliding = t.slidingWindow !== undefined ? `, sliding window ${t.slidingWindow} on ${t.slidingLayers} of ${t.layers} layers` : ''
+  const f = s.files
+  const weights =
+    f.weights.length === 0
+      ? 'not downloaded / not present'
+      : `${f.weights.length} file${f.weights.length === 1 ? '' : 's'}, ${formatBytes(f.bytes)} on disk${f.dtype ? `, stored as ${f.dtype}` : ''}`
+  const rows: [string, string][] = [
+    ['model', model === dir ? dir : `${model} (${dir})`],
+    ['architecture', `${s.architecture} (SigLIP vision tower + ${decoder} decoder)`],
+    ['image', `${s.imageSize}×${s.imageSize} px, patch ${s.patchSize}, ${s.imageTokens} image tokens`],
+    ['vision', `${v.layers} layers, hidden ${v.hiddenSize}, MLP ${v.intermediateSize}, ${v.heads} heads`],
+    [
+      'decoder',
+      `${t.layers} layers, hidden ${t.hiddenSize}, MLP ${t.intermediateSize}, ${t.heads} heads / ${t.kvHeads} KV heads, head dim ${t.headDim}${sliding}`,
+    ],
+    ['vocabulary', `${t.vocabSize} tokens (image token ${s.imageTokenId}, bos ${s.bosTokenId}, eos ${s.eosTokenIds.join(', ')})`],
+    ['context', `${t.contextLength} positions`],
+    [
+      'parameters',
+      `${formatCount(s.parameterCount)} (${s.parameterCount}): vision ${formatCount(v.parameters)}, projector ${formatCount(s.projectorParameters)}, ` +
+        `decoder ${formatCount(t.parameters)} incl. embedding ${formatCount(t.embeddingParameters)}; ${s.tensorCount} tensors`,
+    ],
+    ['weights', weights],
+    ['tokenizer', f.hasTokenizer ? 'tokenizer.json' : 'missing (token ids only: no text prompts or text output)'],
+    [
+      'memory',
+      `weights ${formatBytes(s.weightBytes.f32)} as f32, ${formatBytes(s.weightBytes.bf16)} as bf16/f16; ` +
+        `KV cache ${formatBytes(s.kvCacheBytesPerToken.f32)} (f32) / ${formatBytes(s.kvCacheBytesPerToken.bf16)} (bf16) per token`,
+    ],
+  ]
+  const width = Math.max(...rows.map(([k]) => k.length)) + 2
+  return rows.map(([k, value]) => `${k.padEnd(width)}${value}`).join('\n') + '\n'
+}
+
+async function runConvert(args: Parsed): Promise<number> {
+  const { values, positionals } = args
+  if (positionals.length !== 2) throw new UsageError('convert takes <checkpoint.npz> <out-dir>')
+  const [npz = '', outDir = ''] = positionals
+  const dtype = choice(values, 'dtype', ['f32', 'bf16', 'f16'] as const)
+  const shardSize = numberOption(values, 'shard-size', true)
+  const config = str(values, 'config')
+  const tokenizer = str(values, 'tokenizer')
+  if (!existsSync(npz)) throw new CliError('ERR_MODEL_LOAD', `no such checkpoint: ${npz}`)
+  const report = await convertCheckpoint(npz, outDir, {
+    ...(config === undefined ? {} : { config }),
+    ...(tokenizer === undefined ? {} : { tokenizer }),
+    ...(dtype === undefined ? {} : { dtype }),
+    ...(shardSize === undefined ? {} : { shardBytes: shardSize }),
+  })
+  if (flag(values, 'json')) {
+    out.write(`${JSON.stringify(report)}\n`)
+  } else {
+    out.write(`wrote ${outDir}: ${report.summary}\n`)
+    for (const warning of report.warnings) err.write(`warning: ${warning}\n`)
+    if (report.configInferred) err.write('note: config.json was inferred from the array shapes; pass --config to use the official one\n')
+    if (report.tokenizerFiles.length === 0) err.write('note: no tokenizer copied (--tokenizer tokenizer.json); text prompts need one\n')
+  }
+  return 0
+}
+
+async function runConvertVae(args: Parsed): Promise<number> {
+  const { values, positionals } = args
+  if (positionals.length !== 2) throw new UsageError('convert-vae takes <vae-oid.npz> <out.safetensors>')
+  const [npz = '', target = ''] = positionals
+  if (!existsSync(npz)) throw new CliError('ERR_MODEL_LOAD', `no such checkpoint: ${npz}`)
+  const report = await convertVae(npz, target)
+  if (flag(values, 'json')) {
+    out.write(`${JSON.stringify(report)}\n`)
+  } else {
+    out.write(`wrote ${report.path}: ${report.tensors} tensors, ${formatBytes(report.bytes)}, codebook ${report.codebook.join('×')}\n`)
+  }
+  return 0
+}
+
+/** `benches/run.mjs` of a repository checkout, if this package runs from one. */
+function benchHarness(): string | undefined {
+  const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
+  const harness = join(root, 'benches', 'run.mjs')
+  return existsSync(harness) ? harness : undefined
+}
+
+/** `paligemma bench`: runs the checkout's benchmark harness with the remaining arguments. */
+export async function runBench(rest: string[]): Promise<number> {
+  const harness = benchHarness()
+  if (!harness) {
+    throw new CliError(
+      'ERR_NOT_AVAILABLE',
+      'bench runs the benchmark harness of a repository checkout (benches/run.mjs, with its Python and Rust peers), ' +
+        'which the npm package does not ship. Clone the repository, then run `npm install && npm run build && npm run bench`.',
+    )
+  }
+  return await new Promise<number>((done, fail) => {
+    const child = spawn(process.execPath, [harness, ...rest], { stdio: 'inherit', cwd: resolve(dirname(harness), '..') })
+    child.on('error', fail)
+    child.on('exit', (code, signal) => done(code ?? (signal ? 128 + 2 : 1)))
+  })
+}
+
+/** Every command by name, with its options, usage, help and runner. */
+export const COMMANDS: Record<string, Command> = {
+  caption: {
+    summary: 'Caption an image',
+    usage: 'caption --model <dir|id> --image <path> [--lang en] [options]',
+    details: 'Prompt: "caption <lang>" (for a longer description, mix checkpoints know "describe <lang>": use generate).\nThe caption streams to stdout as it is generated.\n  -l, --lang <code>           language of the caption (default en)',
+    options: { ...MODEL_OPTIONS, ...IMAGE_OPTION, lang: { type: 'string', short: 'l' }, ...SAMPLING_OPTIONS, ...OUTPUT_OPTIONS },
+    positionals: false,
+    run: (args) => streamText(args, `caption ${str(args.values, 'lang') ?? 'en'}`),
+  },
+  ask: {
+    summary: 'Answer a question about an image',
+    usage: 'ask --model <dir|id> --image <path> [--lang en] <question...>',
+    details:
+      'Prompt: "answer <lang> <question>". The question is the rest of the command line (or --question).\n' +
+      '  -l, --lang <code>           language of the answer (default en)\n' +
+      '      --question <text>       the question, instead of the positionals',
+    options: { ...MODEL_OPTIONS, ...IMAGE_OPTION, lang: { type: 'string', short: 'l' }, question: { type: 'string' }, ...SAMPLING_OPTIONS, ...OUTPUT_OPTIONS },
+    positionals: true,
+    run: (args) => {
+      const question = (str(args.values, 'question') ?? args.positionals.join(' ')).trim()
+      if (!question) throw new UsageError('missing the question, e.g. `paligemma ask --image x.jpg "what is this?"`')
+      return streamText(args, `answer ${str(args.values, 'lang') ?? 'en'} ${question}`)
+    },
+  },
+  ocr: {
+    summary: 'Read the text in an image',
+    usage: 'ocr --model <dir|id> --image <path> [options]',
+    details: 'Prompt: "ocr".',
+    options: { ...MODEL_OPTIONS, ...IMAGE_OPTION, ...SAMPLING_OPTIONS, ...OUTPUT_OPTIONS },
+    positionals: false,
+    run: (args) => streamText(args, 'ocr'),
+  },
+  detect: {
+    summary: 'Find objects: one line per box (label, x, y, width, height in pixels)',
+    usage: 'detect --model <dir|id> --image <path> [--out boxes.png] <label...>',
+    details:
+      'Prompt: "detect <label> ; <label> ...". Labels are the positionals (or --labels "a ; b").\n' +
+      '  -o, --out <file.png>        also write the image with the boxes drawn\n' +
+      '      --labels <a ; b>        labels separated by ;, instead of (or added to) the positionals',
+    options: {
+      ...MODEL_OPTIONS,
+      ...IMAGE_OPTION,
+      labels: { type: 'string' },
+      out: { type: 'string', short: 'o' },
+      ...SAMPLING_OPTIONS,
+      ...OUTPUT_OPTIONS,
+    },
+    positionals: true,
+    run: (args) => runTask(args, 'detect'),
+  },
+  segment: {
+    summary: 'Segment objects: boxes and masks',
+    usage: 'segment --model <dir|id> --image <path> [--vae vae.safetensors] [--out masks.png] <label...>',
+    details:
+      'Prompt: "segment <label> ; ...". Masks are decoded by the segmentation VAE (convert vae-oid.npz with convert-vae).\n' +
+      '      --vae <file>            the converted VAE (default: $PALIGEMMA_VAE)\n' +
+      '  -o, --out <file.png>        also write the image with the masks drawn',
+    options: {
+      ...MODEL_OPTIONS,
+      ...IMAGE_OPTION,
+      labels: { type: 'string' },
+      vae: { type: 'string' },
+      out: { type: 'string', short: 'o' },
+      ...SAMPLING_OPTIONS,
+      ...OUTPUT_OPTIONS,
+    },
+    positionals: true,
+    run: (args) => runTask(args, 'segment'),
+  },
+  generate: {
+    summary: 'Run a raw prompt on an image',
+    usage: 'generate --model <dir|id> --image <path> --prompt <text> [options]',
+    details: 'Prompt: given as is, e.g. "caption es", "answer en where is the cat?", "detect car".\n  -p, --prompt <text>',
+    options: { ...MODEL_OPTIONS, ...IMAGE_OPTION, prompt: { type: 'string', short: 'p' }, ...SAMPLING_OPTIONS, ...OUTPUT_OPTIONS },
+    positionals: true,
+    run: (args) => {
+      const prompt = str(args.values, 'prompt') ?? (args.positionals.length > 0 ? args.positionals.join(' ') : undefined)
+      return streamText(args, required(prompt, 'option --prompt <text>'))
+    },
+  },
+  info: {
+    summary: 'Describe a model: architecture, sizes, parameters, memory',
+    usage: 'info <dir|id> [--json]',
+    details:
+      'Reads config.json and the weight headers only. For a hub id, downloads config.json alone.\n' +
+      '  -m, --model <dir|id>        the model, instead of the positional\n' +
+      '      --revision <rev>        hub branch, tag or commit (default main)',
+    options: { model: { type: 'string', short: 'm' }, revision: { type: 'string' }, ...OUTPUT_OPTIONS },
+    positionals: true,
+    run: runInfo,
+  },
+  convert: {
+    summary: "Convert a big_vision .npz checkpoint to a model folder",
+    usage: 'convert <checkpoint.npz> <out-dir> [--config config.json] [--dtype f32|bf16|f16] [--tokenizer tokenizer.json]',
+    details:
+      '      --config <file>         config.json to use (default: inferred from the array shapes)\n' +
+      '      --dtype <f32|bf16|f16>  precision of the output (default: the checkpoint\'s)\n' +
+      '      --tokenizer <file>      tokenizer.json to copy into the folder\n' +
+      '      --shard-size <bytes>    most bytes per .safetensors file (default 4 GiB)',
+    options: {
+      config: { type: 'string' },
+      dtype: { type: 'string' },
+      tokenizer: { type: 'string' },
+      'shard-size': { type: 'string' },
+      ...OUTPUT_OPTIONS,
+    },
+    positionals: true,
+    run: runConvert,
+  },
+  'convert-vae': {
+    summary: 'Convert the segmentation VAE (vae-oid.npz) to .safetensors',
+    usage: 'convert-vae <vae-oid.npz> <out.safetensors>',
+    options: { ...OUTPUT_OPTIONS },
+    positionals: true,
+    run: runConvertVae,
+  },
+  quantize: {
+    summary: 'Quantize weights ahead of time (not available: quantize on load with --dtype q8_0|q4k)',
+    usage: 'quantize',
+    details: 'The model commands quantize the text decoder while loading with --dtype q8_0 or --dtype q4k (CPU only); no quantized file format is written.',
+    options: { ...OUTPUT_OPTIONS },
+    positionals: true,
+    run: () => {
+      throw new CliError(
+        'ERR_NOT_AVAILABLE',
+        'quantize is not available in this version: ahead-of-time quantized files are not implemented. ' +
+          'The model commands quantize the text decoder as they load with --dtype q8_0 or --dtype q4k (CPU only).',
+        2,
+      )
+    },
+  },
+  bench: {
+    summary: 'Run the benchmark harness (repository checkouts only)',
+    usage: 'bench [harness options, e.g. --quick]',
+    details: 'Runs benches/run.mjs of a repository checkout with the given options (its --help lists them).',
+    options: {},
+    positionals: true,
+    run: () => Promise.resolve(0),
+  },
+}
