@@ -218,7 +218,7 @@ impl MaskDecoder {
 
     /// Like [`decode`](Self::decode) for a flat list of indices, 16 per object.
     pub fn decode_flat(&self, indices: &[u32]) -> Result<Vec<[f32; MASK_PIXELS]>> {
-        if indices.len() % SEG_TOKENS != 0 {
+        if !indices.len().is_multiple_of(SEG_TOKENS) {
             return Err(Error::invalid(
                 "indices",
                 format!("{} seg indices is not a multiple of {SEG_TOKENS} per object", indices.len()),

@@ -184,7 +184,7 @@ pub(crate) fn check_pixel_limit(width: u32, height: u32, max_pixels: u64) -> Res
 }
 
 fn megapixels(pixels: u64) -> String {
-    if pixels % 1_000_000 == 0 {
+    if pixels.is_multiple_of(1_000_000) {
         (pixels / 1_000_000).to_string()
     } else {
         format!("{:.2}", pixels as f64 / 1e6)
