@@ -22,7 +22,8 @@ for key in keys:
     for name, r in group.items():
         steps = f"{r['first_step_ms']:.2f}, {r['second_step_ms']:.2f}, {r['steady_step_ms']:.3f}" if "steady_step_ms" in r else ""
         print(f"{key[0]:<12} {key[2]:<5} {key[3]:>5} | {name:<20} {r['load_ms']:>9.0f} {r['ttft_ms']:>9.2f} {r['decode_ms_per_token']:>13.3f} {r['tokens_per_s']:>8.1f} | {steps}")
-    peer = group.get("transformers")
-    for name, ours in group.items():
-        if name.startswith("paligemma") and peer:
-            print(f"{'':<25} | {name}: transformers / ours: TTFT {peer['ttft_ms'] / ours['ttft_ms']:.2f}x, decode {peer['decode_ms_per_token'] / ours['decode_ms_per_token']:.2f}x, throughput {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x")
+    for peer_name in ("transformers", "transformers-compiled"):
+        peer = group.get(peer_name)
+        for name, ours in group.items():
+            if name.startswith("paligemma") and peer:
+                print(f"{'':<25} | {name}: {peer_name} / ours: TTFT {peer['ttft_ms'] / ours['ttft_ms']:.2f}x, decode {peer['decode_ms_per_token'] / ours['decode_ms_per_token']:.2f}x, throughput {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x")

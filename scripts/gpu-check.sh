@@ -57,6 +57,12 @@ for m in ${MODELS:-pg1-3b-224 pg2-3b-448}; do
     done
     [ -n "${SKIP_PEER:-}" ] || timeout 150 "$PY" benches/peers/transformers_peer.py --model "$CKPT/$m" --device "$DEV" \
       --dtype "$DTYPE" --batch "$b" --new-tokens "$NEW_TOKENS" --runs "$RUNS" --warmup "${PEER_WARMUP:-2}" 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"
+    # The other anchor: static cache + torch.compile (transformers compiles the decode
+    # forward itself on CUDA), for PaliGemma-3B-224 at batch 1 only: compiling takes a while.
+    if [ -z "${SKIP_PEER:-}" ] && [ -z "${SKIP_COMPILED:-}" ] && [ "$m" = pg1-3b-224 ] && [ "$b" = 1 ]; then
+      timeout 300 "$PY" benches/peers/transformers_peer.py --model "$CKPT/$m" --device "$DEV" --compile \
+        --dtype "$DTYPE" --batch "$b" --new-tokens "$NEW_TOKENS" --runs "$RUNS" --warmup 3 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"
+    fi
   done
 done
 
