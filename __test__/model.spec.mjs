@@ -33,6 +33,7 @@ for (const name of FIXTURES) {
     t.is(timings.decodeSteps, 11)
     t.true(timings.prefillMs > 0 && timings.decodeMs > 0 && timings.queuedMs >= 0)
     t.true(Math.abs(timings.tokensPerSecond - timings.decodeSteps / (timings.decodeMs / 1000)) < 1e-6)
+    t.is(timings.decodeGraph, false, 'CUDA graphs only exist on CUDA')
   })
 
   test(`${name}: stream yields the same ids as generate`, async (t) => {

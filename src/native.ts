@@ -80,6 +80,7 @@ export interface NativeTimings {
   promptTokens: number
   generatedTokens: number
   decodeSteps: number
+  decodeGraph: boolean
 }
 
 /** @internal */

@@ -34,6 +34,7 @@ function timingsOf(native: NativeGenerateOutput['timings']): Timings {
     tokensPerSecond: seconds > 0 ? native.decodeSteps / seconds : 0,
     promptTokens: native.promptTokens,
     generatedTokens: native.generatedTokens,
+    decodeGraph: native.decodeGraph,
   }
 }
 
@@ -166,7 +167,7 @@ export class TokenStream implements AsyncIterableIterator<StreamChunk> {
         tokenIds: this.#tokenIds,
         finishReason: 'abort',
         seed: this.#seed,
-        timings: { queuedMs: 0, prefillMs: 0, decodeMs: 0, decodeSteps: 0, tokensPerSecond: 0, promptTokens: 0, generatedTokens: generated },
+        timings: { queuedMs: 0, prefillMs: 0, decodeMs: 0, decodeSteps: 0, tokensPerSecond: 0, promptTokens: 0, generatedTokens: generated, decodeGraph: false },
       })
       return
     }

@@ -208,6 +208,15 @@ export interface Timings {
   promptTokens: number
   /** Tokens generated (EOS excluded). */
   generatedTokens: number
+  /**
+   * Whether decode steps were replayed from a captured CUDA graph (one launch per token), the
+   * CUDA default: a request's first decode step warms up and its second captures the graph,
+   * unless an earlier request of the same batch size and length bucket left one behind.
+   * `false` on the CPU, for requests too short to capture, and where capture failed (decoding
+   * then runs kernel by kernel, with the same results). `PALIGEMMA_STEP_MODE=eager` turns graphs
+   * off.
+   */
+  decodeGraph: boolean
 }
 
 /** The result of a generation. */

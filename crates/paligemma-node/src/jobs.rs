@@ -154,6 +154,8 @@ pub struct NativeTimings {
     /// Decoder steps run after prefill (generated tokens − 1, or + 0 when EOS ended the run,
     /// because choosing EOS took one more step).
     pub decode_steps: u32,
+    /// Whether decode steps were replayed from a captured CUDA graph.
+    pub decode_graph: bool,
 }
 
 #[napi(object)]
@@ -318,6 +320,7 @@ impl GenerateJob {
                 prompt_tokens: t.prompt_tokens as u32,
                 generated_tokens: generated,
                 decode_steps,
+                decode_graph: t.decode_graph,
             },
             image_width: prepared.as_ref().map(|p| p.width),
             image_height: prepared.as_ref().map(|p| p.height),

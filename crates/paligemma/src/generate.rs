@@ -60,6 +60,10 @@ pub struct Timings {
     pub decode_ms: f64,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
+    /// Whether decode steps were replayed from a captured CUDA graph ([`crate::StepMode`]);
+    /// false on the CPU, for requests of one or two tokens (the first steps warm up and
+    /// capture), and where capture failed.
+    pub decode_graph: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +140,7 @@ pub fn generate(
     };
     timings.decode_ms = decode_started.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
     timings.generated_tokens = token_ids.len();
+    timings.decode_graph = session.graph_captured();
     Ok(GenerateOutput { token_ids, finish_reason, timings })
 }
 
@@ -197,6 +202,7 @@ pub fn generate_batch(model: &PaliGemma, requests: &[GenerateRequest], is_cancel
     }
     let total_ms = started.elapsed().as_secs_f64() * 1e3;
     let prefill_ms = prefill_ms.unwrap_or(total_ms);
+    let decode_graph = session.graph_captured();
     Ok(tokens
         .into_iter()
         .zip(outputs)
@@ -207,6 +213,7 @@ pub fn generate_batch(model: &PaliGemma, requests: &[GenerateRequest], is_cancel
                 decode_ms: total_ms - prefill_ms,
                 prompt_tokens: r.input_ids.len(),
                 generated_tokens: token_ids.len(),
+                decode_graph,
             },
             token_ids,
             finish_reason: reason.unwrap_or(FinishReason::Length),

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use paligemma::{Config, LoadOptions, PaliGemma, StepMode, Weights};
+use paligemma::{generate, Config, Control, GenerateRequest, LoadOptions, PaliGemma, SamplingParams, StepMode, Weights};
 
 /// Logits of the prefill and `steps − 1` decode steps, for every sequence of a batch of two
 /// (the fixture's image and its mirror), fed the fixture's generated ids.
@@ -110,4 +110,23 @@ fn a_pooled_step_decodes_a_new_request_like_a_fresh_session() {
     let diff = max_diff(&fresh, &pooled);
     assert!(diff < 1e-5, "a reused step differs from a fresh eager session by {diff}");
     assert_eq!(argmaxes(&fresh), argmaxes(&pooled));
+}
+
+#[test]
+fn timings_say_the_cpu_decodes_without_a_graph() {
+    let dir = testdata().join("reference/pg1-tiny-a");
+    let model = PaliGemma::load(&dir, &LoadOptions::default()).unwrap();
+    let inputs = load_tensors(&dir.join("inputs.safetensors"));
+    let request = GenerateRequest {
+        input_ids: ids(&inputs["input_ids"]),
+        pixel_values: floats(&inputs["pixel_values"]),
+        max_new_tokens: 6,
+        sampling: SamplingParams::default(),
+        stop_token_ids: vec![],
+        ignore_eos: true,
+        sliding_window: false,
+    };
+    let out = generate(&model, &request, &mut |_| Control::Continue, &|| false).unwrap();
+    assert_eq!(out.token_ids.len(), 6);
+    assert!(!out.timings.decode_graph);
 }
