@@ -60,7 +60,7 @@ export const SAMPLING_OPTIONS: OptionSpec = {
   seed: { type: 'string' },
 }
 
-/** Output format options (`--json`, `--timings`). */
+/** Output options: `--json`, `--quiet` (no progress), `--verbose` (timings on stderr), `--help`. */
 export const OUTPUT_OPTIONS: OptionSpec = {
   json: { type: 'boolean' },
   quiet: { type: 'boolean', short: 'q' },

@@ -66,7 +66,8 @@ function printTimings(result: GenerateResult): void {
   const t = result.timings
   err.write(
     `${t.promptTokens} prompt tokens, ${t.generatedTokens} generated (${result.finishReason}); ` +
-      `prefill ${t.prefillMs.toFixed(0)} ms, decode ${t.decodeMs.toFixed(0)} ms (${t.tokensPerSecond.toFixed(1)} tokens/s), seed ${result.seed}\n`,
+      `prefill ${t.prefillMs.toFixed(0)} ms, decode ${t.decodeMs.toFixed(0)} ms (${t.tokensPerSecond.toFixed(1)} tokens/s` +
+      `${t.decodeGraph ? ', CUDA graph' : ''}), seed ${result.seed}\n`,
   )
 }
 
