@@ -12,7 +12,8 @@ def label(r):
     """Our rows carry the decode step mode (eager kernel by kernel, or a replayed CUDA graph)."""
     if r["engine"] != "paligemma" or "step_mode" not in r:
         return r["engine"]
-    return f"paligemma/{r['step_mode'].lower()}" + ("" if r.get("graph", True) or r["step_mode"] != "Graph" else "(no capture)")
+    sampled = "+sampled" if r.get("temperature", 0) else ""
+    return f"paligemma/{r['step_mode'].lower()}{sampled}" + ("" if r.get("graph", True) or r["step_mode"] != "Graph" else "(no capture)")
 
 
 keys = sorted({(r["model"], r["device"], r["dtype"], r["batch"]) for r in bench})

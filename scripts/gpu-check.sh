@@ -55,6 +55,10 @@ for m in ${MODELS:-pg1-3b-224 pg2-3b-448}; do
     for mode in ${STEP_MODES:-eager graph}; do
       PALIGEMMA_STEP_MODE=$mode timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" | tee -a "$RESULTS"
     done
+    # Sampled decoding (temperature 1, top-p 0.9: the logits go to the host sampler every token).
+    if [ -z "${SKIP_SAMPLED:-}" ] && [ "$b" = 1 ]; then
+      BENCH_TEMPERATURE=1 timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" | tee -a "$RESULTS"
+    fi
     [ -n "${SKIP_PEER:-}" ] || timeout 150 "$PY" benches/peers/transformers_peer.py --model "$CKPT/$m" --device "$DEV" \
       --dtype "$DTYPE" --batch "$b" --new-tokens "$NEW_TOKENS" --runs "$RUNS" --warmup "${PEER_WARMUP:-2}" 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"
     # The other anchor: static cache + torch.compile (transformers compiles the decode

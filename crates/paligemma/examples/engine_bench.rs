@@ -242,12 +242,15 @@ fn bench(args: &[String]) -> AnyResult<()> {
     let vocab = config.text.vocab_size as u32;
     input_ids.push(config.bos_token_id);
     input_ids.extend([21209u32, 659, 4401, 603, 476, 2204, 576, 573, 108].map(|id| id % vocab));
+    // BENCH_TEMPERATURE=1 times sampled decoding (top-p 0.9) instead of greedy.
+    let temperature: f64 = std::env::var("BENCH_TEMPERATURE").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let sampling = SamplingParams { temperature, top_p: if temperature > 0.0 { 0.9 } else { 1.0 }, seed: 1, ..Default::default() };
     let requests: Vec<GenerateRequest> = (0..batch)
         .map(|b| GenerateRequest {
             input_ids: input_ids.clone(),
             pixel_values: (0..3 * r * r).map(|i| (((i * 7 + b * 13) % 255) as f32 / 127.5) - 1.0).collect(),
             max_new_tokens: new_tokens,
-            sampling: SamplingParams::default(),
+            sampling: sampling.clone(),
             stop_token_ids: vec![],
             ignore_eos: true,
             sliding_window: false,
@@ -278,7 +281,7 @@ fn bench(args: &[String]) -> AnyResult<()> {
     let (ttft, decode) = (median(ttft), median(decode));
     let steps = step_profile(&model, &requests, new_tokens)?;
     println!(
-        "{{\"engine\":\"paligemma\",\"model\":\"{}\",\"device\":\"{dev}\",\"dtype\":\"{dt}\",\"batch\":{batch},\"load_ms\":{load_ms:.1},\"ttft_ms\":{ttft:.2},\"decode_ms_per_token\":{decode:.3},\"tokens_per_s\":{:.1},\"step_mode\":\"{:?}\",\"graph\":{},\"first_step_ms\":{:.3},\"second_step_ms\":{:.3},\"steady_step_ms\":{:.3},{runs_json}}}",
+        "{{\"engine\":\"paligemma\",\"model\":\"{}\",\"device\":\"{dev}\",\"dtype\":\"{dt}\",\"batch\":{batch},\"load_ms\":{load_ms:.1},\"ttft_ms\":{ttft:.2},\"decode_ms_per_token\":{decode:.3},\"tokens_per_s\":{:.1},\"step_mode\":\"{:?}\",\"temperature\":{temperature},\"graph\":{},\"first_step_ms\":{:.3},\"second_step_ms\":{:.3},\"steady_step_ms\":{:.3},{runs_json}}}",
         Path::new(dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         batch as f64 * 1e3 / decode,
         steps.mode,
