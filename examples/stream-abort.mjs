@@ -18,9 +18,11 @@ const model = await PaliGemma.load(modelDir)
 try {
   // 1. AbortSignal: abort after `limit` tokens (AbortSignal.timeout(ms) works the same way).
   const controller = new AbortController()
-  // maxNewTokens is generous on purpose: a small or fast model could otherwise finish its whole
-  // answer before the loop has read `limit` chunks, and then there is nothing left to stop.
-  const stream = model.stream({ image, prompt: 'caption en', maxNewTokens: 1000, signal: controller.signal })
+  // maxNewTokens is generous on purpose. Tokens are produced on a worker thread while this loop
+  // reads them; a tiny test model makes ~13 tokens per ms, and on a busy machine the loop can
+  // fall behind by 1000 tokens. With fewer left, the model could finish its whole answer first.
+  const maxNewTokens = 4000
+  const stream = model.stream({ image, prompt: 'caption en', maxNewTokens, signal: controller.signal })
   let tokens = 0
   try {
     for await (const chunk of stream) {
@@ -34,7 +36,7 @@ try {
   }
 
   // 2. break: leaving the loop cancels the request; `result` then reports finishReason 'abort'.
-  const second = model.stream({ image, prompt: 'caption en', maxNewTokens: 1000 })
+  const second = model.stream({ image, prompt: 'caption en', maxNewTokens })
   for await (const chunk of second) {
     if (chunk.index + 1 >= limit) break
   }
