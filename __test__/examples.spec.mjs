@@ -1,26 +1,20 @@
 // The scripts in examples/, run as child processes on the tiny fixture model (with the tiny
 // tokenizer), bounded in time. server.mjs is started on 127.0.0.1 with port 0 and driven by fetch.
 import { spawn } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 import test from 'ava'
 
-import { fixtureWithTokenizer, repo } from './helpers/fixtures.mjs'
+import { longContextFixture, repo } from './helpers/fixtures.mjs'
 import { runNode } from './helpers/run-cli.mjs'
 
 const image = join(repo, 'testdata', 'e2e-caption', 'image.png')
 const example = (name) => join(repo, 'examples', name)
 
 /** The tiny model with its tokenizer, and a context long enough for a generation to outlive a client. */
-function tinyModel() {
-  const dir = fixtureWithTokenizer('pg1-tiny-a')
-  const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'))
-  config.text_config.max_position_embeddings = 8192
-  writeFileSync(join(dir, 'config.json'), JSON.stringify(config))
-  return dir
-}
+const tinyModel = () => longContextFixture('pg1-tiny-a')
 
 test('caption.mjs prints a caption', async (t) => {
   const { code, stdout, stderr } = await runNode([example('caption.mjs'), tinyModel(), image])

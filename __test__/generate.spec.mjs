@@ -2,7 +2,7 @@
 import test from 'ava'
 
 import { AbortError, PaliGemma, PaliGemmaError } from '../dist/index.js'
-import { fixture, sleep } from './helpers/fixtures.mjs'
+import { fixture, longContextFixture, sleep } from './helpers/fixtures.mjs'
 
 const f = fixture('pg1-tiny-a')
 const base = { inputIds: f.inputIds, pixelValues: f.pixelValues }
@@ -108,18 +108,22 @@ test('aborting a queued request removes it without waiting for the running one',
 })
 
 test('breaking out of for-await cancels the request', async (t) => {
-  const model = await loaded
-  const stream = model.stream({ ...base, maxNewTokens: 480 })
+  // The same weights with room for 4000 tokens. With the fixture's 480 (its whole context) a
+  // loaded machine can let the worker finish before the break reaches it, as it once did to the
+  // stream-abort example.
+  const long = await PaliGemma.load(longContextFixture('pg1-tiny-a'))
+  t.teardown(() => long.dispose())
+  const stream = long.stream({ ...base, maxNewTokens: 4000 })
   let n = 0
   for await (const _ of stream) {
     if (++n === 3) break
   }
   const result = await stream.result
   t.is(result.finishReason, 'abort')
-  t.true(result.tokenIds.length >= 3 && result.tokenIds.length < 480)
+  t.true(result.tokenIds.length >= 3 && result.tokenIds.length < 4000)
   t.deepEqual(result.tokenIds.slice(0, 3), f.generatedIds.slice(0, 3))
   const started = performance.now()
-  const after = await model.generate({ ...base, maxNewTokens: 12 })
+  const after = await long.generate({ ...base, maxNewTokens: 12 })
   t.deepEqual(after.tokenIds, f.generatedIds)
   t.true(performance.now() - started < 2000, 'the worker is not stuck on the abandoned request')
 })

@@ -1,5 +1,5 @@
 // The tiny reference models and their recorded inputs/outputs.
-import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -34,6 +34,19 @@ export function fixtureWithTokenizer(name) {
   const dir = mkdtempSync(join(tmpdir(), `paligemma-${name}-`))
   for (const file of ['config.json', 'model.safetensors']) copyFileSync(join(fixtureDir(name), file), join(dir, file))
   copyFileSync(join(repo, 'testdata', 'tokenizers', 'tiny', 'tokenizer.json'), join(dir, 'tokenizer.json'))
+  return dir
+}
+
+/**
+ * A copy of `fixtureWithTokenizer(name)` whose context holds `positions` tokens: long enough that
+ * a generation outlives a consumer that has fallen behind (the tiny models make ~13 tokens per
+ * ms on a worker thread, so a 512-position context can run out before a busy loop reacts).
+ */
+export function longContextFixture(name, positions = 8192) {
+  const dir = fixtureWithTokenizer(name)
+  const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'))
+  config.text_config.max_position_embeddings = positions
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config))
   return dir
 }
 
