@@ -276,8 +276,12 @@ impl Decoder {
 
     /// Scaled text embeddings `E[id]·√D` for `ids` (already validated against the vocabulary).
     pub fn embed_text(&self, ids: &[u32]) -> Result<Tensor> {
-        let idx = Tensor::new(ids, self.embed_tokens.device())?;
-        Ok((self.embed_tokens.index_select(&idx, 0)? * self.embed_scale)?)
+        self.embed_index(&Tensor::new(ids, self.embed_tokens.device())?)
+    }
+
+    /// Scaled embeddings of the ids in `idx` (u32, on the model's device).
+    fn embed_index(&self, idx: &Tensor) -> Result<Tensor> {
+        Ok((self.embed_tokens.index_select(idx, 0)? * self.embed_scale)?)
     }
 
     /// Runs `embeds: [B, T, D]` through the layers, appending to `cache`, and returns logits
@@ -303,7 +307,7 @@ impl Decoder {
     /// step, so a CUDA graph can replay it. Returns `[B, 1, vocab]`; the caller commits the
     /// cache position.
     pub fn forward_at(&self, tokens: &Tensor, rope_row: &Tensor, kv_index: Tensor, masks: [&Tensor; 2], cache: &KvCache) -> Result<Tensor> {
-        let embeds = (self.embed_tokens.index_select(tokens, 0)? * self.embed_scale)?.unsqueeze(1)?;
+        let embeds = self.embed_index(tokens)?.unsqueeze(1)?;
         let (cos, sin) = self.rope.rows_at(rope_row)?;
         let at = DevicePositions { cos, sin, kv_index };
         self.run(&embeds, cache, Positions::Device(&at), masks.map(Some), LogitsFor::Last)

@@ -16,8 +16,6 @@ pub struct KvCache {
     layers: Vec<LayerCache>,
     len: usize,
     capacity: usize,
-    /// `[B, K, 1, H]`: one position of one layer.
-    slot_shape: [usize; 4],
 }
 
 impl KvCache {
@@ -35,7 +33,7 @@ impl KvCache {
         let layers = (0..layers)
             .map(|_| Ok(LayerCache { k: Tensor::zeros(shape, dtype, device)?, v: Tensor::zeros(shape, dtype, device)? }))
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { layers, len: 0, capacity, slot_shape: [batch, kv_heads, 1, head_dim] })
+        Ok(KvCache { layers, len: 0, capacity })
     }
 
     /// Number of positions already stored.
@@ -58,7 +56,10 @@ impl KvCache {
 
     /// `[batch, kv_heads, 1, head_dim]`, the shape of one position's keys in one layer.
     pub fn slot_shape(&self) -> [usize; 4] {
-        self.slot_shape
+        match self.layers.first().map(|c| c.k.dims()) {
+            Some(&[b, k, _, h]) => [b, k, 1, h],
+            _ => [0, 0, 1, 0],
+        }
     }
 
     /// Writes `k, v: [B, K, T, H]` after the stored positions of `layer` and returns views of

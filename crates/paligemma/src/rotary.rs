@@ -47,7 +47,7 @@ impl RotaryEmbedding {
         let t = x.dim(2)?;
         let cos = self.cos.narrow(0, first, t)?;
         let sin = self.sin.narrow(0, first, t)?;
-        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+        Self::apply_rows(x, &cos, &sin)
     }
 
     /// The cos and sin rows, `[1, head_dim / 2]`, for the position id that `row: [1]` (u32)
