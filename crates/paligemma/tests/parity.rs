@@ -103,3 +103,29 @@ fn parity_with_reference() {
     assert!(checked > 0, "no reference folder had a model to check");
     assert!(failures.is_empty(), "parity failures (tolerance {TOL}):\n{}", failures.join("\n"));
 }
+
+/// Generation's prefill narrows the last decoder layer to the last position (on the CPU); its
+/// logits must be those of the full forward pass at that position, to f32 rounding (the one
+/// row goes through other matmul kernels). The keys and values that prefill leaves in the cache
+/// are checked by `parity_with_reference`'s teacher-forced steps.
+#[test]
+fn prefill_narrowed_to_the_last_position_matches_the_full_pass() {
+    let mut checked = 0;
+    for dir in reference_dirs() {
+        if !dir.join("model.safetensors").exists() {
+            continue;
+        }
+        let model = PaliGemma::load(&dir, &LoadOptions::default()).unwrap();
+        let inputs = load_tensors(&dir.join("inputs.safetensors"));
+        let input_ids = ids(&inputs["input_ids"]);
+        let pixel_values = floats(&inputs["pixel_values"]);
+        let full = model.forward(&input_ids, &pixel_values).unwrap();
+        let last_row = full.get(input_ids.len() - 1).unwrap();
+        let mut session = model.new_session(input_ids.len() + 1).unwrap();
+        let prefill = model.prefill(&mut session, &input_ids, &pixel_values).unwrap();
+        let diff = max_abs_diff(&prefill, &last_row);
+        assert!(diff <= 2e-5, "{}: prefill vs full pass at the last position: {diff:.3e}", dir.display());
+        checked += 1;
+    }
+    assert!(checked > 0, "no reference folder had a model to check");
+}
