@@ -13,16 +13,17 @@ def label(r):
     if r["engine"] != "paligemma" or "step_mode" not in r:
         return r["engine"]
     sampled = "+sampled" if r.get("temperature", 0) else ""
-    return f"paligemma/{r['step_mode'].lower()}{sampled}" + ("" if r.get("graph", True) or r["step_mode"] != "Graph" else "(no capture)")
+    released = "+release" if r.get("mempool") == "release" else ""
+    return f"paligemma/{r['step_mode'].lower()}{sampled}{released}" + ("" if r.get("graph", True) or r["step_mode"] != "Graph" else "(no capture)")
 
 
 keys = sorted({(r["model"], r["device"], r["dtype"], r["batch"]) for r in bench})
-print(f"\n{'model':<12} {'dtype':<5} {'batch':>5} | {'engine':<20} {'load ms':>9} {'TTFT ms':>9} {'decode ms/tok':>13} {'tok/s':>8} | steps: 1st, 2nd, steady ms")
+print(f"\n{'model':<12} {'dtype':<5} {'batch':>5} | {'engine':<30} {'load ms':>9} {'TTFT ms':>9} {'decode ms/tok':>13} {'tok/s':>8} | steps: 1st, 2nd, steady ms")
 for key in keys:
     group = {label(r): r for r in bench if (r["model"], r["device"], r["dtype"], r["batch"]) == key}
     for name, r in group.items():
         steps = f"{r['first_step_ms']:.2f}, {r['second_step_ms']:.2f}, {r['steady_step_ms']:.3f}" if "steady_step_ms" in r else ""
-        print(f"{key[0]:<12} {key[2]:<5} {key[3]:>5} | {name:<20} {r['load_ms']:>9.0f} {r['ttft_ms']:>9.2f} {r['decode_ms_per_token']:>13.3f} {r['tokens_per_s']:>8.1f} | {steps}")
+        print(f"{key[0]:<12} {key[2]:<5} {key[3]:>5} | {name:<30} {r['load_ms']:>9.0f} {r['ttft_ms']:>9.2f} {r['decode_ms_per_token']:>13.3f} {r['tokens_per_s']:>8.1f} | {steps}")
     for peer_name in ("transformers", "transformers-compiled"):
         peer = group.get(peer_name)
         for name, ours in group.items():

@@ -55,6 +55,13 @@ for m in ${MODELS:-pg1-3b-224 pg2-3b-448}; do
     for mode in ${STEP_MODES:-eager graph}; do
       PALIGEMMA_STEP_MODE=$mode timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" | tee -a "$RESULTS"
     done
+    # A/B for the memory pool (device_memory.rs): the driver's default, which hands freed memory
+    # back at every synchronisation, against the kept pool of the rows above.
+    if [ -z "${SKIP_MEMPOOL_AB:-}" ] && [ "$b" = 1 ]; then
+      for mode in ${STEP_MODES:-eager graph}; do
+        PALIGEMMA_CUDA_MEMPOOL=release PALIGEMMA_STEP_MODE=$mode timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" | tee -a "$RESULTS"
+      done
+    fi
     # Sampled decoding (temperature 1, top-p 0.9: the logits go to the host sampler every token).
     if [ -z "${SKIP_SAMPLED:-}" ] && [ "$b" = 1 ]; then
       BENCH_TEMPERATURE=1 timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" | tee -a "$RESULTS"

@@ -299,7 +299,7 @@ fn bench(args: &[String]) -> AnyResult<()> {
     let (ttft, decode) = (median(ttft), median(decode));
     let steps = step_profile(&model, &requests, new_tokens)?;
     println!(
-        "{{\"engine\":\"paligemma\",\"model\":\"{}\",\"device\":\"{dev}\",\"dtype\":\"{dt}\",\"batch\":{batch},\"load_ms\":{load_ms:.1},\"ttft_ms\":{ttft:.2},\"decode_ms_per_token\":{decode:.3},\"tokens_per_s\":{:.1},\"step_mode\":\"{:?}\",\"temperature\":{temperature},\"graph\":{},\"first_step_ms\":{:.3},\"second_step_ms\":{:.3},\"steady_step_ms\":{:.3},\"vision_ms\":{:.2},{runs_json}}}",
+        "{{\"engine\":\"paligemma\",\"model\":\"{}\",\"device\":\"{dev}\",\"dtype\":\"{dt}\",\"batch\":{batch},\"load_ms\":{load_ms:.1},\"ttft_ms\":{ttft:.2},\"decode_ms_per_token\":{decode:.3},\"tokens_per_s\":{:.1},\"step_mode\":\"{:?}\",\"temperature\":{temperature},\"graph\":{},\"first_step_ms\":{:.3},\"second_step_ms\":{:.3},\"steady_step_ms\":{:.3},\"vision_ms\":{:.2},\"mempool\":\"{}\",{runs_json}}}",
         Path::new(dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         batch as f64 * 1e3 / decode,
         steps.mode,
@@ -308,6 +308,8 @@ fn bench(args: &[String]) -> AnyResult<()> {
         steps.second_ms,
         steps.steady_ms,
         steps.vision_ms,
+        // device_memory: the CUDA pool keeps freed memory unless PALIGEMMA_CUDA_MEMPOOL=release.
+        std::env::var("PALIGEMMA_CUDA_MEMPOOL").unwrap_or_else(|_| "keep".into()),
     );
     Ok(())
 }

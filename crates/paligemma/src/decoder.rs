@@ -90,8 +90,9 @@ impl SelfAttention {
 
     /// `rows`: [`Rows::Last`] writes keys and values for every position but attends only from
     /// the last one, and returns `[B, 1, D]`.
-    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cache: &KvCache, layer: usize, mask: Option<&Tensor>, at: Positions, rows: Rows) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: &Pass, layer: usize, mask: Option<&Tensor>, rows: Rows) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        let Pass { rope, cache, at } = *pass;
         let (n, k, h) = (self.heads, self.kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x)?;
         // Queries and keys are rotated together, as `n + k` heads: one kernel where two rotations
@@ -199,8 +200,8 @@ impl DecoderLayer {
     }
 
     /// `x: [B, T, D]` → `[B, T, D]`, or `[B, 1, D]` (the last position) with [`Rows::Last`].
-    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cache: &KvCache, layer: usize, mask: Option<&Tensor>, at: Positions, rows: Rows) -> Result<Tensor> {
-        let a = self.attention.forward(&self.input_norm.forward(x)?, rope, cache, layer, mask, at, rows)?;
+    fn forward(&self, x: &Tensor, pass: &Pass, layer: usize, mask: Option<&Tensor>, rows: Rows) -> Result<Tensor> {
+        let a = self.attention.forward(&self.input_norm.forward(x)?, pass, layer, mask, rows)?;
         let x = match rows {
             Rows::All => x.clone(),
             Rows::Last => x.narrow(1, x.dim(1)? - 1, 1)?,
@@ -220,6 +221,15 @@ impl DecoderLayer {
             (None, None) => unreachable!("every decoder layer has a feed-forward norm"),
         }
     }
+}
+
+/// What every layer of one pass shares: the rotary table, the cache it writes and where the
+/// new tokens sit.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    rope: &'a RotaryEmbedding,
+    cache: &'a KvCache,
+    at: Positions<'a>,
 }
 
 /// Which positions a decoder layer carries past its key/value projections.
@@ -348,13 +358,14 @@ impl Decoder {
         // greedy ids on a card.
         let prune_last = logits_for == LogitsFor::Last && t > 1 && embeds.device().is_cpu();
         let last = self.layers.len().saturating_sub(1);
+        let pass = Pass { rope: &self.rope, cache, at };
         for (i, layer) in self.layers.iter().enumerate() {
             let mask = match layer.layer_type {
                 LayerType::Full => masks[0],
                 LayerType::Sliding => masks[1],
             };
             let rows = if prune_last && i == last { Rows::Last } else { Rows::All };
-            x = layer.forward(&x, &self.rope, cache, i, mask, at, rows)?;
+            x = layer.forward(&x, &pass, i, mask, rows)?;
         }
         if logits_for == LogitsFor::Last {
             let t = x.dim(1)?;

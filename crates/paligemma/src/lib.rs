@@ -12,6 +12,7 @@ pub mod convert;
 pub mod cpu;
 pub mod decode_step;
 pub mod decoder;
+pub mod device_memory;
 pub mod error;
 pub mod generate;
 pub mod image;

@@ -12,6 +12,7 @@ use crate::decoder::{Decoder, LogitsFor, Step};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::decoder::QuantizationReport;
+use crate::device_memory::PoolRetention;
 use crate::decode_step::{FixedStep, StepMode, StepPool, CAPACITY_STEP};
 use crate::layers::{Linear, Quantization};
 use crate::vision::VisionTower;
@@ -103,6 +104,8 @@ pub struct PaliGemma {
     dtype: DType,
     quantization: Option<Quantization>,
     steps: StepPool,
+    /// Last, so that it drops after every tensor above and can hand their memory back.
+    _pool_retention: PoolRetention,
 }
 
 impl PaliGemma {
@@ -146,6 +149,7 @@ impl PaliGemma {
             dtype: options.dtype,
             quantization: options.quantization,
             steps: StepPool::default(),
+            _pool_retention: PoolRetention::new(&options.device),
         })
     }
 

@@ -17,7 +17,10 @@ fn vae_dir() -> PathBuf {
     std::env::var_os("PALIGEMMA_VAE_DIR").map(PathBuf::from).unwrap_or_else(|| common::testdata().join("vae"))
 }
 
-fn fixture() -> (MaskDecoder, Vec<[u32; SEG_TOKENS]>, Vec<[f32; MASK_PIXELS]>, HashMap<String, Tensor>) {
+/// The decoder, each object's 16 segmentation ids, each object's expected mask, every tensor.
+type Fixture = (MaskDecoder, Vec<[u32; SEG_TOKENS]>, Vec<[f32; MASK_PIXELS]>, HashMap<String, Tensor>);
+
+fn fixture() -> Fixture {
     let decoder =
         MaskDecoder::load(&vae_dir().join("vae-tiny.safetensors"), &Device::Cpu).expect("fixture decoder loads");
     let expected = common::load_tensors(&vae_dir().join("expected.safetensors"));

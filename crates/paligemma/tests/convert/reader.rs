@@ -31,7 +31,7 @@ fn arbitrary_bytes_never_panic() {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            let at = if state % 2 == 0 { (state >> 8) as usize % 4096 } else { bytes.len() - 1 - (state >> 8) as usize % 4096 };
+            let at = if state.is_multiple_of(2) { (state >> 8) as usize % 4096 } else { bytes.len() - 1 - (state >> 8) as usize % 4096 };
             data[at] = (state >> 32) as u8;
         }
         exercise(&data);
