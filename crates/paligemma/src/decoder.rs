@@ -351,11 +351,11 @@ impl Decoder {
         let (_, t, _) = embeds.dims3()?;
         let mut x = embeds.clone();
         // On the CPU the prefill is compute-bound, and narrowing the last layer to the last
-        // position skips 5 % of its FLOPs (PaliGemma-3B: that layer's o_proj and feed-forward for
-        // 265 of 266 positions). The last position's row then goes through the one-row matmul
-        // kernels instead of the batched ones: the same sums in another order, within f32
-        // rounding. GPU prefills keep every row until that change is checked against the bf16
-        // greedy ids on a card.
+        // position skips 5 % of the decoder's FLOPs (PaliGemma-3B: that layer's o_proj and
+        // feed-forward for 265 of 266 positions). The last position's row then goes through the
+        // one-row matmul kernels instead of the batched ones: the same sums in another order,
+        // within f32 rounding. GPU prefills keep every row until that change is checked against
+        // the bf16 greedy ids on a card.
         let prune_last = logits_for == LogitsFor::Last && t > 1 && embeds.device().is_cpu();
         let last = self.layers.len().saturating_sub(1);
         let pass = Pass { rope: &self.rope, cache, at };
