@@ -123,7 +123,7 @@ impl Sampler {
             let v = (l as f64 - top) / t;
             if v >= -NEGLIGIBLE {
                 candidates.push((i as u32, v));
-            } else if v < -NEGLIGIBLE {
+            } else if !v.is_nan() {
                 tail_mass += v.exp();
             }
         }
@@ -156,18 +156,20 @@ impl Sampler {
         let sum: f64 = probs.iter().sum::<f64>() + rest_mass;
         probs.iter_mut().for_each(|x| *x /= sum);
         rest_mass /= sum;
-        let sort_rest_into = |rest: &mut Vec<(u32, f64)>, candidates: &mut Vec<(u32, f64)>, probs: &mut Vec<f64>| {
+        // Moves the rest, sorted, behind the candidates; returns the probability it carried.
+        let sort_rest_into = |rest: &mut Vec<(u32, f64)>, candidates: &mut Vec<(u32, f64)>, probs: &mut Vec<f64>| -> f64 {
+            let mass = rest.iter().map(|c| weight(c) / sum).sum::<f64>();
             rest.sort_unstable_by(order);
             probs.extend(rest.iter().map(|c| weight(c) / sum));
             candidates.append(rest);
+            mass
         };
         if p.top_p < 1.0 {
             // transformers' TopPLogitsWarper: walking up from the least likely token, drop
             // tokens while their cumulative probability is ≤ 1 − top_p; always keep one. The
             // unsorted rest is the bottom of that walk, unless the cut falls inside it.
             if rest_mass > 1.0 - p.top_p && !rest.is_empty() {
-                rest_mass -= rest.iter().map(|c| weight(c) / sum).sum::<f64>();
-                sort_rest_into(&mut rest, &mut candidates, &mut probs);
+                rest_mass -= sort_rest_into(&mut rest, &mut candidates, &mut probs);
             }
             let mut cumulative_from_low = rest_mass;
             let mut keep = probs.len();
