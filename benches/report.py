@@ -7,14 +7,16 @@ bench = [r for r in rows if "engine" in r]
 checks = [r for r in rows if r.get("check") == "parity"]
 for c in checks:
     steps = f" steps max|Δ|={c['steps_maxdiff']:.2e} (graph: {c['graph']})" if c.get("dtype") == "f32" and "steps_maxdiff" in c else ""
-    print(f"parity {c['fixture']:<12} {c['device']:<5} {c['dtype']:<5} {c.get('step_mode', ''):<6} prefill max|Δ|={c['prefill_maxdiff']:.2e}{steps} ids={c['ids']}")
+    unfused = {"0": "unfused", "off": "unfused", "no-rope": "no-rope"}.get(c.get("fused", ""), "")
+    print(f"parity {c['fixture']:<12} {c['device']:<5} {c['dtype']:<5} {c.get('step_mode', ''):<6} {unfused:<7} prefill max|Δ|={c['prefill_maxdiff']:.2e}{steps} ids={c['ids']}")
 def label(r):
     """Our rows carry the decode step mode (eager kernel by kernel, or a replayed CUDA graph)."""
     if r["engine"] != "paligemma" or "step_mode" not in r:
         return r["engine"]
     sampled = "+sampled" if r.get("temperature", 0) else ""
     released = "+release" if r.get("mempool") == "release" else ""
-    return f"paligemma/{r['step_mode'].lower()}{sampled}{released}" + ("" if r.get("graph", True) or r["step_mode"] != "Graph" else "(no capture)")
+    unfused = {"0": "-unfused", "off": "-unfused", "no-rope": "-no-rope"}.get(r.get("fused", ""), "")
+    return f"paligemma/{r['step_mode'].lower()}{sampled}{released}{unfused}" + ("" if r.get("graph", True) or r["step_mode"] != "Graph" else "(no capture)")
 
 
 keys = sorted({(r["model"], r["device"], r["dtype"], r["batch"]) for r in bench})

@@ -30,13 +30,32 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 echo "== parity on $DEV"
 # Each decode step mode that a CUDA session can use, each in its own process (a faulting
 # kernel ends the process): fixed shapes kernel by kernel, and the same replayed as a graph.
-for f in testdata/reference/*/; do
-  for dt in $PARITY_DTYPES; do
-    for mode in ${PARITY_MODES:-fixed graph}; do
-      PALIGEMMA_STEP_MODE=$mode "$BIN" parity "$f" "$DEV" "$dt" | sed "s/^{/{\"step_mode\":\"$mode\",/" | tee -a "$RESULTS"
+# $1: PALIGEMMA_FUSED_KERNELS for the runs (empty: every fused kernel of src/cuda), $2: the modes.
+parity_set() {
+  local failed=0
+  for f in testdata/reference/*/; do
+    for dt in $PARITY_DTYPES; do
+      for mode in $2; do
+        PALIGEMMA_FUSED_KERNELS=$1 PALIGEMMA_STEP_MODE=$mode "$BIN" parity "$f" "$DEV" "$dt" \
+          | sed "s/^{/{\"step_mode\":\"$mode\",\"fused\":\"${1:-on}\",/" | tee -a "$RESULTS"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
+      done
     done
   done
-done
+  return $failed
+}
+# The benchmarks below use the fused kernels only where they pass: if they fail, the check
+# narrows it down (without the rope/cache-write kernel, then without any) and says so.
+FUSED=""
+if parity_set "" "${PARITY_MODES:-fixed graph}"; then
+  parity_set 0 graph || echo "!! parity fails without the fused kernels"
+elif parity_set no-rope "${PARITY_MODES:-fixed graph}"; then
+  FUSED=no-rope; echo "!! parity fails with the fused rope/cache-write kernel: benchmarks run without it"
+else
+  FUSED=0; echo "!! parity fails with the fused kernels: benchmarks run without them"
+  parity_set 0 "${PARITY_MODES:-fixed graph}" || echo "!! parity fails without the fused kernels too"
+fi
+export PALIGEMMA_FUSED_KERNELS=$FUSED
 
 echo "== random checkpoints"
 mkdir -p "$CKPT"
@@ -53,29 +72,37 @@ for m in ${MODELS:-pg1-3b-224 pg2-3b-448}; do
   for b in ${BATCHES:-1 8}; do
     # Each decode step mode in turn (StepMode: eager kernel by kernel, or one CUDA graph per step).
     for mode in ${STEP_MODES:-eager graph}; do
-      PALIGEMMA_STEP_MODE=$mode timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" | tee -a "$RESULTS"
+      PALIGEMMA_STEP_MODE=$mode timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" \
+        | sed "s/^{/{\"fused\":\"${FUSED:-on}\",/" | tee -a "$RESULTS"
     done
-    # A/B for the memory pool (device_memory.rs): the driver's default, which hands freed memory
-    # back at every synchronisation, against the kept pool of the rows above.
-    if [ -z "${SKIP_MEMPOOL_AB:-}" ] && [ "$b" = 1 ]; then
-      for mode in ${STEP_MODES:-eager graph}; do
-        PALIGEMMA_CUDA_MEMPOOL=release PALIGEMMA_STEP_MODE=$mode timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" | tee -a "$RESULTS"
-      done
+    # A/B at batch 1, graph mode: without the fused kernels (src/cuda), and with the memory
+    # pool's default release threshold (device_memory.rs), which hands freed memory back to the
+    # driver at every synchronisation.
+    if [ -z "${SKIP_AB:-}" ] && [ "$b" = 1 ]; then
+      PALIGEMMA_FUSED_KERNELS=0 PALIGEMMA_STEP_MODE=graph timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" \
+        | sed 's/^{/{"fused":"off",/' | tee -a "$RESULTS"
+      PALIGEMMA_CUDA_MEMPOOL=release PALIGEMMA_STEP_MODE=graph timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" \
+        | sed "s/^{/{\"fused\":\"${FUSED:-on}\",/" | tee -a "$RESULTS"
     fi
     # Sampled decoding (temperature 1, top-p 0.9: the logits go to the host sampler every token).
     if [ -z "${SKIP_SAMPLED:-}" ] && [ "$b" = 1 ]; then
-      BENCH_TEMPERATURE=1 timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" | tee -a "$RESULTS"
+      BENCH_TEMPERATURE=1 timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" \
+        | sed "s/^{/{\"fused\":\"${FUSED:-on}\",/" | tee -a "$RESULTS"
     fi
     [ -n "${SKIP_PEER:-}" ] || timeout 150 "$PY" benches/peers/transformers_peer.py --model "$CKPT/$m" --device "$DEV" \
       --dtype "$DTYPE" --batch "$b" --new-tokens "$NEW_TOKENS" --runs "$RUNS" --warmup "${PEER_WARMUP:-2}" 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"
-    # The other anchor: static cache + torch.compile (transformers compiles the decode
-    # forward itself on CUDA), for PaliGemma-3B-224 at batch 1 only: compiling takes a while.
-    if [ -z "${SKIP_PEER:-}" ] && [ -z "${SKIP_COMPILED:-}" ] && [ "$m" = pg1-3b-224 ] && [ "$b" = 1 ]; then
-      timeout 300 "$PY" benches/peers/transformers_peer.py --model "$CKPT/$m" --device "$DEV" --compile \
-        --dtype "$DTYPE" --batch "$b" --new-tokens "$NEW_TOKENS" --runs "$RUNS" --warmup 3 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"
-    fi
   done
 done
+
+# The other anchor: static cache + torch.compile (transformers compiles the decode
+# forward itself on CUDA), for PaliGemma-3B-224 at batch 1 only. Compiling takes minutes, so it
+# runs last, in the time left of the device call (BUDGET_S, counted from the script's start).
+left=$(( ${BUDGET_S:-570} - SECONDS - 10 ))
+if [ -z "${SKIP_PEER:-}" ] && [ -z "${SKIP_COMPILED:-}" ] && [ "$left" -gt 60 ]; then
+  echo "== transformers compiled (at most ${left} s)"
+  timeout "$left" "$PY" benches/peers/transformers_peer.py --model "$CKPT/pg1-3b-224" --device "$DEV" --compile \
+    --dtype "$DTYPE" --batch 1 --new-tokens "$NEW_TOKENS" --runs "$RUNS" --warmup 3 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"
+fi
 
 echo "== summary"
 "$PY" benches/report.py "$RESULTS" | tee "$OUT/table.txt"

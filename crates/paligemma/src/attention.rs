@@ -41,13 +41,18 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec: &
     let g = n / kv;
     let q = q.reshape((b, kv, g * t, h))?;
     let mut scores = q.matmul(&k.t()?)?;
-    if let Some(cap) = spec.softcap {
-        scores = (scores.tanh()? * cap)?;
-    }
-    if let Some(mask) = mask {
-        scores = scores.reshape((b, kv, g, t, s))?.broadcast_add(mask)?.reshape((b, kv, g * t, s))?;
-    }
-    let probs = softmax_last_dim(&scores)?;
+    let probs = match crate::cuda::masked_softmax(&scores, mask, spec.softcap)? {
+        Some(probs) => probs,
+        None => {
+            if let Some(cap) = spec.softcap {
+                scores = (scores.tanh()? * cap)?;
+            }
+            if let Some(mask) = mask {
+                scores = scores.reshape((b, kv, g, t, s))?.broadcast_add(mask)?.reshape((b, kv, g * t, s))?;
+            }
+            softmax_last_dim(&scores)?
+        }
+    };
     let out = probs.matmul(v)?; // [B, K, G·T, H]
     Ok(out.reshape((b, n, t, h))?.transpose(1, 2)?.reshape((b, t, n * h))?)
 }

@@ -8,7 +8,7 @@ use crate::config::{Architecture, LayerType, TextConfig};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 
-use crate::layers::{geglu, Layout, Linear, Projection, Quantization, RmsNorm};
+use crate::layers::{add_then_norm, geglu, Layout, Linear, Projection, Quantization, RmsNorm};
 use crate::rotary::RotaryEmbedding;
 use crate::weights::Scope;
 
@@ -92,7 +92,7 @@ impl SelfAttention {
     /// the last one, and returns `[B, 1, D]`.
     fn forward(&self, x: &Tensor, pass: &Pass, layer: usize, mask: Option<&Tensor>, rows: Rows) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let Pass { rope, cache, at } = *pass;
+        let Pass { rope, cache, at, .. } = *pass;
         let (n, k, h) = (self.heads, self.kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x)?;
         // Queries and keys are rotated together, as `n + k` heads: one kernel where two rotations
@@ -108,9 +108,16 @@ impl SelfAttention {
                 (qk, kv)
             }
             Positions::Device(p) => {
-                let qk = RotaryEmbedding::apply_rows(&qk, &p.cos, &p.sin)?;
-                let kv = cache.write_at(layer, &qk.narrow(1, n, k)?, &vn, &p.kv_index)?;
-                (qk, kv)
+                let (k_all, v_all) = cache.buffers(layer);
+                match crate::cuda::rope_and_store(&qkv, (n, k), &p.cos, &p.sin, &p.kv_index, k_all, v_all)? {
+                    // The query heads only; `q` below takes them all.
+                    Some(q) => (q, (k_all.clone(), v_all.clone())),
+                    None => {
+                        let qk = RotaryEmbedding::apply_rows(&qk, &p.cos, &p.sin)?;
+                        let kv = cache.write_at(layer, &qk.narrow(1, n, k)?, &vn, &p.kv_index)?;
+                        (qk, kv)
+                    }
+                }
             }
         };
         let mut q = qk.narrow(1, 0, n)?;
@@ -149,19 +156,19 @@ impl FeedForward {
     }
 }
 
-/// Gemma 2's extra norms; absent for Gemma.
+/// Gemma 2's norms on the attention and feed-forward outputs, before each residual add
+/// (spec §2.5); Gemma has neither.
 struct PostNorms {
-    post_attention: RmsNorm,
-    pre_feedforward: RmsNorm,
-    post_feedforward: RmsNorm,
+    attention: RmsNorm,
+    feedforward: RmsNorm,
 }
 
 struct DecoderLayer {
     input_norm: RmsNorm,
     attention: SelfAttention,
-    /// Gemma: the pre-FFW norm (named `post_attention_layernorm`, spec §8 P10).
-    /// Gemma 2: unused here; see `post_norms`.
-    pre_ffw_norm_gemma: Option<RmsNorm>,
+    /// The norm before the feed-forward: `post_attention_layernorm` in Gemma (the name
+    /// misleads, spec §8 P10), `pre_feedforward_layernorm` in Gemma 2.
+    ffw_norm: RmsNorm,
     post_norms: Option<PostNorms>,
     mlp: FeedForward,
     layer_type: LayerType,
@@ -178,58 +185,52 @@ impl DecoderLayer {
     ) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let norm = |name: &str| RmsNorm::load(&scope.pp(name), d, eps);
-        let (pre_ffw_norm_gemma, post_norms) = match arch {
-            Architecture::PaliGemma => (Some(norm("post_attention_layernorm")?), None),
+        let (ffw_norm, post_norms) = match arch {
+            Architecture::PaliGemma => (norm("post_attention_layernorm")?, None),
             Architecture::PaliGemma2 => (
-                None,
-                Some(PostNorms {
-                    post_attention: norm("post_attention_layernorm")?,
-                    pre_feedforward: norm("pre_feedforward_layernorm")?,
-                    post_feedforward: norm("post_feedforward_layernorm")?,
-                }),
+                norm("pre_feedforward_layernorm")?,
+                Some(PostNorms { attention: norm("post_attention_layernorm")?, feedforward: norm("post_feedforward_layernorm")? }),
             ),
         };
         Ok(DecoderLayer {
             input_norm: norm("input_layernorm")?,
             attention: SelfAttention::load(&scope.pp("self_attn"), cfg, quant, report)?,
-            pre_ffw_norm_gemma,
+            ffw_norm,
             post_norms,
             mlp: FeedForward::load(&scope.pp("mlp"), cfg, quant, report)?,
             layer_type,
         })
     }
 
-    /// `x: [B, T, D]` → `[B, T, D]`, or `[B, 1, D]` (the last position) with [`Rows::Last`].
-    fn forward(&self, x: &Tensor, pass: &Pass, layer: usize, mask: Option<&Tensor>, rows: Rows) -> Result<Tensor> {
-        let a = self.attention.forward(&self.input_norm.forward(x)?, pass, layer, mask, rows)?;
+    /// `x: [B, T, D]`, the residual stream, and `normed`, this layer's input norm of it. Returns
+    /// the next residual stream and `next_norm` of it (the next layer's input norm, or the final
+    /// norm): each residual add is fused with the norm that reads it. With [`Rows::Last`] both
+    /// are `[B, 1, D]`, the last position.
+    fn forward(&self, x: &Tensor, normed: &Tensor, pass: &Pass, layer: usize, rows: Rows, next_norm: &RmsNorm) -> Result<(Tensor, Tensor)> {
+        let mask = match self.layer_type {
+            LayerType::Full => pass.masks[0],
+            LayerType::Sliding => pass.masks[1],
+        };
+        let a = self.attention.forward(normed, pass, layer, mask, rows)?;
         let x = match rows {
             Rows::All => x.clone(),
             Rows::Last => x.narrow(1, x.dim(1)? - 1, 1)?,
         };
-        let x = &x;
-        match (&self.post_norms, &self.pre_ffw_norm_gemma) {
-            (Some(p), _) => {
-                let h = (x + p.post_attention.forward(&a)?)?;
-                let m = self.mlp.forward(&p.pre_feedforward.forward(&h)?)?;
-                Ok((&h + p.post_feedforward.forward(&m)?)?)
-            }
-            (None, Some(pre_ffw)) => {
-                let h = (x + a)?;
-                let m = self.mlp.forward(&pre_ffw.forward(&h)?)?;
-                Ok((h + m)?)
-            }
-            (None, None) => unreachable!("every decoder layer has a feed-forward norm"),
-        }
+        let post = self.post_norms.as_ref();
+        let (h, ffw_in) = add_then_norm(&x, &a, post.map(|p| &p.attention), &self.ffw_norm)?;
+        let m = self.mlp.forward(&ffw_in)?;
+        add_then_norm(&h, &m, post.map(|p| &p.feedforward), next_norm)
     }
 }
 
-/// What every layer of one pass shares: the rotary table, the cache it writes and where the
-/// new tokens sit.
+/// What every layer of one pass shares: the rotary table, the cache it writes, where the new
+/// tokens sit and the attention masks (for full and for sliding layers).
 #[derive(Clone, Copy)]
 struct Pass<'a> {
     rope: &'a RotaryEmbedding,
     cache: &'a KvCache,
     at: Positions<'a>,
+    masks: [Option<&'a Tensor>; 2],
 }
 
 /// Which positions a decoder layer carries past its key/value projections.
@@ -349,29 +350,30 @@ impl Decoder {
     /// The layers, final norm and LM head. `masks`: for full and for sliding layers.
     fn run(&self, embeds: &Tensor, cache: &KvCache, at: Positions, masks: [Option<&Tensor>; 2], logits_for: LogitsFor) -> Result<Tensor> {
         let (_, t, _) = embeds.dims3()?;
-        let mut x = embeds.clone();
-        // On the CPU the prefill is compute-bound, and narrowing the last layer to the last
-        // position skips 5 % of the decoder's FLOPs (PaliGemma-3B: that layer's o_proj and
-        // feed-forward for 265 of 266 positions). The last position's row then goes through the
+        // Narrowing the last layer to the last position skips 5 % of the decoder's FLOPs in a
+        // prefill (PaliGemma-3B: that layer's o_proj and feed-forward for 265 of 266 positions),
+        // which on the CPU is compute-bound. The last position's row then goes through the
         // one-row matmul kernels instead of the batched ones: the same sums in another order,
-        // within f32 rounding. GPU prefills keep every row until that change is checked against
-        // the bf16 greedy ids on a card.
-        let prune_last = logits_for == LogitsFor::Last && t > 1 && embeds.device().is_cpu();
+        // within rounding (checked in f32 by the tests and in bf16 by `scripts/gpu-check.sh`).
+        let prune_last = logits_for == LogitsFor::Last && t > 1;
         let last = self.layers.len().saturating_sub(1);
-        let pass = Pass { rope: &self.rope, cache, at };
+        let pass = Pass { rope: &self.rope, cache, at, masks };
+        let mut x = embeds.clone();
+        let mut normed = match self.layers.first() {
+            Some(first) => first.input_norm.forward(&x)?,
+            None => self.norm.forward(&x)?,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
-            let mask = match layer.layer_type {
-                LayerType::Full => masks[0],
-                LayerType::Sliding => masks[1],
-            };
             let rows = if prune_last && i == last { Rows::Last } else { Rows::All };
-            x = layer.forward(&x, &pass, i, mask, rows)?;
+            let next_norm = self.layers.get(i + 1).map_or(&self.norm, |next| &next.input_norm);
+            (x, normed) = layer.forward(&x, &normed, &pass, i, rows, next_norm)?;
         }
+        // The last layer's output is already through the final norm, which works row by row.
+        let mut h = normed;
         if logits_for == LogitsFor::Last {
-            let t = x.dim(1)?;
-            x = x.narrow(1, t - 1, 1)?.contiguous()?;
+            let t = h.dim(1)?;
+            h = h.narrow(1, t - 1, 1)?.contiguous()?;
         }
-        let h = self.norm.forward(&x)?;
         let (b, rows, d) = h.dims3()?;
         let h = h.reshape((b * rows, d))?;
         let mut logits = self.lm_head.forward(&h)?;

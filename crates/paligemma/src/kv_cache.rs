@@ -91,6 +91,13 @@ impl KvCache {
         Ok((c.k.clone(), c.v.clone()))
     }
 
+    /// The whole key and value buffers of `layer`, for a kernel that writes its slot itself
+    /// ([`crate::cuda::rope_and_store`]).
+    pub(crate) fn buffers(&self, layer: usize) -> (&Tensor, &Tensor) {
+        let c = &self.layers[layer];
+        (&c.k, &c.v)
+    }
+
     /// Empties the cache for a new request, keeping its buffers (and so their addresses, which
     /// a captured decode step refers to). The contents are zeroed: masked slots get probability
     /// exactly 0, and 0 · (a stale value) is 0 only if the value is finite.

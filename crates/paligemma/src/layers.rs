@@ -288,6 +288,25 @@ impl RmsNorm {
     }
 }
 
+/// The residual add and the norm that reads its result: `h = x + post(a)`, then `(h,
+/// next(h))`. `post` is Gemma 2's norm on the branch (spec §2.5); Gemma adds the branch as it
+/// is. One kernel on CUDA ([`crate::cuda`]), up to three ops elsewhere.
+pub fn add_then_norm(x: &Tensor, a: &Tensor, post: Option<&RmsNorm>, next: &RmsNorm) -> Result<(Tensor, Tensor)> {
+    let post_alpha = post.map(|p| &p.alpha);
+    // One eps for both norms: every norm of a decoder shares the config's `rms_norm_eps`.
+    if post.is_none_or(|p| p.eps == next.eps) {
+        if let Some(fused) = crate::cuda::add_norm(x, a, post_alpha, &next.alpha, next.eps)? {
+            return Ok(fused);
+        }
+    }
+    let h = match post {
+        Some(p) => (x + p.forward(a)?)?,
+        None => (x + a)?,
+    };
+    let normed = next.forward(&h)?;
+    Ok((h, normed))
+}
+
 /// tanh-approximated GELU (`gelu_pytorch_tanh`). candle's `Activation::Gelu` is the erf version
 /// and must not be used here (spec §2.2).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
@@ -307,6 +326,9 @@ pub fn geglu(gate_up: &Tensor, hidden: usize) -> Result<Tensor> {
     }
     let geglu_cpu = |v: &[f32]| Ok(Tensor::from_vec(cpu::activation::geglu(v, rows, hidden), dims.as_slice(), gate_up.device())?);
     if let Some(y) = cpu::with_f32_slice(gate_up, geglu_cpu)? {
+        return Ok(y);
+    }
+    if let Some(y) = crate::cuda::geglu(gate_up, hidden)? {
         return Ok(y);
     }
     let last = gate_up.rank() - 1;

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod config;
 pub mod convert;
 pub mod cpu;
+pub(crate) mod cuda;
 pub mod decode_step;
 pub mod decoder;
 pub mod device_memory;
