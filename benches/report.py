@@ -9,12 +9,18 @@ for c in checks:
     steps = f" steps max|Δ|={c['steps_maxdiff']:.2e} (graph: {c['graph']})" if c.get("dtype") == "f32" and "steps_maxdiff" in c else ""
     unfused = {"0": "unfused", "off": "unfused", "no-rope": "no-rope"}.get(c.get("fused", ""), "")
     print(f"parity {c['fixture']:<12} {c['device']:<5} {c['dtype']:<5} {c.get('step_mode', ''):<6} {unfused:<7} prefill max|Δ|={c['prefill_maxdiff']:.2e}{steps} ids={c['ids']}")
+pools = [r.get("mempool") for r in bench if r["engine"] == "paligemma" and "mempool" in r]
+usual_pool = max(set(pools), key=pools.count) if pools else None
+
+
 def label(r):
     """Our rows carry the decode step mode (eager kernel by kernel, or a replayed CUDA graph)."""
     if r["engine"] != "paligemma" or "step_mode" not in r:
         return r["engine"]
     sampled = "+sampled" if r.get("temperature", 0) else ""
-    released = "+release" if r.get("mempool") == "release" else ""
+    # The memory pool's A/B row is the one whose mode differs from the run's usual one (until
+    # 2026-11-28 the pool was kept by default and "release" was the A/B row; now the reverse).
+    released = f"+{r['mempool']}" if r.get("mempool", usual_pool) != usual_pool else ""
     unfused = {"0": "-unfused", "off": "-unfused", "no-rope": "-no-rope"}.get(r.get("fused", ""), "")
     return f"paligemma/{r['step_mode'].lower()}{sampled}{released}{unfused}" + ("" if r.get("graph", True) or r["step_mode"] != "Graph" else "(no capture)")
 

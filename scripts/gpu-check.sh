@@ -75,13 +75,12 @@ for m in ${MODELS:-pg1-3b-224 pg2-3b-448}; do
       PALIGEMMA_STEP_MODE=$mode timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" \
         | sed "s/^{/{\"fused\":\"${FUSED:-on}\",/" | tee -a "$RESULTS"
     done
-    # A/B at batch 1, graph mode: without the fused kernels (src/cuda), and with the memory
-    # pool's default release threshold (device_memory.rs), which hands freed memory back to the
-    # driver at every synchronisation.
+    # A/B at batch 1, graph mode: without the fused kernels (src/cuda), and with the memory pool
+    # keeping freed memory (device_memory.rs) instead of the driver's default release.
     if [ -z "${SKIP_AB:-}" ] && [ "$b" = 1 ]; then
       PALIGEMMA_FUSED_KERNELS=0 PALIGEMMA_STEP_MODE=graph timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" \
         | sed 's/^{/{"fused":"off",/' | tee -a "$RESULTS"
-      PALIGEMMA_CUDA_MEMPOOL=release PALIGEMMA_STEP_MODE=graph timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" \
+      PALIGEMMA_CUDA_MEMPOOL=keep PALIGEMMA_STEP_MODE=graph timeout 150 "$BIN" bench "$CKPT/$m" "$DEV" "$DTYPE" "$b" "$NEW_TOKENS" "$RUNS" \
         | sed "s/^{/{\"fused\":\"${FUSED:-on}\",/" | tee -a "$RESULTS"
     fi
     # Sampled decoding (temperature 1, top-p 0.9: the logits go to the host sampler every token).

@@ -308,8 +308,8 @@ fn bench(args: &[String]) -> AnyResult<()> {
         steps.second_ms,
         steps.steady_ms,
         steps.vision_ms,
-        // device_memory: the CUDA pool keeps freed memory unless PALIGEMMA_CUDA_MEMPOOL=release.
-        std::env::var("PALIGEMMA_CUDA_MEMPOOL").unwrap_or_else(|_| "keep".into()),
+        // device_memory: the CUDA pool releases freed memory unless PALIGEMMA_CUDA_MEMPOOL=keep.
+        if std::env::var("PALIGEMMA_CUDA_MEMPOOL").is_ok_and(|v| v == "keep") { "keep" } else { "release" },
     );
     Ok(())
 }

@@ -2,13 +2,15 @@
 //!
 //! candle allocates every activation with `cuMemAllocAsync`, from the device's default memory
 //! pool. That pool's release threshold is 0 by default: at every synchronisation (one per
-//! generated token, when the chosen id is read) it hands all freed memory back to the driver,
-//! and the next prefill or eager decode step maps it again, allocation by allocation. A model
-//! therefore raises the threshold to "keep everything" while it is loaded, as PyTorch's caching
-//! allocator does in effect, and gives the unused memory back when it is dropped.
+//! generated token, when the chosen id is read) it hands freed memory back to the driver, and
+//! the next prefill or eager decode step maps it again.
 //!
-//! `PALIGEMMA_CUDA_MEMPOOL=release` keeps the driver's default (for A/B timing). On the CPU all
-//! of this is a no-op.
+//! Keeping it (threshold "everything", as PyTorch's caching allocator does in effect) was
+//! measured on an H100 against the default and gained nothing: time to first token 13.4 ms kept
+//! against 11.1 ms released, decode 2.46 against 2.42 ms/token (`benches/RESULTS.md`). So the
+//! driver's default stays, and memory other processes could use is not held.
+//! `PALIGEMMA_CUDA_MEMPOOL=keep` opts in (for A/B timing); a model that kept the pool gives the
+//! unused memory back when it is dropped. On the CPU all of this is a no-op.
 
 use candle_core::Device;
 
@@ -20,13 +22,13 @@ pub struct PoolRetention {
 }
 
 impl PoolRetention {
-    /// Makes `device`'s default pool keep freed memory, unless the environment says otherwise.
+    /// Makes `device`'s default pool keep freed memory when `PALIGEMMA_CUDA_MEMPOOL=keep`.
     /// A driver that refuses leaves the default in place: this is tuning, not correctness.
     pub fn new(device: &Device) -> Self {
         #[cfg(feature = "cuda")]
         {
-            let release = std::env::var("PALIGEMMA_CUDA_MEMPOOL").is_ok_and(|v| v == "release");
-            let kept = matches!(device, Device::Cuda(_)) && !release && cuda::set_release_threshold(device, u64::MAX).is_ok();
+            let keep = std::env::var("PALIGEMMA_CUDA_MEMPOOL").is_ok_and(|v| v == "keep");
+            let kept = matches!(device, Device::Cuda(_)) && keep && cuda::set_release_threshold(device, u64::MAX).is_ok();
             PoolRetention { device: kept.then(|| device.clone()) }
         }
         #[cfg(not(feature = "cuda"))]
