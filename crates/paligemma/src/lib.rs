@@ -4,7 +4,8 @@
 //! ids) → [`vision`] (SigLIP) → [`model`] (projector, embedding merge) → [`decoder`] (Gemma /
 //! Gemma 2, [`attention`], [`kv_cache`], [`rotary`]) → logits → [`sampler`] → [`generate`] (the
 //! loop) → text. [`config`] and [`weights`] describe and load a checkpoint; [`convert`] turns
-//! Google's big_vision `.npz` files into the Hugging Face layout.
+//! Google's big_vision `.npz` files into the Hugging Face layout. [`cpu`] and `cuda` hold the
+//! hand-written kernels that stand in for candle's ops where those are far from the hardware.
 
 pub mod attention;
 pub mod config;
