@@ -5,6 +5,8 @@ import sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
 bench = [r for r in rows if "engine" in r]
 checks = [r for r in rows if r.get("check") == "parity"]
+for k in (r for r in rows if r.get("check") == "kernel-tests"):
+    print(f"fused-kernel tests (src/cuda/tests.rs): {'ok' if k['ok'] else 'FAILED'}")
 for c in checks:
     steps = f" steps max|Δ|={c['steps_maxdiff']:.2e} (graph: {c['graph']})" if c.get("dtype") == "f32" and "steps_maxdiff" in c else ""
     unfused = {"0": "unfused", "off": "unfused", "no-rope": "no-rope"}.get(c.get("fused", ""), "")

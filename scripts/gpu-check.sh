@@ -27,6 +27,15 @@ if [ ! -x "$BIN" ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
+echo "== fused kernels against host loops"
+# Each test in its own process would cost a CUDA start each; one process runs them in turn.
+if [ "$DEV" = cuda ] && [ -z "${SKIP_KERNEL_TESTS:-}" ]; then
+  KTESTS=${KTESTS:-/tmp/kernel_tests}
+  [ -x "$KTESTS" ] || { xz -dc .device/kernel_tests.xz > "$KTESTS" && chmod +x "$KTESTS"; }
+  "$KTESTS" cuda:: --test-threads=1 2>&1 | tail -12 && echo '{"check":"kernel-tests","ok":true}' >> "$RESULTS" \
+    || { echo "!! the fused-kernel tests fail"; echo '{"check":"kernel-tests","ok":false}' >> "$RESULTS"; }
+fi
+
 echo "== parity on $DEV"
 # Each decode step mode that a CUDA session can use, each in its own process (a faulting
 # kernel ends the process): fixed shapes kernel by kernel, and the same replayed as a graph.
@@ -61,14 +70,19 @@ echo "== random checkpoints"
 mkdir -p "$CKPT"
 # Explicit PIDs: a bare `wait` would also wait for the tee behind `exec >(…)` and never return.
 pids=()
+MODELS=${MODELS:-pg1-3b-224 pg2-3b-448}
 if [ -z "${SKIP_CHECKPOINTS:-}" ]; then
-  [ -f "$CKPT/pg1-3b-224/model.safetensors" ] || { "$BIN" random-checkpoint paligemma-3b-224 "$CKPT/pg1-3b-224" bf16 1 & pids+=($!); }
-  [ -f "$CKPT/pg2-3b-448/model.safetensors" ] || { "$BIN" random-checkpoint paligemma2-3b-448 "$CKPT/pg2-3b-448" bf16 2 & pids+=($!); }
+  case " $MODELS " in *" pg1-3b-224 "*)
+    [ -f "$CKPT/pg1-3b-224/model.safetensors" ] || { "$BIN" random-checkpoint paligemma-3b-224 "$CKPT/pg1-3b-224" bf16 1 & pids+=($!); } ;;
+  esac
+  case " $MODELS " in *" pg2-3b-448 "*)
+    [ -f "$CKPT/pg2-3b-448/model.safetensors" ] || { "$BIN" random-checkpoint paligemma2-3b-448 "$CKPT/pg2-3b-448" bf16 2 & pids+=($!); } ;;
+  esac
 fi
 [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
 
 echo "== benchmarks ($DTYPE, $NEW_TOKENS new tokens, median of $RUNS)"
-for m in ${MODELS:-pg1-3b-224 pg2-3b-448}; do
+for m in $MODELS; do
   for b in ${BATCHES:-1 8}; do
     # Each decode step mode in turn (StepMode: eager kernel by kernel, or one CUDA graph per step).
     for mode in ${STEP_MODES:-eager graph}; do
@@ -97,7 +111,7 @@ done
 # forward itself on CUDA), for PaliGemma-3B-224 at batch 1 only. Compiling takes minutes, so it
 # runs last, in the time left of the device call (BUDGET_S, counted from the script's start).
 left=$(( ${BUDGET_S:-570} - SECONDS - 10 ))
-if [ -z "${SKIP_PEER:-}" ] && [ -z "${SKIP_COMPILED:-}" ] && [ "$left" -gt 60 ]; then
+if [ -z "${SKIP_PEER:-}" ] && [ -z "${SKIP_COMPILED:-}" ] && [ "$left" -gt 60 ] && [ -f "$CKPT/pg1-3b-224/model.safetensors" ]; then
   echo "== transformers compiled (at most ${left} s)"
   timeout "$left" "$PY" benches/peers/transformers_peer.py --model "$CKPT/pg1-3b-224" --device "$DEV" --compile \
     --dtype "$DTYPE" --batch 1 --new-tokens "$NEW_TOKENS" --runs "$RUNS" --warmup 3 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"

@@ -5,6 +5,7 @@ use candle_core::{DType, Tensor};
 
 use crate::attention::{attend, AttentionSpec, MaskSpec};
 use crate::config::{Architecture, LayerType, TextConfig};
+use crate::cuda::RopeStore;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 
@@ -109,7 +110,8 @@ impl SelfAttention {
             }
             Positions::Device(p) => {
                 let (k_all, v_all) = cache.buffers(layer);
-                match crate::cuda::rope_and_store(&qkv, (n, k), &p.cos, &p.sin, &p.kv_index, k_all, v_all)? {
+                let fused = RopeStore { qkv: &qkv, heads: (n, k), cos: &p.cos, sin: &p.sin, slot: &p.kv_index, k_cache: k_all, v_cache: v_all };
+                match crate::cuda::rope_and_store(&fused)? {
                     // The query heads only; `q` below takes them all.
                     Some(q) => (q, (k_all.clone(), v_all.clone())),
                     None => {

@@ -128,7 +128,8 @@ __device__ void rope_store(const T *qkv, const T *cos, const T *sin, const uint3
   const int heads = n + 2 * k;
   const int b = blockIdx.x / heads, head = blockIdx.x % heads;
   const size_t at = slot[0];
-  if (at >= (size_t)cap) return;  // the host never asks for this; never write past the cache
+  // The host never asks for a slot past the cache; if it did, nothing is written there.
+  if (head >= n && at >= (size_t)cap) return;
   const T *src = qkv + ((size_t)b * heads + head) * d;
   T *dst;
   if (head < n) dst = q_out + ((size_t)b * n + head) * d;

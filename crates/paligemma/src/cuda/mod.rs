@@ -22,6 +22,8 @@ use crate::error::Result;
 
 #[cfg(feature = "cuda")]
 mod ops;
+#[cfg(all(test, feature = "cuda"))]
+mod tests;
 
 /// `PALIGEMMA_FUSED_KERNELS`, read once.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -68,24 +70,30 @@ pub(crate) fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, softcap: Op
     Ok(None)
 }
 
-/// The fixed-shape decode step's rotary embedding and cache write: rotates the query and key
-/// heads of `qkv: [B, 1, (n + 2k)·d]` by `cos, sin: [1, d / 2]`, writes keys and values into
-/// `k_cache, v_cache: [B, k, capacity, d]` at the slot held by `slot` (u32, first element) in
-/// place, and returns the rotated queries `[B, n, 1, d]`.
+/// What the fixed-shape decode step's rotary embedding and cache write read and write.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct RopeStore<'a> {
+    /// The fused projection, `[B, 1, (n + 2k)·d]`.
+    pub qkv: &'a Tensor,
+    /// `(n, k)`: query heads and key/value heads.
+    pub heads: (usize, usize),
+    /// `[1, d / 2]` each: the rotary rows of the position.
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    /// u32 on the device; its first element is the cache slot.
+    pub slot: &'a Tensor,
+    /// `[B, k, capacity, d]` each, written in place.
+    pub k_cache: &'a Tensor,
+    pub v_cache: &'a Tensor,
+}
+
+/// Rotates the query and key heads, writes keys and values into the caches at the slot, and
+/// returns the rotated queries `[B, n, 1, d]`.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn rope_and_store(
-    qkv: &Tensor,
-    heads: (usize, usize),
-    cos: &Tensor,
-    sin: &Tensor,
-    slot: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-) -> Result<Option<Tensor>> {
+pub(crate) fn rope_and_store(args: &RopeStore) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
-    if enabled(qkv.device()) && setting() != "no-rope" {
-        return ops::rope_and_store(qkv, heads, cos, sin, slot, k_cache, v_cache);
+    if enabled(args.qkv.device()) && setting() != "no-rope" {
+        return ops::rope_and_store(args);
     }
     Ok(None)
 }

@@ -49,15 +49,8 @@ pub(super) fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, softcap: Op
     Ok(Some(scores.apply_op1_no_bwd(&Fused(kernel))?))
 }
 
-pub(super) fn rope_and_store(
-    qkv: &Tensor,
-    (n, k): (usize, usize),
-    cos: &Tensor,
-    sin: &Tensor,
-    slot: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-) -> Result<Option<Tensor>> {
+pub(super) fn rope_and_store(args: &super::RopeStore) -> Result<Option<Tensor>> {
+    let super::RopeStore { qkv, heads: (n, k), cos, sin, slot, k_cache, v_cache } = *args;
     let (b, t, width) = qkv.dims3()?;
     let (cache_b, cache_k, capacity, d) = k_cache.dims4()?;
     let same = |t: &Tensor| covered(t) && t.dtype() == qkv.dtype();
