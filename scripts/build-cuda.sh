@@ -6,6 +6,8 @@
 #
 # Output: npm/linux-x64-gnu-cuda/paligemma.linux-x64-gnu-cuda.node (stripped).
 # Usage: scripts/build-cuda.sh            (CUDA_DIR defaults to .cuda/, the build to target/cuda/)
+#        CUDA_COMPUTE_CAP=89 scripts/build-cuda.sh   (another GPU generation: the kernels run on
+#        that compute capability and newer; the engine refuses an older GPU by name at load)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

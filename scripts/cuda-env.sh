@@ -37,7 +37,7 @@ if [ ! -f "$STUB/libcuda.so" ]; then
 fi
 
 export PATH="$CUDA_HOME/bin:$PATH"
-export CUDA_COMPUTE_CAP=90
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}  # H100/H200; the GPU check and the npm package are built for these
 export CUDARC_CUDA_VERSION=13000
 export LIBRARY_PATH="$LIB:$STUB${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export CARGO_TARGET_DIR="$ROOT/target/cuda"

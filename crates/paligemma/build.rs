@@ -14,6 +14,8 @@ fn main() {
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("fused.ptx");
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    // The device check refuses GPUs older than the kernels' target (crate::device).
+    println!("cargo:rustc-env=PALIGEMMA_CUDA_COMPUTE_CAP={cap}");
     let nvcc = std::env::var_os("NVCC")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("CUDA_HOME").map(|home| PathBuf::from(home).join("bin/nvcc")).filter(|p| p.exists()))

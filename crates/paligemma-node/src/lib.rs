@@ -17,7 +17,6 @@
 // #[napi] exports look unused; they are used, from JavaScript.
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
-mod device;
 mod error;
 mod jobs;
 mod processor;
@@ -35,7 +34,8 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::bindgen_prelude::Object;
 use napi::{Env, Status};
 use napi_derive::napi;
-use paligemma::{LoadMonitor, LoadOptions, PaliGemma};
+use paligemma::device::{device_name, dtype_name};
+use paligemma::{ChosenDevice, DeviceRequest, LoadMonitor, LoadOptions, PaliGemma};
 
 use crate::error::{guard, NativeFailure};
 use crate::jobs::{convert_request, EventSink, ForwardJob, GenerateJob, NativeForwardOutput, NativeGenerateRequest, Settle};
@@ -116,6 +116,8 @@ pub struct NativeModelInfo {
     pub has_tokenizer: bool,
     /// Bytes of tensor data in the checkpoint files.
     pub weight_bytes: f64,
+    /// Why device 'auto' runs on the CPU although this build has CUDA; absent otherwise.
+    pub device_fallback: Option<String>,
 }
 
 fn model_info(loaded: &Loaded, threads: usize, weight_bytes: u64) -> NativeModelInfo {
@@ -131,14 +133,15 @@ fn model_info(loaded: &Loaded, threads: usize, weight_bytes: u64) -> NativeModel
         vocab_size: config.text.vocab_size as u32,
         hidden_size: config.text.hidden_size as u32,
         context_length: config.text.max_position_embeddings as u32,
-        device: device::device_name(model.device()).to_string(),
+        device: device_name(model.device()).to_string(),
         dtype: match model.quantization_mode() {
             Some(q) => q.as_str().to_string(),
-            None => device::dtype_name(model.dtype()).to_string(),
+            None => dtype_name(model.dtype()).to_string(),
         },
         threads: threads as u32,
         has_tokenizer: loaded.tokenizer.is_some(),
         weight_bytes: weight_bytes as f64,
+        device_fallback: loaded.device_fallback.clone(),
     }
 }
 
@@ -171,8 +174,10 @@ pub fn load_model<'env>(
         let weight_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let total = weight_bytes.clone();
         let load = Box::new(move || -> Result<Loaded, NativeFailure> {
-            let device = device::select_device(&options.device)?;
-            let (dtype, quantization) = device::select_precision(options.dtype.as_deref(), &device)?;
+            let core = |e: paligemma::Error| NativeFailure::from_core(&e, false);
+            let request: DeviceRequest = options.device.parse().map_err(core)?;
+            let ChosenDevice { device, fallback } = paligemma::choose_device(request).map_err(core)?;
+            let (dtype, quantization) = paligemma::choose_precision(options.dtype.as_deref(), &device).map_err(core)?;
             let last_sent: Mutex<Option<Instant>> = Mutex::new(None);
             let progress = |loaded: u64, all: u64| {
                 total.store(all, Ordering::Relaxed);
@@ -198,7 +203,7 @@ pub fn load_model<'env>(
                 ),
             })?;
             let tokenizer = text::load(&dir, model.config())?;
-            Ok(Loaded { model, tokenizer })
+            Ok(Loaded { model, tokenizer, device_fallback: fallback })
         });
         let model_queue = QueueHandle(queue.clone());
         let on_loaded = Box::new(move |result: Result<&Loaded, NativeFailure>| match result {

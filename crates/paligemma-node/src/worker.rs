@@ -222,6 +222,8 @@ pub(crate) fn build_pool(threads: usize, model_id: u32) -> Result<rayon::ThreadP
 pub(crate) struct Loaded {
     pub model: paligemma::PaliGemma,
     pub tokenizer: Option<Tokenizer>,
+    /// [`paligemma::ChosenDevice::fallback`].
+    pub device_fallback: Option<String>,
 }
 
 /// Loads the model (and tokenizer) on the worker.

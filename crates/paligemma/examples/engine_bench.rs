@@ -32,21 +32,15 @@ fn main() {
     }
 }
 
-fn device(name: &str) -> AnyResult<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
-        other => return Err(format!("unknown device {other}").into()),
-    })
-}
-
-fn dtype(name: &str) -> AnyResult<DType> {
-    Ok(match name {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        other => return Err(format!("unknown dtype {other}").into()),
-    })
+/// The device and dtype as the Node binding chooses them (`paligemma::device`), so the GPU
+/// check runs the addon's selection too.
+fn placement(device: &str, dtype: &str) -> AnyResult<(Device, DType)> {
+    let chosen = paligemma::choose_device(device.parse()?)?;
+    if let Some(why) = &chosen.fallback {
+        eprintln!("engine_bench: {why}");
+    }
+    let (dtype, _) = paligemma::choose_precision(Some(dtype), &chosen.device)?;
+    Ok((chosen.device, dtype))
 }
 
 /// Hub names, the inverse of `weights::canonical_name`.
@@ -136,7 +130,8 @@ fn parity(args: &[String]) -> AnyResult<()> {
     let [dir, dev, dt] = args else { return Err("parity <fixture-dir> <cpu|cuda> <f32|bf16>".into()) };
     let dir = PathBuf::from(dir);
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let options = LoadOptions { device: device(dev)?, dtype: dtype(dt)?, ..Default::default() };
+    let (device, dtype) = placement(dev, dt)?;
+    let options = LoadOptions { device, dtype, ..Default::default() };
     let model = PaliGemma::load(&dir, &options)?;
     let inputs = load_tensors(&dir.join("inputs.safetensors"))?;
     let input_ids = ids(&inputs["input_ids"])?;
@@ -249,7 +244,8 @@ fn bench(args: &[String]) -> AnyResult<()> {
         return Err("bench <model-dir> <cpu|cuda> <f32|f16|bf16> <batch> <new-tokens> <runs>".into());
     };
     let (batch, new_tokens, runs): (usize, usize, usize) = (batch.parse()?, new_tokens.parse()?, runs.parse()?);
-    let options = LoadOptions { device: device(dev)?, dtype: dtype(dt)?, ..Default::default() };
+    let (device, dtype) = placement(dev, dt)?;
+    let options = LoadOptions { device, dtype, ..Default::default() };
     let t0 = Instant::now();
     let model = PaliGemma::load(Path::new(dir), &options)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -3,9 +3,10 @@
 //! The data path, one module per stage: [`image`] (bytes → pixels) → [`prompt`] (text → token
 //! ids) → [`vision`] (SigLIP) → [`model`] (projector, embedding merge) → [`decoder`] (Gemma /
 //! Gemma 2, [`attention`], [`kv_cache`], [`rotary`]) → logits → [`sampler`] → [`generate`] (the
-//! loop) → text. [`config`] and [`weights`] describe and load a checkpoint; [`convert`] turns
-//! Google's big_vision `.npz` files into the Hugging Face layout. [`cpu`] and `cuda` hold the
-//! hand-written kernels that stand in for candle's ops where those are far from the hardware.
+//! loop) → text. [`config`] and [`weights`] describe and load a checkpoint, on the device and in
+//! the precision that [`device`] chooses; [`convert`] turns Google's big_vision `.npz` files into
+//! the Hugging Face layout. [`cpu`] and `cuda` hold the hand-written kernels that stand in for
+//! candle's ops where those are far from the hardware.
 
 pub mod attention;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod cpu;
 pub(crate) mod cuda;
 pub mod decode_step;
 pub mod decoder;
+pub mod device;
 pub mod device_memory;
 pub mod error;
 pub mod generate;
@@ -34,6 +36,7 @@ pub use config::{Architecture, Config, LayerType, TextConfig, VisionConfig};
 pub use error::{Error, ErrorCode, Result};
 pub use generate::{generate, generate_batch, Control, FinishReason, GenerateOutput, GenerateRequest, Timings};
 pub use decode_step::StepMode;
+pub use device::{choose_device, choose_precision, ChosenDevice, DeviceRequest};
 pub use layers::Quantization;
 pub use model::{LoadOptions, PaliGemma, Session};
 pub use sampler::SamplingParams;
