@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import test from 'ava'
 
 import { PaliGemma, PaliGemmaError } from '../dist/index.js'
-import { native } from '../dist/src/native.js'
+import { cudaFallbackNote, native } from '../dist/src/native.js'
 import { fixture } from './helpers/fixtures.mjs'
 
 const f = fixture('pg1-tiny-a')
@@ -161,6 +161,21 @@ test('load: device cuda on a CPU build is ERR_DEVICE_UNAVAILABLE', async (t) => 
   if (native().addonInfo().cuda) return t.pass('this addon was built with CUDA')
   const error = await t.throwsAsync(PaliGemma.load(f.dir, { device: 'cuda' }), { code: 'ERR_DEVICE_UNAVAILABLE' })
   t.regex(error.message, /CUDA/)
+})
+
+test('load: device auto on a CPU-only install runs on the CPU and reports no fallback', async (t) => {
+  // (scripts/test-pack-install.sh checks the fallback from an installed CUDA build.)
+  if (native().addonInfo().cuda || cudaFallbackNote()) return t.pass('a CUDA build is installed here')
+  const warnings = []
+  const onWarning = (w) => warnings.push(w)
+  process.on('warning', onWarning)
+  const model = await PaliGemma.load(f.dir, { device: 'auto' })
+  await new Promise((resolve) => setImmediate(resolve))
+  process.off('warning', onWarning)
+  t.is(model.info.device, 'cpu')
+  t.false('deviceFallback' in model.info)
+  t.deepEqual(warnings.filter((w) => w.code === 'PALIGEMMA_CPU_FALLBACK'), [])
+  await model.dispose()
 })
 
 test('load: bf16 on the CPU is ERR_INVALID_ARGUMENT', async (t) => {

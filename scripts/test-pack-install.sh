@@ -160,4 +160,51 @@ if (maps) {
 EOF
 run_clean node check.mjs "$WORK/model" "$SUFFIX" || fail "library check"
 
+if [ "$SUFFIX" = linux-x64-gnu ]; then
+  step "an installed CUDA build on a machine without an NVIDIA driver"
+  # The real CUDA build needs the driver's libcuda.so.1 to load (cudarc links it). Building it
+  # takes a CUDA toolkit and a second candle build, so this stands in a shared object with the
+  # same dependency, linked against a stub that is then removed, as on a machine without the
+  # driver. It ships under the real package manifest and is installed from its tarball.
+  FAKE="$WORK/fake-cuda"
+  mkdir -p "$FAKE/stub" "$FAKE/package"
+  echo 'int cuInit(unsigned flags) { return 0; }' > "$FAKE/stub.c"
+  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$FAKE/stub/libcuda.so" "$FAKE/stub.c"
+  echo 'extern int cuInit(unsigned); int paligemma_needs_the_driver(void) { return cuInit(0); }' > "$FAKE/addon.c"
+  cc -shared -fPIC -Wl,--no-as-needed -o "$FAKE/package/paligemma.$SUFFIX-cuda.node" "$FAKE/addon.c" -L"$FAKE/stub" -lcuda
+  rm -r "$FAKE/stub"
+  cp "$REPO/npm/$SUFFIX-cuda/package.json" "$FAKE/package/"
+  CUDA_TGZ="$WORK/packs/$(cd "$FAKE/package" && npm pack --silent --pack-destination "$WORK/packs" | tail -n 1)"
+  run_clean npm install --offline --no-audit --no-fund --registry=http://127.0.0.1:9/ "$CUDA_TGZ" >>"$WORK/install.log" 2>&1 ||
+    { cat "$WORK/install.log"; fail "npm install of the CUDA package"; }
+  cat > fallback.mjs <<'EOF'
+import { PaliGemma } from 'paligemma'
+const [dir, mode] = process.argv.slice(2)
+const warnings = []
+process.on('warning', (w) => warnings.push(w))
+const check = (ok, what) => { if (!ok) throw new Error(what) }
+const model = await PaliGemma.load(dir, { device: 'auto' })
+await new Promise((resolve) => setImmediate(resolve)) // warnings are emitted on the next tick
+const fallbacks = warnings.filter((w) => w.code === 'PALIGEMMA_CPU_FALLBACK')
+check(model.info.device === 'cpu', `auto ran on ${model.info.device}`)
+if (mode === 'no-cuda') {
+  check(fallbacks.length === 0 && model.info.deviceFallback === undefined, `PALIGEMMA_NO_CUDA=1 still reports a fallback: ${fallbacks.map((w) => w.message)}`)
+  console.log('ok: PALIGEMMA_NO_CUDA=1 skips the CUDA build without a warning')
+} else {
+  check(/CUDA build could not be loaded.*libcuda\.so\.1/.test(model.info.deviceFallback ?? ''), `info.deviceFallback: ${model.info.deviceFallback}`)
+  check(fallbacks.length === 1 && fallbacks[0].message.includes(model.info.deviceFallback), `warnings: ${warnings.map((w) => `${w.code}: ${w.message}`)}`)
+  const cpu = await PaliGemma.load(dir, { device: 'cpu' })
+  check(cpu.info.deviceFallback === undefined, 'device cpu reports a fallback')
+  await cpu.dispose()
+  const error = await PaliGemma.load(dir, { device: 'cuda' }).then(() => undefined, (e) => e)
+  check(error?.code === 'ERR_DEVICE_UNAVAILABLE' && /libcuda\.so\.1/.test(error.message), `device cuda: ${error?.code}: ${error?.message}`)
+  check(warnings.filter((w) => w.code === 'PALIGEMMA_CPU_FALLBACK').length === 1, 'the fallback was warned about more than once')
+  console.log(`ok: auto falls back with one warning (${fallbacks[0].message.slice(0, 110)}…); cuda is ERR_DEVICE_UNAVAILABLE naming libcuda.so.1`)
+}
+await model.dispose()
+EOF
+  run_clean node fallback.mjs "$WORK/model" || fail "CUDA fallback check"
+  run_clean env PALIGEMMA_NO_CUDA=1 node fallback.mjs "$WORK/model" no-cuda || fail "PALIGEMMA_NO_CUDA check"
+fi
+
 echo "pack/install test passed"

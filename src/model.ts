@@ -7,7 +7,7 @@
 import { abortErrorFor, disposedError, errorFromFailure, errorFromThrown } from './errors.js'
 import type { AbortError, PaliGemmaError } from './errors.js'
 import { resolveLoadTarget } from './hub.js'
-import { isFailure, native } from './native.js'
+import { cudaFallbackNote, isFailure, native, warnCpuFallback } from './native.js'
 import type { NativeBinding, NativeFailure, NativeForwardOutput, NativeModel, NativeModelInfo, NativeProgress } from './native.js'
 import { validateForwardInput, validateGenerateRequest, validateLoadArgs } from './options.js'
 import { isImageRequest, startImageRequest } from './image.js'
@@ -17,7 +17,7 @@ import type { LanguageTaskOptions, SegmentOptions, TaskOptions } from './tasks.j
 import type { DType, ForwardInput, ForwardOutput, GenerateRequest, GenerateResult, LoadOptions, ModelInfo, StreamChunk } from './types.js'
 import type { Detection, ImageInput, ImageRequest, Segmentation } from './types.js'
 
-function publicInfo(info: NativeModelInfo): ModelInfo {
+function publicInfo(info: NativeModelInfo, deviceFallback: string | undefined): ModelInfo {
   return Object.freeze({
     architecture: info.architecture === 'paligemma2' ? 'paligemma2' : 'paligemma',
     imageSize: info.imageSize,
@@ -32,7 +32,24 @@ function publicInfo(info: NativeModelInfo): ModelInfo {
     dtype: info.dtype as DType,
     threads: info.threads,
     hasTokenizer: info.hasTokenizer,
+    ...(deviceFallback === undefined ? {} : { deviceFallback }),
   })
+}
+
+/**
+ * Why a model loaded with `device: 'auto'` runs on the CPU although a CUDA build is installed:
+ * the CUDA addon could not load (see `native()`), or it loaded and opened no GPU.
+ */
+function autoFallback(requested: string, info: NativeModelInfo): string | undefined {
+  if (info.deviceFallback) return info.deviceFallback
+  return requested === 'auto' && info.device === 'cpu' ? cudaFallbackNote() : undefined
+}
+
+/** A CPU build's `ERR_DEVICE_UNAVAILABLE` also says why the installed CUDA build did not load. */
+function withCudaNote(failure: NativeFailure): NativeFailure {
+  const note = cudaFallbackNote()
+  if (failure.code !== 'ERR_DEVICE_UNAVAILABLE' || note === undefined) return failure
+  return { code: failure.code, message: `${failure.message} (${note})` }
 }
 
 /** Calls `signal`'s abort handler only while `body` runs. */
@@ -75,12 +92,12 @@ export class PaliGemma implements AsyncDisposable {
   /** `segment()`'s default mask decoder (the `vaePath` load option). */
   readonly #vaePath: string | undefined
 
-  private constructor(binding: NativeBinding, model: NativeModel, vaePath: string | undefined) {
+  private constructor(binding: NativeBinding, model: NativeModel, vaePath: string | undefined, deviceFallback: string | undefined) {
     this.#binding = binding
     this.#native = model
     this.#vaePath = vaePath
     this.#nativeInfo = model.info
-    this.info = publicInfo(this.#nativeInfo)
+    this.info = publicInfo(this.#nativeInfo, deviceFallback)
   }
 
   /**
@@ -150,8 +167,10 @@ export class PaliGemma implements AsyncDisposable {
       if (progressError) throw progressError.error
       if (signal) throw abortErrorFor(signal)
     }
-    if (isFailure(result)) throw errorFromFailure(result, signal?.reason)
-    return new PaliGemma(binding, result, args.vaePath)
+    if (isFailure(result)) throw errorFromFailure(withCudaNote(result), signal?.reason)
+    // The addon already warned when the CUDA build itself could not load.
+    if (result.info.deviceFallback) warnCpuFallback(result.info.deviceFallback)
+    return new PaliGemma(binding, result, args.vaePath, autoFallback(args.native.device, result.info))
   }
 
   /** Whether {@link PaliGemma.dispose} was called. */

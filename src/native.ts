@@ -50,6 +50,8 @@ export interface NativeModelInfo {
   threads: number
   hasTokenizer: boolean
   weightBytes: number
+  /** Why device 'auto' runs on the CPU although the loaded addon has CUDA. */
+  deviceFallback?: string
 }
 
 /** @internal */
@@ -166,6 +168,19 @@ function cudaAllowed(suffix: string): boolean {
 }
 
 let fallbackNote: string | undefined
+const warned = new Set<string>()
+
+/**
+ * Tells the user, once per process and reason, that work meant for a GPU runs on the CPU (a
+ * `PALIGEMMA_CPU_FALLBACK` process warning, which Node prints on stderr).
+ *
+ * @internal
+ */
+export function warnCpuFallback(reason: string): void {
+  if (warned.has(reason)) return
+  warned.add(reason)
+  process.emitWarning(`paligemma: ${reason}`, { code: 'PALIGEMMA_CPU_FALLBACK' })
+}
 
 /**
  * Why a CUDA build was not used, when one was installed but failed to load (for example no
@@ -209,7 +224,7 @@ export function native(): NativeBinding {
       cached = require(candidate) as NativeBinding
       if (cudaFailures.length > 0) {
         fallbackNote = `the CUDA build could not be loaded (${cudaFailures.join('; ')}); using the CPU build`
-        process.emitWarning(`paligemma: ${fallbackNote}`, { code: 'PALIGEMMA_CPU_FALLBACK' })
+        warnCpuFallback(fallbackNote)
       }
       return cached
     } catch (error) {

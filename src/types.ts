@@ -33,9 +33,11 @@ export interface LoadProgress {
 /** Options of {@link PaliGemma.load}. */
 export interface LoadOptions {
   /**
-   * Compute device. Default `'auto'` (currently the CPU unless the addon was built with CUDA).
-   * `'cuda'` on a build without CUDA support or a machine without a usable GPU rejects with
-   * `ERR_DEVICE_UNAVAILABLE`.
+   * Compute device. Default `'auto'`: the first CUDA GPU when the CUDA build
+   * (`paligemma-linux-x64-gnu-cuda`) is installed and opens one, else the CPU, with a
+   * `PALIGEMMA_CPU_FALLBACK` warning and {@link ModelInfo.deviceFallback} saying why when a CUDA
+   * build was there. `'cuda'` on a build without CUDA support or a machine without a usable GPU
+   * rejects with `ERR_DEVICE_UNAVAILABLE`.
    */
   device?: DeviceKind
   /** Precision. Default: `'f32'` on the CPU (which has no fast bf16 matmul), `'bf16'` on CUDA. */
@@ -95,6 +97,13 @@ export interface ModelInfo {
   threads: number
   /** Whether `tokenizer.json` was loaded, enabling `text` output and `stop` strings. */
   hasTokenizer: boolean
+  /**
+   * Why a model loaded with `device: 'auto'` runs on the CPU although a CUDA build is
+   * installed: the CUDA addon could not load (no NVIDIA driver, say), or it found no usable GPU.
+   * The same text goes to a `PALIGEMMA_CPU_FALLBACK` process warning, once per process. Absent
+   * when the model runs where it was asked to, and on a CPU-only install.
+   */
+  deviceFallback?: string
 }
 
 /** Input of {@link PaliGemma.forward}. */
