@@ -1,0 +1,210 @@
+//! One decoder layer and its blocks: self-attention with the rotary embedding and the KV
+//! cache write, the GeGLU feed-forward, and the norms around them (Gemma 2's post-norms
+//! included, spec §2.5).
+
+use candle_core::Tensor;
+
+use super::{Positions, QuantizationReport};
+use crate::attention::{attend, AttentionSpec};
+use crate::config::{Architecture, LayerType, TextConfig};
+use crate::cuda::RopeStore;
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::layers::{add_then_norm, geglu, Layout, Linear, Projection, Quantization, RmsNorm};
+use crate::rotary::RotaryEmbedding;
+use crate::weights::Scope;
+
+/// `linear` in the quantization mode, if one is set, counted in `report` (the LM head too).
+pub(super) fn maybe_quantize(linear: Linear, q: Option<Quantization>, report: &mut QuantizationReport) -> Result<Linear> {
+    let Some(q) = q else { return Ok(linear) };
+    report.total += 1;
+    let (linear, done) = linear.quantized(q)?;
+    report.quantized += usize::from(done);
+    Ok(linear)
+}
+
+struct SelfAttention {
+    qkv: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    spec: AttentionSpec,
+}
+
+impl SelfAttention {
+    fn load(scope: &Scope, cfg: &TextConfig, quant: Option<Quantization>, report: &mut QuantizationReport) -> Result<Self> {
+        let (d, n, k, h) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let spec = AttentionSpec { scale: cfg.attention_scale, softcap: cfg.attn_logit_softcapping };
+        let layout = Layout::for_scope(scope, quant.is_none());
+        let qkv = [
+            Projection::new(scope.pp("q_proj"), n * h).scaled(spec.query_factor()),
+            Projection::new(scope.pp("k_proj"), k * h),
+            Projection::new(scope.pp("v_proj"), k * h),
+        ];
+        let o_proj = [Projection::new(scope.pp("o_proj"), d)];
+        Ok(SelfAttention {
+            qkv: maybe_quantize(Linear::load_stacked(&qkv, d, false, layout)?, quant, report)?,
+            o_proj: maybe_quantize(Linear::load_stacked(&o_proj, n * h, false, layout)?, quant, report)?,
+            heads: n,
+            kv_heads: k,
+            head_dim: h,
+            spec,
+        })
+    }
+
+    /// `rows`: [`Rows::Last`] writes keys and values for every position but attends only from
+    /// the last one, and returns `[B, 1, D]`.
+    fn forward(&self, x: &Tensor, pass: &Pass, layer: usize, mask: Option<&Tensor>, rows: Rows) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let Pass { rope, cache, at, .. } = *pass;
+        let (n, k, h) = (self.heads, self.kv_heads, self.head_dim);
+        let qkv = self.qkv.forward(x)?;
+        // Queries and keys are rotated together, as `n + k` heads: one kernel where two rotations
+        // and two gathers would run (at batch 1 the q|k block is already contiguous).
+        let qk = qkv.narrow(2, 0, (n + k) * h)?.reshape((b, t, n + k, h))?.transpose(1, 2)?;
+        let vn = qkv.narrow(2, (n + k) * h, k * h)?.reshape((b, t, k, h))?.transpose(1, 2)?;
+        let (qk, (keys, values)) = match at {
+            Positions::Host => {
+                // transformers numbers positions from 1 (spec §2.7, §8 P1); matching it keeps
+                // the rounding of cos/sin identical to the reference.
+                let qk = rope.apply(&qk, cache.len() + 1)?;
+                let kv = cache.write(layer, &qk.narrow(1, n, k)?, &vn)?;
+                (qk, kv)
+            }
+            Positions::Device(p) => {
+                let (k_all, v_all) = cache.buffers(layer);
+                let fused = RopeStore { qkv: &qkv, heads: (n, k), cos: &p.cos, sin: &p.sin, slot: &p.kv_index, k_cache: k_all, v_cache: v_all };
+                match crate::cuda::rope_and_store(&fused)? {
+                    // The query heads only; `q` below takes them all.
+                    Some(q) => (q, (k_all.clone(), v_all.clone())),
+                    None => {
+                        let qk = RotaryEmbedding::apply_rows(&qk, &p.cos, &p.sin)?;
+                        let kv = cache.write_at(layer, &qk.narrow(1, n, k)?, &vn, &p.kv_index)?;
+                        (qk, kv)
+                    }
+                }
+            }
+        };
+        let mut q = qk.narrow(1, 0, n)?;
+        let mut mask = mask.cloned();
+        if rows == Rows::Last {
+            q = q.narrow(2, t - 1, 1)?;
+            mask = mask.map(|m| m.narrow(0, t - 1, 1)).transpose()?;
+        }
+        let out = attend(&q, &keys, &values, mask.as_ref(), &self.spec)?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// GeGLU feed-forward: `down(gelu_tanh(gate(x)) ⊙ up(x))`, gate and up fused into one matmul.
+struct FeedForward {
+    gate_up: Linear,
+    down: Linear,
+    hidden: usize,
+}
+
+impl FeedForward {
+    fn load(scope: &Scope, cfg: &TextConfig, quant: Option<Quantization>, report: &mut QuantizationReport) -> Result<Self> {
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let layout = Layout::for_scope(scope, quant.is_none());
+        let gate_up = [Projection::new(scope.pp("gate_proj"), f), Projection::new(scope.pp("up_proj"), f)];
+        let down = [Projection::new(scope.pp("down_proj"), d)];
+        Ok(FeedForward {
+            gate_up: maybe_quantize(Linear::load_stacked(&gate_up, d, false, layout)?, quant, report)?,
+            down: maybe_quantize(Linear::load_stacked(&down, f, false, layout)?, quant, report)?,
+            hidden: f,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down.forward(&geglu(&self.gate_up.forward(x)?, self.hidden)?)
+    }
+}
+
+/// Gemma 2's norms on the attention and feed-forward outputs, before each residual add
+/// (spec §2.5); Gemma has neither.
+struct PostNorms {
+    attention: RmsNorm,
+    feedforward: RmsNorm,
+}
+
+pub(super) struct DecoderLayer {
+    pub(super) input_norm: RmsNorm,
+    attention: SelfAttention,
+    /// The norm before the feed-forward: `post_attention_layernorm` in Gemma (the name
+    /// misleads, spec §8 P10), `pre_feedforward_layernorm` in Gemma 2.
+    ffw_norm: RmsNorm,
+    post_norms: Option<PostNorms>,
+    mlp: FeedForward,
+    layer_type: LayerType,
+}
+
+impl DecoderLayer {
+    pub(super) fn load(
+        scope: &Scope,
+        cfg: &TextConfig,
+        arch: Architecture,
+        layer_type: LayerType,
+        quant: Option<Quantization>,
+        report: &mut QuantizationReport,
+    ) -> Result<Self> {
+        let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let norm = |name: &str| RmsNorm::load(&scope.pp(name), d, eps);
+        let (ffw_norm, post_norms) = match arch {
+            Architecture::PaliGemma => (norm("post_attention_layernorm")?, None),
+            Architecture::PaliGemma2 => (
+                norm("pre_feedforward_layernorm")?,
+                Some(PostNorms { attention: norm("post_attention_layernorm")?, feedforward: norm("post_feedforward_layernorm")? }),
+            ),
+        };
+        Ok(DecoderLayer {
+            input_norm: norm("input_layernorm")?,
+            attention: SelfAttention::load(&scope.pp("self_attn"), cfg, quant, report)?,
+            ffw_norm,
+            post_norms,
+            mlp: FeedForward::load(&scope.pp("mlp"), cfg, quant, report)?,
+            layer_type,
+        })
+    }
+
+    /// `x: [B, T, D]`, the residual stream, and `normed`, this layer's input norm of it. Returns
+    /// the next residual stream and `next_norm` of it (the next layer's input norm, or the final
+    /// norm): each residual add is fused with the norm that reads it. With [`Rows::Last`] both
+    /// are `[B, 1, D]`, the last position.
+    pub(super) fn forward(&self, x: &Tensor, normed: &Tensor, pass: &Pass, layer: usize, rows: Rows, next_norm: &RmsNorm) -> Result<(Tensor, Tensor)> {
+        let mask = match self.layer_type {
+            LayerType::Full => pass.masks[0],
+            LayerType::Sliding => pass.masks[1],
+        };
+        let a = self.attention.forward(normed, pass, layer, mask, rows)?;
+        let x = match rows {
+            Rows::All => x.clone(),
+            Rows::Last => x.narrow(1, x.dim(1)? - 1, 1)?,
+        };
+        let post = self.post_norms.as_ref();
+        let (h, ffw_in) = add_then_norm(&x, &a, post.map(|p| &p.attention), &self.ffw_norm)?;
+        let m = self.mlp.forward(&ffw_in)?;
+        add_then_norm(&h, &m, post.map(|p| &p.feedforward), next_norm)
+    }
+}
+
+/// What every layer of one pass shares: the rotary table, the cache it writes, where the new
+/// tokens sit and the attention masks (for full and for sliding layers).
+#[derive(Clone, Copy)]
+pub(super) struct Pass<'a> {
+    pub(super) rope: &'a RotaryEmbedding,
+    pub(super) cache: &'a KvCache,
+    pub(super) at: Positions<'a>,
+    pub(super) masks: [Option<&'a Tensor>; 2],
+}
+
+/// Which positions a decoder layer carries past its key/value projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rows {
+    All,
+    /// Only the last: in the last layer of a prefill that wants one position's logits, the other
+    /// positions' attention outputs and feed-forward feed nothing (their keys and values, which
+    /// later steps read, are written either way).
+    Last,
+}
