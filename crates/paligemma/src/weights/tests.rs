@@ -205,3 +205,30 @@ fn progress_reaches_the_total_and_cancellation_stops_loading() {
     let monitor = LoadMonitor { on_progress: None, is_cancelled: Some(&cancelled) };
     assert!(matches!(w.get("a", &[4], DType::F32, &Device::Cpu, &monitor), Err(Error::Aborted)));
 }
+
+#[test]
+fn a_device_upload_reads_the_mapped_bytes_as_stored_and_declines_misaligned_ones() {
+    // `upload` (the GPU path) run on the CPU device, against the host-tensor path.
+    let values = [0.5f32, -1.25, 3.0, 1e-3, -7.5, 65504.0];
+    let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let stored = Tensor::new(&values, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let le: Vec<u8> = match dtype {
+            DType::F32 => stored.to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            DType::BF16 => stored.to_vec1::<half::bf16>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => stored.to_vec1::<half::f16>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        // 8-aligned storage: offset 0 is aligned for every type, offset 1 for none.
+        let mut words = vec![0u64; le.len() / 8 + 2];
+        let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        buf[..le.len()].copy_from_slice(&le);
+        let raw = RawTensor { bytes: &buf[..le.len()], dtype };
+        let uploaded = upload(&raw, &[6], &Device::Cpu).unwrap().expect("aligned bytes are uploaded");
+        assert_eq!(uploaded.dtype(), dtype);
+        assert_eq!(f32s(&uploaded), f32s(&Tensor::from_raw_buffer(&le, dtype, &[6], &Device::Cpu).unwrap()));
+        assert!(upload(&raw, &[7], &Device::Cpu).is_err(), "{dtype:?}: a shape the bytes cannot hold");
+        buf.copy_within(0..le.len(), 1);
+        let shifted = RawTensor { bytes: &buf[1..=le.len()], dtype };
+        assert!(upload(&shifted, &[6], &Device::Cpu).unwrap().is_none(), "{dtype:?}: misaligned bytes go the host way");
+    }
+}
