@@ -17,7 +17,8 @@ import { AbortError, PaliGemmaError } from './errors.js'
 import { CliError, MODEL_HELP, OUTPUT_HELP, SAMPLING_HELP, UsageError, err, flag, out, packageVersion } from './cli/args.js'
 import type { Command, Parsed } from './cli/args.js'
 import { interrupted, onSigint } from './cli/loading.js'
-import { COMMANDS, runBench } from './cli/commands.js'
+import { runBench } from './cli/checkpoints.js'
+import { COMMANDS } from './cli/commands.js'
 
 function helpText(): string {
   const names = Object.keys(COMMANDS)
