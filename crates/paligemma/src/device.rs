@@ -66,15 +66,10 @@ fn auto_from(gpu: Result<Device, String>, cuda_built: bool) -> ChosenDevice {
 
 #[cfg(feature = "cuda")]
 fn open_cuda() -> Result<Device, String> {
-    // candle appends a backtrace to the driver's error when RUST_BACKTRACE is set; keep the cause.
-    let cause = |e: &dyn std::fmt::Display| {
-        let text = e.to_string();
-        text.split("\n   0:").next().unwrap_or(&text).trim_end().to_string()
-    };
-    let device = Device::new_cuda(0).map_err(|e| format!("cannot open CUDA device 0: {}", cause(&e)))?;
+    let device = Device::new_cuda(0).map_err(|e| format!("cannot open CUDA device 0: {}", crate::error::candle_cause(&e)))?;
     if let Device::Cuda(gpu) = &device {
         let context = gpu.cuda_stream().context().clone();
-        let (major, minor) = context.compute_capability().map_err(|e| format!("cannot query CUDA device 0: {}", cause(&e)))?;
+        let (major, minor) = context.compute_capability().map_err(|e| format!("cannot query CUDA device 0: {e}"))?;
         let name = context.name().unwrap_or_else(|_| "unnamed GPU".into());
         check_compute_capability(&name, (major, minor), env!("PALIGEMMA_CUDA_COMPUTE_CAP"))?;
     }

@@ -113,12 +113,16 @@ impl Error {
     }
 }
 
+/// A candle error's message without the backtrace candle appends when RUST_BACKTRACE is set:
+/// users get the cause.
+pub(crate) fn candle_cause(e: &candle_core::Error) -> String {
+    let text = e.to_string();
+    text.split("\n   0:").next().unwrap_or(&text).trim_end().to_string()
+}
+
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
-        // candle appends a captured backtrace when RUST_BACKTRACE is set; users get the cause.
-        let text = e.to_string();
-        let cause = text.split("\n   0:").next().unwrap_or(&text).trim_end();
-        Error::Internal(cause.to_string())
+        Error::Internal(candle_cause(&e))
     }
 }
 
