@@ -128,6 +128,29 @@ test('breaking out of for-await cancels the request', async (t) => {
   t.true(performance.now() - started < 2000, 'the worker is not stuck on the abandoned request')
 })
 
+// docs/guarantees.md: the model does not wait for a slow reader (it would hold up the queue);
+// the stream keeps every chunk, in order, until it is read.
+test('a stream read only after generation finished still yields every chunk, in order', async (t) => {
+  const model = await loaded
+  const request = { ...base, maxNewTokens: 200 }
+  const stream = model.stream(request)
+  const queuedBehind = model.generate({ ...base, maxNewTokens: 4 })
+  const result = await stream.result
+  t.is((await queuedBehind).tokenIds.length, 4, 'the next request ran without anyone reading the stream')
+  t.true(result.tokenIds.length > 12)
+  const chunks = []
+  for await (const chunk of stream) chunks.push(chunk)
+  t.deepEqual(
+    chunks.map((c) => c.tokenId),
+    result.tokenIds,
+  )
+  t.deepEqual(
+    chunks.map((c) => c.index),
+    result.tokenIds.map((_, i) => i),
+  )
+  t.is(chunks.map((c) => c.text).join(''), result.text)
+})
+
 test('20+ concurrent requests give the same results as sequential ones', async (t) => {
   const model = await loaded
   const requests = Array.from({ length: 24 }, (_, i) =>
