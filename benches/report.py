@@ -11,6 +11,9 @@ for c in checks:
     steps = f" steps max|Δ|={c['steps_maxdiff']:.2e} (graph: {c['graph']})" if c.get("dtype") == "f32" and "steps_maxdiff" in c else ""
     unfused = {"0": "unfused", "off": "unfused", "no-rope": "no-rope"}.get(c.get("fused", ""), "")
     print(f"parity {c['fixture']:<12} {c['device']:<5} {c['dtype']:<5} {c.get('step_mode', ''):<6} {unfused:<7} prefill max|Δ|={c['prefill_maxdiff']:.2e}{steps} ids={c['ids']}")
+for n in (r for r in rows if r.get("check") == "node"):
+    timing = f" TTFT {n['ttftMs']:.1f} ms, decode {n['decodeMsPerToken']:.2f} ms/token, graph {n['decodeGraph']}" if "ttftMs" in n else ""
+    print(f"node addon {n['name']:<26} {'ok' if n['ok'] else 'FAILED ' + str(n.get('error', ''))}{timing}")
 pools = [r.get("mempool") for r in bench if r["engine"] == "paligemma" and "mempool" in r]
 usual_pool = max(set(pools), key=pools.count) if pools else None
 

@@ -3,8 +3,9 @@
 #   1. fixture parity on CUDA: f32 to 1e-4, bf16 greedy ids equal to expected_bf16;
 #   2. random real-size checkpoints (PaliGemma-3B-224, PaliGemma 2-3B-448), shared by both sides;
 #   3. this engine vs transformers, bf16, batch 1 and 8: TTFT and decode ms/token;
-#   4. a table on stdout, the full log and JSON lines under $OUT.
-# Needs .device/engine_bench.xz, built here by scripts/build-gpu-check.sh.
+#   4. the CUDA Node addon through the public API (scripts/gpu-node-check.sh);
+#   5. a table on stdout, the full log and JSON lines under $OUT.
+# Needs .device/payload.tar.xz and dist/, built here by scripts/build-gpu-check.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
@@ -21,18 +22,21 @@ NEW_TOKENS=${NEW_TOKENS:-32}
 RUNS=${RUNS:-3}
 CKPT=${CKPT_DIR:-/tmp/pg-checkpoints}
 
-BIN=${BIN:-/tmp/engine_bench}
-if [ ! -x "$BIN" ]; then
-  xz -dc .device/engine_bench.xz > "$BIN" && chmod +x "$BIN" || { echo "no engine_bench build in .device/"; exit 1; }
+# The payload's binaries: engine_bench, kernel_tests, the CUDA addon and node.
+export DEVICE_DIR=${DEVICE_DIR:-/tmp/pg-device}
+# Unpacked on every call (seconds): a rerun on the warm machine may carry a rebuilt payload.
+if [ -f .device/payload.tar.xz ]; then
+  mkdir -p "$DEVICE_DIR" && xz -dc .device/payload.tar.xz | tar -C "$DEVICE_DIR" -xf - \
+    || { echo "cannot unpack .device/payload.tar.xz"; exit 1; }
 fi
+BIN=${BIN:-$DEVICE_DIR/engine_bench}
+[ -x "$BIN" ] || { echo "no engine_bench: build .device/ here with scripts/build-gpu-check.sh"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
 echo "== fused kernels against host loops"
 # Each test in its own process would cost a CUDA start each; one process runs them in turn.
 if [ "$DEV" = cuda ] && [ -z "${SKIP_KERNEL_TESTS:-}" ]; then
-  KTESTS=${KTESTS:-/tmp/kernel_tests}
-  [ -x "$KTESTS" ] || { xz -dc .device/kernel_tests.xz > "$KTESTS" && chmod +x "$KTESTS"; }
-  "$KTESTS" cuda:: --test-threads=1 2>&1 | tail -12 && echo '{"check":"kernel-tests","ok":true}' >> "$RESULTS" \
+  "${KTESTS:-$DEVICE_DIR/kernel_tests}" cuda:: --test-threads=1 2>&1 | tail -12 && echo '{"check":"kernel-tests","ok":true}' >> "$RESULTS" \
     || { echo "!! the fused-kernel tests fail"; echo '{"check":"kernel-tests","ok":false}' >> "$RESULTS"; }
 fi
 
@@ -106,6 +110,14 @@ for m in $MODELS; do
       --dtype "$DTYPE" --batch "$b" --new-tokens "$NEW_TOKENS" --runs "$RUNS" --warmup "${PEER_WARMUP:-2}" 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"
   done
 done
+
+# The addon under Node, after the benchmarks so that it also times the PG1-224 checkpoint
+# through the API; its rows join $RESULTS.
+if [ -z "${SKIP_NODE:-}" ]; then
+  echo "== the Node addon (scripts/gpu-node-check.sh)"
+  DEV=$DEV CKPT_DIR=$CKPT RESULTS=$RESULTS OUT=$OUT timeout "${NODE_TIMEOUT_S:-180}" bash scripts/gpu-node-check.sh \
+    || echo "!! the Node addon check fails"
+fi
 
 # The issue's other anchor: static cache + torch.compile (transformers compiles the decode
 # forward itself on CUDA), for PaliGemma-3B-224 at batch 1 only. Compiling takes minutes, so it
