@@ -33,14 +33,17 @@ BIN=${BIN:-$DEVICE_DIR/engine_bench}
 [ -x "$BIN" ] || { echo "no engine_bench: build .device/ here with scripts/build-gpu-check.sh"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-echo "== fused kernels against host loops"
+# Each phase's start in seconds since the script's, for planning the device budget.
+phase() { echo "== $1 [t=${SECONDS} s]"; }
+
+phase "fused kernels against host loops"
 # Each test in its own process would cost a CUDA start each; one process runs them in turn.
 if [ "$DEV" = cuda ] && [ -z "${SKIP_KERNEL_TESTS:-}" ]; then
   "${KTESTS:-$DEVICE_DIR/kernel_tests}" cuda:: --test-threads=1 2>&1 | tail -12 && echo '{"check":"kernel-tests","ok":true}' >> "$RESULTS" \
     || { echo "!! the fused-kernel tests fail"; echo '{"check":"kernel-tests","ok":false}' >> "$RESULTS"; }
 fi
 
-echo "== parity on $DEV"
+phase "parity on $DEV"
 # Each decode step mode that a CUDA session can use, each in its own process (a faulting
 # kernel ends the process): fixed shapes kernel by kernel, and the same replayed as a graph.
 # $1: PALIGEMMA_FUSED_KERNELS for the runs (empty: every fused kernel of src/cuda), $2: the modes.
@@ -70,7 +73,7 @@ else
 fi
 export PALIGEMMA_FUSED_KERNELS=$FUSED
 
-echo "== random checkpoints"
+phase "random checkpoints"
 mkdir -p "$CKPT"
 # Explicit PIDs: a bare `wait` would also wait for the tee behind `exec >(…)` and never return.
 pids=()
@@ -85,7 +88,7 @@ if [ -z "${SKIP_CHECKPOINTS:-}" ]; then
 fi
 [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
 
-echo "== benchmarks ($DTYPE, $NEW_TOKENS new tokens, median of $RUNS)"
+phase "benchmarks ($DTYPE, $NEW_TOKENS new tokens, median of $RUNS)"
 for m in $MODELS; do
   for b in ${BATCHES:-1 8}; do
     # Each decode step mode in turn (StepMode: eager kernel by kernel, or one CUDA graph per step).
@@ -114,7 +117,7 @@ done
 # The addon under Node, after the benchmarks so that it also times the PG1-224 checkpoint
 # through the API; its rows join $RESULTS.
 if [ -z "${SKIP_NODE:-}" ]; then
-  echo "== the Node addon (scripts/gpu-node-check.sh)"
+  phase "the Node addon (scripts/gpu-node-check.sh)"
   DEV=$DEV CKPT_DIR=$CKPT RESULTS=$RESULTS OUT=$OUT timeout "${NODE_TIMEOUT_S:-180}" bash scripts/gpu-node-check.sh \
     || echo "!! the Node addon check fails"
 fi
@@ -124,10 +127,10 @@ fi
 # runs last, in the time left of the device call (BUDGET_S, counted from the script's start).
 left=$(( ${BUDGET_S:-570} - SECONDS - 10 ))
 if [ -z "${SKIP_PEER:-}" ] && [ -z "${SKIP_COMPILED:-}" ] && [ "$left" -gt 60 ] && [ -f "$CKPT/pg1-3b-224/model.safetensors" ]; then
-  echo "== transformers compiled (at most ${left} s)"
+  phase "transformers compiled (at most ${left} s)"
   timeout "$left" "$PY" benches/peers/transformers_peer.py --model "$CKPT/pg1-3b-224" --device "$DEV" --compile \
     --dtype "$DTYPE" --batch 1 --new-tokens "$NEW_TOKENS" --runs "$RUNS" --warmup 3 2>>"$OUT/peer-stderr.log" | tee -a "$RESULTS"
 fi
 
-echo "== summary"
+phase "summary"
 "$PY" benches/report.py "$RESULTS" | tee "$OUT/table.txt"
