@@ -17,7 +17,7 @@ PY=${PY:-/opt/torch/.venv/bin/python3}
 # Overridable for a CPU dry run: DEV=cpu DTYPE=f32 PARITY_DTYPES=f32 SKIP_CHECKPOINTS=1 ...
 DEV=${DEV:-cuda}
 DTYPE=${DTYPE:-bf16}
-PARITY_DTYPES=${PARITY_DTYPES:-f32 bf16}
+PARITY_DTYPES=${PARITY_DTYPES-f32 bf16}  # set but empty: no parity runs
 NEW_TOKENS=${NEW_TOKENS:-32}
 RUNS=${RUNS:-3}
 CKPT=${CKPT_DIR:-/tmp/pg-checkpoints}
@@ -77,7 +77,7 @@ phase "random checkpoints"
 mkdir -p "$CKPT"
 # Explicit PIDs: a bare `wait` would also wait for the tee behind `exec >(…)` and never return.
 pids=()
-MODELS=${MODELS:-pg1-3b-224 pg2-3b-448}
+MODELS=${MODELS-pg1-3b-224 pg2-3b-448}  # set but empty: no checkpoints, no benchmarks
 if [ -z "${SKIP_CHECKPOINTS:-}" ]; then
   case " $MODELS " in *" pg1-3b-224 "*)
     [ -f "$CKPT/pg1-3b-224/model.safetensors" ] || { "$BIN" random-checkpoint paligemma-3b-224 "$CKPT/pg1-3b-224" bf16 1 & pids+=($!); } ;;
