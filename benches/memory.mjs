@@ -7,7 +7,7 @@
 //
 // Needs `npm run build`. Real-size random weights: engine_bench random-checkpoint (benches/README.md).
 import { PaliGemma } from '../dist/index.js'
-import { TEXT_IDS, pixels } from './lib/common.mjs'
+import { pixels, promptIds } from './lib/common.mjs'
 
 const [dir, dtype = 'f32', threads = '2'] = process.argv.slice(2)
 if (!dir) {
@@ -18,10 +18,9 @@ const rssGb = () => (process.memoryUsage().rss / 1e9).toFixed(2)
 const started = performance.now()
 const model = await PaliGemma.load(dir, { device: 'cpu', dtype, threads: Number(threads) })
 console.log(`${dtype}: load ${((performance.now() - started) / 1000).toFixed(1)} s, RSS ${rssGb()} GB`)
-const info = model.info
-// The harness's prompt and pixels (benches/lib/child.mjs).
-const inputIds = [...new Array(info.imageTokens).fill(info.imageTokenId), info.bosTokenId, ...TEXT_IDS.map((id) => id % info.vocabSize)]
-const pixelValues = pixels(info.imageSize)
+// The harness's prompt and pixels.
+const inputIds = promptIds(model.info)
+const pixelValues = pixels(model.info.imageSize)
 for (let i = 1; i <= 3; i++) {
   const { timings } = await model.generate({ inputIds, pixelValues, maxNewTokens: 8 })
   const decode = timings.decodeMs / Math.max(1, timings.decodeSteps)

@@ -16,8 +16,9 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
+import { pixels, promptIds } from './lib/common.mjs'
+
 const HERE = path.dirname(fileURLToPath(import.meta.url))
-const TEXT_IDS = [21209, 659, 4401, 603, 476, 2204, 576, 573, 108]
 const cache = path.resolve(process.env.PALIGEMMA_BENCH_CACHE ?? path.join(HERE, '.cache'))
 
 const { values: args } = parseArgs({
@@ -81,8 +82,8 @@ const loadS = (performance.now() - t0) / 1e3
 await loadPerf.stop()
 log(`loaded in ${loadS.toFixed(1)} s`)
 const { info } = model
-const inputIds = [...new Array(info.imageTokens).fill(info.imageTokenId), info.bosTokenId, ...TEXT_IDS.map((id) => id % info.vocabSize)]
-const pixelValues = new Float32Array(3 * info.imageSize ** 2).map((_, i) => ((i * 7) % 255) / 127.5 - 1)
+const inputIds = promptIds(info)
+const pixelValues = pixels(info.imageSize)
 // Warm-up, so the profile holds no first-touch page faults.
 await model.generate({ inputIds, pixelValues: pixelValues.slice(), maxNewTokens: 2 })
 

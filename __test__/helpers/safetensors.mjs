@@ -1,6 +1,7 @@
 // Minimal safetensors reader for test fixtures: an 8-byte little-endian header length, a JSON
 // header, then raw little-endian tensor data. A path ending in .gz is gunzipped first.
 import { readFileSync } from 'node:fs'
+import { endianness } from 'node:os'
 import { gunzipSync } from 'node:zlib'
 
 const DTYPES = {
@@ -11,6 +12,7 @@ const DTYPES = {
   U8: { bytes: 1, read: (view, offset) => view.getUint8(offset) },
 }
 /** The dtypes read into typed arrays (the rest into number[]). */
+const LITTLE_ENDIAN = endianness() === 'LE'
 const TYPED = { F32: Float32Array, U8: Uint8Array }
 
 /** Reads every tensor of a .safetensors file as `{ dtype, shape, data }` (F32 → Float32Array, U8 → Uint8Array, other ints → number[]). */
@@ -29,8 +31,14 @@ export function readSafetensors(path) {
     const [begin, end] = info.data_offsets
     const count = (end - begin) / dtype.bytes
     const Typed = TYPED[info.dtype]
-    const data = Typed ? new Typed(count) : new Array(count)
-    for (let i = 0; i < count; i++) data[i] = dtype.read(view, base + begin + i * dtype.bytes)
+    let data
+    if (Typed && LITTLE_ENDIAN) {
+      // A copy of the bytes (aligned, whatever the offset in the file) viewed as the type.
+      data = new Typed(buf.buffer.slice(buf.byteOffset + base + begin, buf.byteOffset + base + end))
+    } else {
+      data = Typed ? new Typed(count) : new Array(count)
+      for (let i = 0; i < count; i++) data[i] = dtype.read(view, base + begin + i * dtype.bytes)
+    }
     tensors[name] = { dtype: info.dtype, shape: info.shape, data }
   }
   return tensors

@@ -3,7 +3,7 @@
 
 import fs from 'node:fs'
 import path from 'node:path'
-import { TEXT_IDS, median, pixels, round } from './common.mjs'
+import { median, pixels, promptIds, round } from './common.mjs'
 import { versions } from './machine.mjs'
 import { addonPath } from './setup.mjs'
 
@@ -21,7 +21,7 @@ export async function childPaligemma(args) {
   const loadMs = performance.now() - t0
   const rssAfterLoadMb = process.memoryUsage().rss / 2 ** 20
   const { info } = model
-  const inputIds = [...new Array(info.imageTokens).fill(info.imageTokenId), info.bosTokenId, ...TEXT_IDS.map((id) => id % info.vocabSize)]
+  const inputIds = promptIds(info)
 
   // One streamed request per run: the first chunk's arrival is the time to first token (vision
   // tower + prefill + sampling + delivery to JS), the rest is decode.

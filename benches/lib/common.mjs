@@ -25,6 +25,11 @@ export const median = (v) => {
 export const round = (x, digits) => (x === undefined || x === null || Number.isNaN(x) ? null : Number(x.toFixed(digits)))
 export const log = (...args) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}]`, ...args)
 
+/** The prompt of every peer: the image tokens, `<bos>`, then TEXT_IDS (folded into the vocabulary). */
+export function promptIds(info) {
+  return [...new Array(info.imageTokens).fill(info.imageTokenId), info.bosTokenId, ...TEXT_IDS.map((id) => id % info.vocabSize)]
+}
+
 /** The synthetic image of every peer: value i of image b = ((i·7 + b·13) mod 255)/127.5 − 1. */
 export function pixels(size, b = 0) {
   const px = new Float32Array(3 * size * size)

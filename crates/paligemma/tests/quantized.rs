@@ -19,6 +19,12 @@ struct Quality {
     total: usize,
 }
 
+fn cosine(x: &[f32], y: &[f32]) -> f32 {
+    let dot: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+    let norm = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
+    dot / (norm(x) * norm(y))
+}
+
 fn quality(dir: &Path, q: Quantization, input_ids: &[u32], pixels: &[f32]) -> Quality {
     let dense = PaliGemma::load(dir, &LoadOptions::default()).unwrap();
     let quant = PaliGemma::load(dir, &LoadOptions { quantization: Some(q), ..Default::default() }).unwrap();
@@ -27,9 +33,7 @@ fn quality(dir: &Path, q: Quantization, input_ids: &[u32], pixels: &[f32]) -> Qu
     let mut cosines = Vec::new();
     let mut agree = 0;
     for (x, y) in a.iter().zip(&b) {
-        let dot: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
-        let norm = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
-        cosines.push(dot / (norm(x) * norm(y)));
+        cosines.push(cosine(x, y));
         agree += usize::from(paligemma::sampler::argmax(x) == paligemma::sampler::argmax(y));
     }
     let report = quant.quantization();
@@ -52,9 +56,7 @@ fn step_quality(dir: &Path, q: Quantization, input_ids: &[u32], pixels: &[f32], 
     let (mut min_cosine, mut agree) = (1f32, 0);
     for _ in 0..steps {
         let (xs, ys) = (x.to_vec1::<f32>().unwrap(), y.to_vec1::<f32>().unwrap());
-        let dot: f32 = xs.iter().zip(&ys).map(|(p, q)| p * q).sum();
-        let norm = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
-        min_cosine = min_cosine.min(dot / (norm(&xs) * norm(&ys)));
+        min_cosine = min_cosine.min(cosine(&xs, &ys));
         let next = paligemma::sampler::argmax(&xs);
         agree += usize::from(next == paligemma::sampler::argmax(&ys));
         x = dense.step(&mut a, next as u32).unwrap();
@@ -70,10 +72,7 @@ fn q8_0_decode_steps_track_f32() {
     let (ids_, px) = (ids(&inputs["input_ids"]), floats(&inputs["pixel_values"]));
     let (pg1_cosine, pg1_top1) = step_quality(&dir, Quantization::Q8_0, &ids_, &px, 16);
     let wide = wide_random_model();
-    let config = Config::from_dir(&wide).unwrap();
-    let mut input_ids = vec![config.image_token_id; config.num_image_tokens()];
-    input_ids.extend([2u32, 17, 93, 211, 5, 48, 333, 108]);
-    let pixels: Vec<f32> = (0..3 * 32 * 32).map(|i| ((i * 37 % 255) as f32 / 127.5) - 1.0).collect();
+    let (input_ids, pixels) = wide_prompt(&wide);
     let (wide_cosine, wide_top1) = step_quality(&wide, Quantization::Q8_0, &input_ids, &pixels, 16);
     println!("q8_0 decode steps: pg1-tiny-a cosine min {pg1_cosine:.5}, top-1 {pg1_top1:.3}; wide cosine min {wide_cosine:.5}, top-1 {wide_top1:.3}");
     // Measured: pg1-tiny-a cosine min 0.99948, top-1 16/16; wide 0.99789, 16/16.
@@ -87,6 +86,15 @@ fn wide_random_model() -> PathBuf {
     // other's half-written file.
     static WRITTEN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     WRITTEN.get_or_init(write_wide_random_model).clone()
+}
+
+/// The wide model's prompt (its image tokens, then eight text ids) and fixed pixels.
+fn wide_prompt(dir: &Path) -> (Vec<u32>, Vec<f32>) {
+    let config = Config::from_dir(dir).unwrap();
+    let mut input_ids = vec![config.image_token_id; config.num_image_tokens()];
+    input_ids.extend([2u32, 17, 93, 211, 5, 48, 333, 108]);
+    let pixels = (0..3 * 32 * 32).map(|i| ((i * 37 % 255) as f32 / 127.5) - 1.0).collect();
+    (input_ids, pixels)
 }
 
 fn write_wide_random_model() -> PathBuf {
@@ -143,10 +151,7 @@ fn q8_0_tracks_f32_on_the_reference_fixture() {
 #[test]
 fn q8_0_and_q4k_track_f32_on_a_wide_model() {
     let dir = wide_random_model();
-    let config = Config::from_dir(&dir).unwrap();
-    let mut input_ids = vec![config.image_token_id; config.num_image_tokens()];
-    input_ids.extend([2u32, 17, 93, 211, 5, 48, 333, 108]);
-    let pixels: Vec<f32> = (0..3 * 32 * 32).map(|i| ((i * 37 % 255) as f32 / 127.5) - 1.0).collect();
+    let (input_ids, pixels) = wide_prompt(&dir);
     // Measured on these weights (uniform random: the worst case for 4-bit, no structure to
     // exploit): q8_0 cosine min 0.99768 / mean 0.99898, top-1 0.875; q4k cosine min 0.89094 /
     // mean 0.95499, top-1 0.583.
