@@ -16,6 +16,7 @@ import { execFileSync } from 'node:child_process'
 import { appendFileSync, existsSync, readFileSync } from 'node:fs'
 import { basename, join } from 'node:path'
 
+import { pixels, promptIds } from '../benches/lib/common.mjs'
 import { PaliGemma } from '../dist/index.js'
 import { cudaFallbackNote, native } from '../dist/src/native.js'
 import { fixture, fixtureWithTokenizer, FIXTURES, longContextFixture, repo } from '../__test__/helpers/fixtures.mjs'
@@ -55,9 +56,9 @@ async function noGpuChild() {
 /** Median generation timings through the API on a real-size checkpoint (random weights). */
 async function timeRealSize(dir, runs = 3, newTokens = 32) {
   const model = await PaliGemma.load(dir, { device: 'auto' })
-  const { imageTokens, imageTokenId, bosTokenId, imageSize } = model.info
-  const inputIds = [...Array(imageTokens).fill(imageTokenId), bosTokenId, 100, 101, 102, 103, 104, 105, 106, 107, 108]
-  const pixelValues = Float32Array.from({ length: 3 * imageSize * imageSize }, (_, i) => Math.sin(i) * 0.9)
+  // The CPU harness's prompt and pixels (benches/lib/common.mjs), as engine_bench uses.
+  const inputIds = promptIds(model.info)
+  const pixelValues = pixels(model.info.imageSize)
   const request = { inputIds, pixelValues, maxNewTokens: newTokens }
   await model.generate(request) // warm-up: kernels, cuBLAS handles, the decode graph
   const samples = []
