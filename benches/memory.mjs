@@ -1,7 +1,8 @@
 // Resident memory and first-request cost of one load, through the public API: RSS after load,
-// then TTFT, decode speed and RSS for three identical requests in a row. The second RSS figure
-// is what a quantized model holds once candle has repacked its matrices on first use
-// (docs/guarantees.md); compare the first TTFT with the others for that repack's cost.
+// then TTFT, decode speed and RSS for three identical requests in a row. A quantized model's RSS
+// should not grow after load, nor its first TTFT stand out: candle's repack is made, and its
+// original released, while the model loads (docs/guarantees.md). Where either happens, that
+// repack ran on first use.
 //
 //   node benches/memory.mjs <model-dir> [f32|f16|q8_0|q4k] [threads]
 //

@@ -17,7 +17,8 @@ export type DeviceKind = 'auto' | 'cpu' | 'cuda'
  *   embeddings and activations stay f32. Decoding reads 4× or 7× fewer bytes per token
  *   (PaliGemma-3B-224 on 2 cores, one run: 102 ms/token against 335 in f32). Q8_0 tracks f32 closely
  *   (logit cosine ≥ 0.999 and top-1 agreement ≥ 0.9 on the test fixture); Q4_K is coarser and,
- *   on that machine, no faster, so prefer `'q8_0'`. Loading takes longer (the quantization). On a
+ *   on that machine, no faster, so prefer `'q8_0'`. Loading takes longer (the quantization, and
+ *   candle's repack of each matrix, whose original is then released: docs/guarantees.md). On a
  *   GPU these reject with `ERR_INVALID_ARGUMENT`.
  */
 export type DType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4k'

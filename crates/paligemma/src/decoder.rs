@@ -51,6 +51,8 @@ pub struct DevicePositions {
 pub struct QuantizationReport {
     pub quantized: usize,
     pub total: usize,
+    /// Quantized matrices held once: candle's repacked copy only ([`crate::cpu::repacked`]).
+    pub released: usize,
 }
 
 /// Which positions get logits.

@@ -53,14 +53,24 @@ impl std::str::FromStr for Quantization {
 /// multiple of the block size. Blocks never cross a row, so bands of rows are quantized in
 /// parallel on the current pool and their bytes laid end to end: the same bytes as quantizing
 /// the whole matrix at once (candle does that on one thread; Q4_K took 69 s for PaliGemma-3B).
-pub fn quantize_matrix(weight: &Tensor, q: Quantization) -> Result<Option<QMatMul>> {
+///
+/// On the CPU candle's repacked copy is made here, and the original released when candle no
+/// longer reads it ([`cpu::repacked`]), so the matrix is held once and the first request does
+/// not pay for the repack.
+pub fn quantize_matrix(weight: &Tensor, q: Quantization) -> Result<Option<(QMatMul, cpu::repacked::Outcome)>> {
     let (rows, cols) = weight.dims2()?;
     if cols % q.block_size() != 0 {
         return Ok(None);
     }
     if !weight.device().is_cpu() || rows == 0 {
-        return Ok(Some(QMatMul::from_qtensor(QTensor::quantize(weight, q.ggml())?)?));
+        return Ok(Some((QMatMul::from_qtensor(QTensor::quantize(weight, q.ggml())?)?, cpu::repacked::Outcome::Kept)));
     }
+    let qm = quantize_in_bands(weight, q)?;
+    Ok(Some(cpu::repacked::release_original(qm, || quantize_in_bands(weight, q))?))
+}
+
+fn quantize_in_bands(weight: &Tensor, q: Quantization) -> Result<QMatMul> {
+    let rows = weight.dim(0)?;
     let band = rows.div_ceil(4 * rayon::current_num_threads()).max(1);
     let starts: Vec<usize> = (0..rows).step_by(band).collect();
     let bands = starts
@@ -69,8 +79,8 @@ pub fn quantize_matrix(weight: &Tensor, q: Quantization) -> Result<Option<QMatMu
         // ignoring a view's offset.
         .map(|r0| Ok(QTensor::quantize(&weight.narrow(0, r0, band.min(rows - r0))?.force_contiguous()?, q.ggml())?.data()?.into_owned()))
         .collect::<Result<Vec<Vec<u8>>>>()?;
-    let qt = qtensor_from_ggml(q.ggml(), &bands.concat(), vec![rows, cols], &Device::Cpu)?;
-    Ok(Some(QMatMul::from_qtensor(qt)?))
+    let qt = qtensor_from_ggml(q.ggml(), &bands.concat(), weight.dims().to_vec(), &Device::Cpu)?;
+    Ok(QMatMul::from_qtensor(qt)?)
 }
 
 #[derive(Debug, Clone)]
@@ -181,12 +191,12 @@ impl Linear {
         }
     }
 
-    /// The same projection with quantized weights; unchanged (and `false`) when its input
-    /// width is not a multiple of the block size.
-    pub fn quantized(&self, q: Quantization) -> Result<(Linear, bool)> {
+    /// The same projection with quantized weights, and whether candle's original copy was
+    /// released; unchanged (and `None`) when its input width is not a multiple of the block size.
+    pub fn quantized(&self, q: Quantization) -> Result<(Linear, Option<cpu::repacked::Outcome>)> {
         match quantize_matrix(self.dense()?, q)? {
-            Some(qm) => Ok((Linear { weight: Weight::Quantized(qm), bias: self.bias.clone(), out_dim: self.out_dim }, true)),
-            None => Ok((self.clone(), false)),
+            Some((qm, outcome)) => Ok((Linear { weight: Weight::Quantized(qm), bias: self.bias.clone(), out_dim: self.out_dim }, Some(outcome))),
+            None => Ok((self.clone(), None)),
         }
     }
 
@@ -353,7 +363,7 @@ mod tests {
         let w = Tensor::randn(0f32, 0.05, (37, 512), &Device::Cpu)?;
         let x = Tensor::randn(0f32, 1.0, (3, 512), &Device::Cpu)?;
         for q in [Quantization::Q8_0, Quantization::Q4K] {
-            let ours = quantize_matrix(&w, q)?.expect("512 is a multiple of the block size");
+            let (ours, _) = quantize_matrix(&w, q)?.expect("512 is a multiple of the block size");
             let whole = QMatMul::from_qtensor(QTensor::quantize(&w, q.ggml())?)?;
             let diff = (ours.forward(&x)? - whole.forward(&x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert_eq!(diff, 0.0, "{q:?}");

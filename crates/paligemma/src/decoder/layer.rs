@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use super::{Positions, QuantizationReport};
 use crate::attention::{attend, AttentionSpec};
 use crate::config::{Architecture, LayerType, TextConfig};
+use crate::cpu::repacked::Outcome;
 use crate::cuda::RopeStore;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
@@ -18,8 +19,9 @@ use crate::weights::Scope;
 pub(super) fn maybe_quantize(linear: Linear, q: Option<Quantization>, report: &mut QuantizationReport) -> Result<Linear> {
     let Some(q) = q else { return Ok(linear) };
     report.total += 1;
-    let (linear, done) = linear.quantized(q)?;
-    report.quantized += usize::from(done);
+    let (linear, outcome) = linear.quantized(q)?;
+    report.quantized += usize::from(outcome.is_some());
+    report.released += usize::from(outcome == Some(Outcome::Released));
     Ok(linear)
 }
 
