@@ -244,7 +244,10 @@ impl Linear {
                 Some(y) => y,
                 None => flat.matmul(wt)?,
             },
-            Weight::Quantized(q) => q.forward(&flat.contiguous()?)?,
+            Weight::Quantized(q) => match cpu::q8_0_prompt::matmul(q, &flat)? {
+                Some(y) => y,
+                None => q.forward(&flat.contiguous()?)?,
+            },
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;

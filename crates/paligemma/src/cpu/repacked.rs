@@ -79,7 +79,7 @@ fn qm_input_width(qm: &QMatMul) -> Option<usize> {
 /// (its `repack_x86::select`, `level` and `amx_available`): `q8_0` needs VNNI (AVX2's
 /// `maddubs` would overflow), `q4k` any AVX2 CPU without AMX, whose `q4k` prompts repack from
 /// the original again. The probes in [`release_original`] check the answer.
-fn candle_repacks(dtype: GgmlDType, n: usize, k: usize) -> bool {
+pub(crate) fn candle_repacks(dtype: GgmlDType, n: usize, k: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         const TILE_N: usize = 16;
