@@ -244,7 +244,7 @@ impl Linear {
                 Some(y) => y,
                 None => flat.matmul(wt)?,
             },
-            Weight::Quantized(q) => match cpu::q8_0_prompt::matmul(q, &flat)? {
+            Weight::Quantized(q) => match cpu::q8_0::matmul(q, &flat)? {
                 Some(y) => y,
                 None => q.forward(&flat.contiguous()?)?,
             },

@@ -7,7 +7,7 @@ pub mod activation;
 pub mod attention;
 pub mod huge_pages;
 pub mod matvec;
-pub mod q8_0_prompt;
+pub mod q8_0;
 pub mod repacked;
 
 use candle_core::{Storage, Tensor};
