@@ -9,7 +9,6 @@
 //! of `H` contiguous floats), and query heads share their KV head without copies (spec §2.4).
 
 use candle_core::{DType, Device, Storage, Tensor};
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::activation::{exp, tanh};
@@ -112,7 +111,7 @@ pub fn attend(
             let v_h = values.block(bi, head / group, h);
             let mut scores = vec![0f32; t * s];
             // scores [t, s] = q_h [t, h] · kᵀ, where kᵀ [h, s] is k_h's rows read as columns.
-            product(&mut scores, s, q_h, (h, 1), k_h, (1, h), (t, s, h));
+            super::product(&mut scores, (s, 1), q_h, (h, 1), k_h, (1, h), (t, s, h));
             for (row, scores_row) in scores.chunks_exact_mut(s).enumerate() {
                 if let Some(cap) = cap {
                     scores_row.iter_mut().for_each(|x| *x = cap * tanh(*x));
@@ -123,50 +122,12 @@ pub fn attend(
                 softmax_in_place(scores_row);
             }
             // out_h [t, h] = p [t, s] · v_h [s, h].
-            product(out_h, h, &scores, (s, 1), v_h, (h, 1), (t, h, s));
+            super::product(out_h, (h, 1), &scores, (s, 1), v_h, (h, 1), (t, h, s));
         });
     let out = Tensor::from_vec(out, (b, n, t, h), &Device::Cpu)?;
     Ok(Some(out.transpose(1, 2)?.reshape((b, t, n * h))?))
 }
 
-/// `dst[m, n] = lhs[m, k] · rhs[k, n]` on this thread with gemm's kernels: `dst` is row-major
-/// with row stride `dst_rs`, and each operand is a slice with its (row, column) strides.
-fn product(dst: &mut [f32], dst_rs: usize, lhs: &[f32], lhs_strides: (usize, usize), rhs: &[f32], rhs_strides: (usize, usize), (m, n, k): (usize, usize, usize)) {
-    let last = |(rs, cs): (usize, usize), rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(
-        m > 0 && n > 0 && k > 0
-            && last((dst_rs, 1), m, n) < dst.len()
-            && last(lhs_strides, m, k) < lhs.len()
-            && last(rhs_strides, k, n) < rhs.len(),
-        "attention product out of bounds"
-    );
-    // SAFETY: the assertion above keeps every element gemm addresses, (rows − 1)·rs +
-    // (cols − 1)·cs at most, inside its slice; `read_dst = false`, so dst's prior contents are
-    // never read.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_strides.1 as isize,
-            lhs_strides.0 as isize,
-            rhs.as_ptr(),
-            rhs_strides.1 as isize,
-            rhs_strides.0 as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-}
 
 /// Softmax of one row in f32; `−∞` entries (masked keys) get exactly zero weight. Written as
 /// 16 independent lanes so that the max, the exponentials and the sum vectorise.

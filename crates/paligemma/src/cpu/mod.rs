@@ -11,6 +11,7 @@ pub mod q8_0;
 pub mod repacked;
 
 use candle_core::{Storage, Tensor};
+use gemm::{gemm, Parallelism};
 
 use crate::error::Result;
 
@@ -41,4 +42,61 @@ pub(crate) fn with_f32_slice<R>(
         return Ok(None);
     };
     Ok(Some(f(&cpu.as_slice::<f32>()?[start..end])?))
+}
+
+/// `dst[m, n] = lhs[m, k] · rhs[k, n]` on this thread with gemm's kernels; each operand is a
+/// slice with its (row, column) strides.
+pub(crate) fn product(dst: &mut [f32], dst_strides: (usize, usize), lhs: &[f32], lhs_strides: (usize, usize), rhs: &[f32], rhs_strides: (usize, usize), (m, n, k): (usize, usize, usize)) {
+    let last = |(rs, cs): (usize, usize), rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        m > 0 && n > 0 && k > 0
+            && last(dst_strides, m, n) < dst.len()
+            && last(lhs_strides, m, k) < lhs.len()
+            && last(rhs_strides, k, n) < rhs.len(),
+        "gemm operand out of bounds"
+    );
+    // SAFETY: the assertion above keeps every element gemm addresses, (rows − 1)·rs +
+    // (cols − 1)·cs at most, inside its slice, and `dst` is borrowed exclusively.
+    unsafe { product_raw(dst.as_mut_ptr(), dst_strides, lhs, lhs_strides, rhs, rhs_strides, (m, n, k)) }
+}
+
+/// [`product`] into a `dst` that other threads write around (disjoint elements of one buffer).
+///
+/// # Safety
+/// Every `dst` element `i·rs + j·cs` (`i < m`, `j < n`) must be valid for writes and written by
+/// no one else during the call, and `lhs`, `rhs` must hold every element their strides address.
+/// `dst`'s prior contents are never read.
+pub(crate) unsafe fn product_raw(
+    dst: *mut f32,
+    dst_strides: (usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    (m, n, k): (usize, usize, usize),
+) {
+    // SAFETY: the caller's contract; `read_dst = false`.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_strides.1 as isize,
+            dst_strides.0 as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs.as_ptr(),
+            rhs_strides.1 as isize,
+            rhs_strides.0 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
 }
