@@ -46,13 +46,12 @@ pub fn release_original(qm: QMatMul, rebuild: impl FnOnce() -> Result<QMatMul>) 
     if !qt.device().is_cpu() || qt.storage_size_in_bytes() < MIN_RELEASE_BYTES || !candle_repacks(qt.dtype(), n, k) {
         return Ok((qm, Outcome::Kept));
     }
-    release_checked(qm, rebuild)
+    release_checked(qm, k, rebuild)
 }
 
 /// Releases the original of `qm` after making candle repack it, and keeps the release only if
 /// the probes give the same bits afterwards.
-fn release_checked(qm: QMatMul, rebuild: impl FnOnce() -> Result<QMatMul>) -> Result<(QMatMul, Outcome)> {
-    let Some(k) = qm_input_width(&qm) else { return Ok((qm, Outcome::Kept)) };
+fn release_checked(qm: QMatMul, k: usize, rebuild: impl FnOnce() -> Result<QMatMul>) -> Result<(QMatMul, Outcome)> {
     let probes = PROBE_ROWS.iter().map(|&m| probe_input(m, k)).collect::<Result<Vec<_>>>()?;
     // The first matmul makes candle's repacked copy; these outputs come from it.
     let before = probes.iter().map(|x| output_bits(&qm, x)).collect::<Result<Vec<_>>>()?;
@@ -68,13 +67,6 @@ fn release_checked(qm: QMatMul, rebuild: impl FnOnce() -> Result<QMatMul>) -> Re
     }
 }
 
-fn qm_input_width(qm: &QMatMul) -> Option<usize> {
-    match qm {
-        QMatMul::QTensor(qt) => qt.shape().dims2().ok().map(|(_, k)| k),
-        _ => None,
-    }
-}
-
 /// Whether candle 0.11.1 takes this matrix through its repacked x86 kernels for every row count
 /// (its `repack_x86::select`, `level` and `amx_available`): `q8_0` needs VNNI (AVX2's
 /// `maddubs` would overflow), `q4k` any AVX2 CPU without AMX, whose `q4k` prompts repack from
@@ -87,15 +79,10 @@ pub(crate) fn candle_repacks(dtype: GgmlDType, n: usize, k: usize) -> bool {
         if k == 0 || !n.is_multiple_of(TILE_N) || !k.is_multiple_of(SUPERBLOCK) {
             return false;
         }
-        let forced_avx2 = std::env::var("MISTRALRS_FORCE_AVX2").as_deref() == Ok("1");
-        let forced_avx_vnni = std::env::var("MISTRALRS_FORCE_AVXVNNI").as_deref() == Ok("1");
-        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        let vnni = !forced_avx2
-            && ((is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
-                || ((forced_avx_vnni || is_x86_feature_detected!("avxvnni")) && is_x86_feature_detected!("avx2")));
+        let CpuKernels { vnni, avx2, amx } = *cpu_kernels();
         match dtype {
             GgmlDType::Q8_0 => vnni,
-            GgmlDType::Q4K => (vnni || avx2) && !cpu_has_amx(),
+            GgmlDType::Q4K => (vnni || avx2) && !amx,
             _ => false,
         }
     }
@@ -106,11 +93,31 @@ pub(crate) fn candle_repacks(dtype: GgmlDType, n: usize, k: usize) -> bool {
     }
 }
 
-/// AMX tiles and int8 (CPUID leaf 7, EDX bits 24 and 25), read the way candle reads them.
+/// The kernel tiers candle 0.11.1 picks on this CPU (its `repack_x86::level` and
+/// `amx_available`, environment overrides included), read once: [`candle_repacks`] runs on
+/// every quantized matmul through [`super::q8_0::matmul`].
 #[cfg(target_arch = "x86_64")]
-fn cpu_has_amx() -> bool {
-    let info = core::arch::x86_64::__cpuid_count(7, 0);
-    info.edx & (1 << 24) != 0 || info.edx & (1 << 25) != 0
+#[derive(Clone, Copy)]
+struct CpuKernels {
+    vnni: bool,
+    avx2: bool,
+    amx: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_kernels() -> &'static CpuKernels {
+    static KERNELS: std::sync::OnceLock<CpuKernels> = std::sync::OnceLock::new();
+    KERNELS.get_or_init(|| {
+        let forced_avx2 = std::env::var("MISTRALRS_FORCE_AVX2").as_deref() == Ok("1");
+        let forced_avx_vnni = std::env::var("MISTRALRS_FORCE_AVXVNNI").as_deref() == Ok("1");
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let vnni = !forced_avx2
+            && ((is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+                || ((forced_avx_vnni || is_x86_feature_detected!("avxvnni")) && is_x86_feature_detected!("avx2")));
+        // AMX tiles or int8 (CPUID leaf 7, EDX bits 24 and 25), read the way candle reads them.
+        let edx = core::arch::x86_64::__cpuid_count(7, 0).edx;
+        CpuKernels { vnni, avx2, amx: edx & (1 << 24) != 0 || edx & (1 << 25) != 0 }
+    })
 }
 
 /// `[m, k]` of values in [-1, 1) from a fixed xorshift, so no row and no column is zero.
@@ -139,13 +146,7 @@ fn discard_pages(qm: &QMatMul) -> Result<bool> {
     let std::borrow::Cow::Borrowed(bytes) = data else { return Ok(false) };
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let first = (bytes.as_ptr() as usize).div_ceil(page) * page;
-        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
-        if end <= first {
-            return Ok(false);
-        }
+        let Some((first, end)) = whole_pages(bytes) else { return Ok(false) };
         // SAFETY: [first, end) is whole pages inside the block storage of a live QTensor, so no
         // allocator metadata lies there. MADV_DONTNEED on private anonymous memory makes those
         // pages read as zeros from now on; zero is a valid bit pattern of candle's plain-data
@@ -159,6 +160,16 @@ fn discard_pages(qm: &QMatMul) -> Result<bool> {
         let _ = bytes;
         Ok(false)
     }
+}
+
+/// The page-aligned address range `[first, end)` of the pages that lie wholly inside `bytes`.
+#[cfg(target_os = "linux")]
+fn whole_pages(bytes: &[u8]) -> Option<(usize, usize)> {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let first = (bytes.as_ptr() as usize).div_ceil(page) * page;
+    let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+    (end > first).then_some((first, end))
 }
 
 #[cfg(test)]
@@ -181,9 +192,9 @@ mod tests {
     fn resident_pages(qm: &QMatMul) -> usize {
         let QMatMul::QTensor(qt) = qm else { panic!("quantized") };
         let data = qt.data().unwrap();
-        let page = 4096usize;
-        let first = (data.as_ptr() as usize).div_ceil(page) * page;
-        let end = (data.as_ptr() as usize + data.len()) / page * page;
+        let (first, end) = whole_pages(&data).expect("the test matrices span many pages");
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let mut vec = vec![0u8; (end - first) / page];
         // SAFETY: the range is mapped (it lies inside a live allocation) and `vec` has a byte
         // per page of it.
@@ -220,7 +231,7 @@ mod tests {
         let w = weight(4096, 2048);
         let q4_0 = || Ok(quantized(&w, GgmlDType::Q4_0));
         let want = output_bits(&q4_0().unwrap(), &probe_input(5, 2048).unwrap()).unwrap();
-        let (qm, outcome) = release_checked(q4_0().unwrap(), q4_0).unwrap();
+        let (qm, outcome) = release_checked(q4_0().unwrap(), 2048, q4_0).unwrap();
         let expected = if cfg!(target_os = "linux") { Outcome::Rebuilt } else { Outcome::Kept };
         assert_eq!(outcome, expected);
         assert_eq!(output_bits(&qm, &probe_input(5, 2048).unwrap()).unwrap(), want);
