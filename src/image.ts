@@ -10,7 +10,7 @@ import { statSync } from 'node:fs'
 import { PaliGemmaError, errorFromFailure, errorFromThrown } from './errors.js'
 import { isFailure, native } from './native.js'
 import type { NativeCancelToken, NativeEvent, NativeFailure, NativeGenerateOutput, NativeGenerateRequest, NativeModel, NativeModelInfo } from './native.js'
-import { SAMPLING_KEYS, checkKeys, describe, integer, invalid, isRecord, optionalSignal, validateSampling } from './options.js'
+import { SAMPLING_KEYS, argumentError, checkKeys, describe, integer, invalid, isRecord, optionalSignal, validateSampling } from './options.js'
 import { parseSegmentations } from './parse.js'
 import { TokenStream } from './stream.js'
 import type { ImageInput, ImageOptions, ImageSize, PreprocessedImage, Segmentation } from './types.js'
@@ -186,9 +186,14 @@ export function imageOptions(options: unknown, extraKeys: readonly string[] = []
  *   pixels), `ERR_INVALID_ARGUMENT` (bad arguments).
  */
 export async function preprocessImage(image: ImageInput, size: number, options?: ImageOptions): Promise<PreprocessedImage> {
-  const input = nativeImage(image)
-  const side = integer('size', size, 1, MAX_SIZE)
-  const decode = decodeOptions(imageOptions(options))
+  let input: NativeImageInput, side: number, decode: NativeDecodeOptions
+  try {
+    input = nativeImage(image)
+    side = integer('size', size, 1, MAX_SIZE)
+    decode = decodeOptions(imageOptions(options))
+  } catch (error) {
+    throw argumentError(error)
+  }
   const binding = processor()
   const out = await settle(() => binding.preprocessImage(input, side, decode))
   return { pixelValues: out.pixelValues, width: out.width, height: out.height }
@@ -326,7 +331,7 @@ export function startImageRequest(
     if (!canGenerateFromImage(candidate)) throw outdatedAddon('{ image, prompt } generation')
     model = candidate
   } catch (error) {
-    return new TokenStream({ error: errorFromThrown(error), seed: 0, buffer })
+    return new TokenStream({ error: argumentError(error, 'request'), seed: 0, buffer })
   }
   const { native: nativeRequest, signal } = validated
   let extra: { promptIds: number[]; image: ImageSize } | undefined

@@ -9,7 +9,7 @@ import type { AbortError, PaliGemmaError } from './errors.js'
 import { resolveLoadTarget } from './hub.js'
 import { cudaFallbackNote, isFailure, native, warnCpuFallback } from './native.js'
 import type { NativeBinding, NativeFailure, NativeForwardOutput, NativeModel, NativeModelInfo, NativeProgress } from './native.js'
-import { validateForwardInput, validateGenerateRequest, validateLoadArgs } from './options.js'
+import { argumentError, validateForwardInput, validateGenerateRequest, validateLoadArgs } from './options.js'
 import { isImageRequest, startImageRequest } from './image.js'
 import { TokenStream } from './stream.js'
 import { runAsk, runCaption, runDetect, runOcr, runSegment } from './tasks.js'
@@ -50,6 +50,11 @@ function withCudaNote(failure: NativeFailure): NativeFailure {
   const note = cudaFallbackNote()
   if (failure.code !== 'ERR_DEVICE_UNAVAILABLE' || note === undefined) return failure
   return { code: failure.code, message: `${failure.message} (${note})` }
+}
+
+/** Task helpers' rejections: generation errors pass through, a throwing getter becomes `ERR_INVALID_ARGUMENT`. */
+function rejectAsArgument(error: unknown): never {
+  throw argumentError(error, 'options')
 }
 
 /** Calls `signal`'s abort handler only while `body` runs. */
@@ -116,8 +121,15 @@ export class PaliGemma implements AsyncDisposable {
    */
   static async load(modelDir: string, options?: LoadOptions): Promise<PaliGemma> {
     // A hub id (`owner/name`) that is not a local folder is downloaded first (see hub.ts).
-    modelDir = await resolveLoadTarget(modelDir, options)
-    const args = validateLoadArgs(modelDir, options)
+    // The options are read (and validated) before anything else, so a throwing getter is an
+    // argument error, not a failed download; the hub id is then resolved to a folder.
+    let args: ReturnType<typeof validateLoadArgs>
+    try {
+      args = validateLoadArgs(modelDir, options)
+    } catch (error) {
+      throw argumentError(error, 'options')
+    }
+    args.dir = await resolveLoadTarget(args.dir, { onProgress: args.onProgress, signal: args.signal })
     const { signal } = args
     if (signal?.aborted) throw abortErrorFor(signal)
     let binding: NativeBinding
@@ -196,7 +208,13 @@ export class PaliGemma implements AsyncDisposable {
    */
   async forward(input: ForwardInput): Promise<ForwardOutput> {
     const model = this.#live()
-    const { inputIds, pixelValues, signal } = validateForwardInput(input, this.#nativeInfo)
+    let validated: ReturnType<typeof validateForwardInput>
+    try {
+      validated = validateForwardInput(input, this.#nativeInfo)
+    } catch (error) {
+      throw argumentError(error, 'input')
+    }
+    const { inputIds, pixelValues, positions, signal } = validated
     if (signal?.aborted) throw abortErrorFor(signal)
     const token = new this.#binding.CancelToken()
     const out = await new Promise<NativeForwardOutput | NativeFailure>((resolve, reject) => {
@@ -209,7 +227,7 @@ export class PaliGemma implements AsyncDisposable {
       signal?.addEventListener('abort', onAbort, { once: true })
       const done = (): void => signal?.removeEventListener('abort', onAbort)
       try {
-        model.forward(inputIds, pixelValues, token).then(
+        model.forward(inputIds, pixelValues, token, positions).then(
           (value) => {
             done()
             resolve(value)
@@ -230,6 +248,16 @@ export class PaliGemma implements AsyncDisposable {
   }
 
   #start(request: GenerateRequest, buffer: boolean): TokenStream {
+    // `generate` and `stream` never throw: whatever goes wrong, even reading a hostile request
+    // object, comes back through the returned promise or stream.
+    try {
+      return this.#startChecked(request, buffer)
+    } catch (error) {
+      return new TokenStream({ error: argumentError(error, 'request'), seed: 0, buffer })
+    }
+  }
+
+  #startChecked(request: GenerateRequest, buffer: boolean): TokenStream {
     if (isImageRequest(request)) {
       return startImageRequest(() => this.#live(), () => new this.#binding.CancelToken(), this.#nativeInfo, request, buffer)
     }
@@ -239,7 +267,7 @@ export class PaliGemma implements AsyncDisposable {
       model = this.#live()
       validated = validateGenerateRequest(request, this.#nativeInfo)
     } catch (error) {
-      return new TokenStream({ error: errorFromThrown(error), seed: 0, buffer })
+      return new TokenStream({ error: argumentError(error, 'request'), seed: 0, buffer })
     }
     const { native: nativeRequest, signal } = validated
     return new TokenStream({
@@ -292,7 +320,7 @@ export class PaliGemma implements AsyncDisposable {
    *   no `tokenizer.json`.
    */
   caption(image: ImageInput, options?: LanguageTaskOptions): Promise<string> {
-    return runCaption(this.#run, image, options)
+    return runCaption(this.#run, image, options).catch(rejectAsArgument)
   }
 
   /**
@@ -305,7 +333,7 @@ export class PaliGemma implements AsyncDisposable {
    * @throws Like {@link PaliGemma.caption}.
    */
   ask(image: ImageInput, question: string, options?: LanguageTaskOptions): Promise<string> {
-    return runAsk(this.#run, image, question, options)
+    return runAsk(this.#run, image, question, options).catch(rejectAsArgument)
   }
 
   /**
@@ -317,7 +345,7 @@ export class PaliGemma implements AsyncDisposable {
    * @throws Like {@link PaliGemma.caption}.
    */
   ocr(image: ImageInput, options?: TaskOptions): Promise<string> {
-    return runOcr(this.#run, image, options)
+    return runOcr(this.#run, image, options).catch(rejectAsArgument)
   }
 
   /**
@@ -334,7 +362,7 @@ export class PaliGemma implements AsyncDisposable {
    *   containing `;`.
    */
   detect(image: ImageInput, labels: string | readonly string[], options?: TaskOptions): Promise<Detection[]> {
-    return runDetect(this.#run, image, labels, options)
+    return runDetect(this.#run, image, labels, options).catch(rejectAsArgument)
   }
 
   /**
@@ -353,7 +381,7 @@ export class PaliGemma implements AsyncDisposable {
    *   decoder.
    */
   segment(image: ImageInput, labels: string | readonly string[], options?: SegmentOptions): Promise<Segmentation[]> {
-    return runSegment(this.#run, image, labels, options, this.#vaePath)
+    return runSegment(this.#run, image, labels, options, this.#vaePath).catch(rejectAsArgument)
   }
 
   /**

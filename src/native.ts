@@ -113,7 +113,12 @@ export interface NativeCancelToken {
 export interface NativeModel {
   readonly info: NativeModelInfo
   readonly disposed: boolean
-  forward(inputIds: Uint32Array, pixelValues: Float32Array, cancel: NativeCancelToken): Promise<NativeForwardOutput | NativeFailure>
+  forward(
+    inputIds: Uint32Array,
+    pixelValues: Float32Array,
+    cancel: NativeCancelToken,
+    positions?: Uint32Array,
+  ): Promise<NativeForwardOutput | NativeFailure>
   generate(request: NativeGenerateRequest, cancel: NativeCancelToken, onEvent: (event: NativeEvent) => void): void
   dispose(): Promise<undefined | NativeFailure>
 }

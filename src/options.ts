@@ -21,11 +21,32 @@ export function invalid(name: string, message: string): PaliGemmaError {
   return new PaliGemmaError('ERR_INVALID_ARGUMENT', `invalid argument \`${name}\`: ${message}`)
 }
 
+/**
+ * The error for something thrown while reading a caller's arguments. Our own checks throw
+ * {@link PaliGemmaError}s, which pass through; anything else came from the caller's objects (a
+ * getter or Proxy trap that throws, a revoked Proxy) and becomes `ERR_INVALID_ARGUMENT` naming
+ * what was being read, with the original as `cause`.
+ *
+ * @internal
+ */
+export function argumentError(error: unknown, where = 'arguments'): PaliGemmaError {
+  if (error instanceof PaliGemmaError) return error
+  const what = error instanceof Error ? `${error.name}: ${error.message}` : describe(error)
+  return new PaliGemmaError('ERR_INVALID_ARGUMENT', `invalid argument \`${where}\`: reading it threw ${what}`, { cause: error })
+}
+
 /** A short description of a value for error messages. @internal */
 export function describe(value: unknown): string {
   if (value === null) return 'null'
-  if (Array.isArray(value)) return 'an array'
-  if (typeof value === 'object') return `an object (${value.constructor?.name ?? 'no prototype'})`
+  if (typeof value === 'object') {
+    try {
+      if (Array.isArray(value)) return 'an array'
+      const name: unknown = value.constructor?.name
+      return `an object (${typeof name === 'string' ? name : 'no prototype'})`
+    } catch {
+      return 'an object (unreadable: a revoked Proxy or a throwing getter)'
+    }
+  }
   if (typeof value === 'string') return `the string ${JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value)}`
   return `${typeof value} ${String(value)}`
 }
@@ -179,20 +200,51 @@ export function validatePixelValues(value: unknown, info: NativeModelInfo): Floa
   return value
 }
 
-const FORWARD_KEYS = ['inputIds', 'pixelValues', 'signal'] as const
+const FORWARD_KEYS = ['inputIds', 'pixelValues', 'positions', 'signal'] as const
+
+/** Largest logits array `forward` returns (2 GiB, one `Float32Array`); the addon checks again. */
+const MAX_FORWARD_LOGITS_BYTES = 2 ** 31
 
 /** @internal */
 export function validateForwardInput(
   input: unknown,
   info: NativeModelInfo,
-): { inputIds: Uint32Array; pixelValues: Float32Array; signal?: AbortSignal } {
+): { inputIds: Uint32Array; pixelValues: Float32Array; positions?: Uint32Array; signal?: AbortSignal } {
   if (!isRecord(input)) throw invalid('input', `must be an object { inputIds, pixelValues }, got ${describe(input)}`)
   checkKeys('input', input, FORWARD_KEYS)
+  const inputIds = validateInputIds(input.inputIds, info)
+  const positions = validatePositions(input.positions, inputIds.length)
+  const rows = positions?.length ?? inputIds.length
+  if (rows * info.vocabSize * 4 > MAX_FORWARD_LOGITS_BYTES) {
+    throw invalid(
+      'positions',
+      `logits for ${rows} positions × ${info.vocabSize} vocabulary entries would take ${rows * info.vocabSize * 4} bytes, ` +
+        `more than the ${MAX_FORWARD_LOGITS_BYTES}-byte limit; pass positions: 'last' or a list of positions`,
+    )
+  }
   return {
-    inputIds: validateInputIds(input.inputIds, info),
+    inputIds,
     pixelValues: validatePixelValues(input.pixelValues, info),
+    ...(positions === undefined ? {} : { positions }),
     signal: optionalSignal('signal', input.signal),
   }
+}
+
+/** `forward`'s `positions`: `'all'` (or absent), `'last'`, or a list of prompt positions. */
+function validatePositions(value: unknown, seq: number): Uint32Array | undefined {
+  if (value === undefined || value === 'all') return undefined
+  if (value === 'last') return Uint32Array.of(Math.max(seq - 1, 0))
+  if (!Array.isArray(value) && !(value instanceof Uint32Array)) {
+    throw invalid('positions', `must be 'all', 'last' or an array of positions, got ${describe(value)}`)
+  }
+  const list = Array.from(value as ArrayLike<unknown>)
+  if (list.length === 0) throw invalid('positions', 'must name at least one position')
+  list.forEach((p, i) => {
+    if (typeof p !== 'number' || !Number.isInteger(p) || p < 0 || p >= seq) {
+      throw invalid('positions', `entry ${i} must be an integer in [0, ${seq - 1}] (the prompt has ${seq} positions), got ${describe(p)}`)
+    }
+  })
+  return Uint32Array.from(list as number[])
 }
 
 /** Options every generation request accepts. @internal */
@@ -260,7 +312,8 @@ export function validateSampling(
   let stop: string[] = []
   if (request.stop !== undefined) {
     if (!Array.isArray(request.stop)) throw invalid('stop', `must be an array of strings, got ${describe(request.stop)}`)
-    stop = request.stop.map((s: unknown, i: number) => {
+    // Array.from visits holes (`[, 'a']`) as undefined, where `map` would skip and keep them.
+    stop = Array.from(request.stop as unknown[], (s: unknown, i: number) => {
       if (typeof s !== 'string' || s.length === 0) {
         throw invalid('stop', `entry ${i} must be a non-empty string, got ${describe(s)}`)
       }

@@ -46,7 +46,7 @@ function text(name: string, value: unknown): string {
 /** Labels as a list: a string may hold several separated by `;`. */
 function labelList(value: unknown): string[] {
   const raw: unknown[] = typeof value === 'string' ? value.split(';') : Array.isArray(value) ? value : [value]
-  const labels = raw.map((label, i) => {
+  const labels = Array.from(raw, (label, i) => {
     if (typeof label !== 'string' || label.trim().length === 0) {
       throw invalid('labels', `entry ${i} must be a non-empty string, got ${describe(label)}`)
     }

@@ -113,15 +113,21 @@ export interface ForwardInput {
   inputIds: ArrayLike<number>
   /** The image, normalised, channel-major (CHW), `3 × imageSize × imageSize` values. */
   pixelValues: Float32Array
+  /**
+   * Which positions get logits: `'all'` (the default), `'last'`, or a list of prompt positions
+   * (returned in that order). The LM head then runs on those rows only. The logits must fit in
+   * 2 GiB (PaliGemma: 2 087 positions); more is refused with `ERR_INVALID_ARGUMENT`.
+   */
+  positions?: 'all' | 'last' | readonly number[]
   /** Cancels the call; it then rejects with an `AbortError`. */
   signal?: AbortSignal
 }
 
 /** Output of {@link PaliGemma.forward}. */
 export interface ForwardOutput {
-  /** Row-major `[seq, vocab]` logits, float32. */
+  /** Row-major `[rows, vocab]` logits, float32: one row per requested position. */
   logits: Float32Array
-  /** `[seq, vocab]`. */
+  /** `[rows, vocab]`: `rows` is the prompt length, 1 for `'last'`, or the number of positions asked for. */
   dims: [number, number]
 }
 

@@ -86,13 +86,31 @@ pub struct NativeForwardOutput {
 pub(crate) struct ForwardJob {
     pub input_ids: Vec<u32>,
     pub pixel_values: Vec<f32>,
+    /// Positions whose logits are returned; `None`: every position.
+    pub positions: Option<Vec<u32>>,
     pub promise: Option<Settle<NativeForwardOutput>>,
 }
+
+/// Largest logits array `forward` returns: one JS `Float32Array` of at most 2 GiB. PaliGemma's
+/// 257 152-entry vocabulary reaches it at 2 087 positions; ask for fewer positions past that.
+pub(crate) const MAX_FORWARD_LOGITS_BYTES: u64 = 2 << 30;
 
 impl ForwardJob {
     fn compute(&self, ctx: &Context) -> Result<(Vec<f32>, Vec<u32>), NativeFailure> {
         let core = |e: paligemma::Error| NativeFailure::from_core(&e, ctx.is_disposed());
-        let logits = ctx.model.forward(&self.input_ids, &self.pixel_values).map_err(core)?;
+        let rows = self.positions.as_ref().map_or(self.input_ids.len(), Vec::len) as u64;
+        let vocab = ctx.model.config().text.vocab_size as u64;
+        let bytes = rows.saturating_mul(vocab).saturating_mul(4);
+        if bytes > MAX_FORWARD_LOGITS_BYTES {
+            return Err(NativeFailure::invalid(
+                "positions",
+                format!(
+                    "logits for {rows} positions × {vocab} vocabulary entries are {bytes} bytes, more than the \
+                     {MAX_FORWARD_LOGITS_BYTES}-byte limit; pass `positions: 'last'` or a list of positions"
+                ),
+            ));
+        }
+        let logits = ctx.model.forward_at(&self.input_ids, &self.pixel_values, self.positions.as_deref()).map_err(core)?;
         let dims = logits.dims().iter().map(|&d| d as u32).collect();
         let values = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| core(e.into()))?;
         Ok((values, dims))

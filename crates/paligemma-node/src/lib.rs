@@ -263,7 +263,7 @@ impl NativeModel {
         self.queue.is_disposed()
     }
 
-    /// Logits of every prompt position, `[seq, vocab]`.
+    /// Logits of the chosen prompt positions (all when `positions` is absent), `[rows, vocab]`.
     #[napi(catch_unwind, ts_return_type = "Promise<NativeForwardOutput | NativeFailure>")]
     pub fn forward<'env>(
         &self,
@@ -271,10 +271,16 @@ impl NativeModel {
         input_ids: Uint32Array,
         pixel_values: Float32Array,
         cancel: &CancelToken,
+        positions: Option<Uint32Array>,
     ) -> napi::Result<Object<'env>> {
         guard(|| {
             let (settle, promise) = Settle::<NativeForwardOutput>::new(env)?;
-            let job = ForwardJob { input_ids: input_ids.to_vec(), pixel_values: pixel_values.to_vec(), promise: Some(settle) };
+            let job = ForwardJob {
+                input_ids: input_ids.to_vec(),
+                pixel_values: pixel_values.to_vec(),
+                positions: positions.map(|p| p.to_vec()),
+                promise: Some(settle),
+            };
             self.submit(cancel.flag.clone(), Box::new(job));
             Ok(promise)
         })

@@ -126,7 +126,7 @@ impl Config {
     /// Reads and validates `<dir>/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = crate::files::read_text_capped(&path, crate::files::MAX_CONFIG_BYTES)?;
         Self::from_json_str(&text)
     }
 

@@ -57,11 +57,14 @@ pub struct QuantizationReport {
 
 /// Which positions get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogitsFor {
+pub enum LogitsFor<'a> {
     /// Every input position (the low-level `forward` API).
     All,
     /// Only the last one (generation: the LM head is 21% of decode bytes, spec §4 of the perf notes).
     Last,
+    /// The given positions, in this order (`forward` with chosen positions: the LM head runs
+    /// on those rows only, so a long prompt need not produce `[seq, vocab]` logits).
+    At(&'a [u32]),
 }
 
 pub struct Decoder {
@@ -123,7 +126,7 @@ impl Decoder {
 
     /// Runs `embeds: [B, T, D]` through the layers, appending to `cache`, and returns logits
     /// `[B, T or 1, vocab]`.
-    pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache, step: Step, logits_for: LogitsFor) -> Result<Tensor> {
+    pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache, step: Step, logits_for: LogitsFor<'_>) -> Result<Tensor> {
         let (_, t, _) = embeds.dims3()?;
         let device = embeds.device();
         let base = MaskSpec { offset: step.offset, t, prefix_len: step.prefix_len, window: None };
@@ -151,7 +154,7 @@ impl Decoder {
     }
 
     /// The layers, final norm and LM head. `masks`: for full and for sliding layers.
-    fn run(&self, embeds: &Tensor, cache: &KvCache, at: Positions, masks: [Option<&Tensor>; 2], logits_for: LogitsFor) -> Result<Tensor> {
+    fn run(&self, embeds: &Tensor, cache: &KvCache, at: Positions, masks: [Option<&Tensor>; 2], logits_for: LogitsFor<'_>) -> Result<Tensor> {
         let (_, t, _) = embeds.dims3()?;
         // Narrowing the last layer to the last position skips 5 % of the decoder's FLOPs in a
         // prefill (PaliGemma-3B: that layer's o_proj and feed-forward for 265 of 266 positions),
@@ -173,9 +176,16 @@ impl Decoder {
         }
         // The last layer's output is already through the final norm, which works row by row.
         let mut h = normed;
-        if logits_for == LogitsFor::Last {
-            let t = h.dim(1)?;
-            h = h.narrow(1, t - 1, 1)?.contiguous()?;
+        match logits_for {
+            LogitsFor::All => {}
+            LogitsFor::Last => {
+                let t = h.dim(1)?;
+                h = h.narrow(1, t - 1, 1)?.contiguous()?;
+            }
+            LogitsFor::At(rows) => {
+                let rows = Tensor::new(rows, h.device())?;
+                h = h.index_select(&rows, 1)?.contiguous()?;
+            }
         }
         let (b, rows, d) = h.dims3()?;
         let h = h.reshape((b * rows, d))?;

@@ -18,6 +18,7 @@ pub mod decoder;
 pub mod device;
 pub mod device_memory;
 pub mod error;
+pub mod files;
 pub mod generate;
 pub mod image;
 pub mod kv_cache;

@@ -108,6 +108,11 @@ pub struct PaliGemma {
     _pool_retention: PoolRetention,
 }
 
+/// Largest accepted `|pixelValues[i]|`. Normalised pixels lie in [−1, 1] (other
+/// normalisations within a few units, raw 0–255 by mistake within 255); values like 3.4e38
+/// overflow the vision tower's first matmul to infinity and the logits to NaN.
+pub const MAX_PIXEL_MAGNITUDE: f32 = 1.0e4;
+
 impl PaliGemma {
     /// Loads `config.json` and the safetensors weights of a Hugging Face-layout folder.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
@@ -189,8 +194,15 @@ impl PaliGemma {
                     format!("has {} values; this model takes 3×{r}×{r} = {expected} (CHW float32)", pixel_values.len()),
                 ));
             }
-            if let Some(i) = pixel_values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::invalid("pixelValues", format!("value {i} is not a finite number")));
+            if let Some(i) = pixel_values.iter().position(|v| !(v.abs() <= MAX_PIXEL_MAGNITUDE)) {
+                return Err(Error::invalid(
+                    "pixelValues",
+                    format!(
+                        "value {i} is {}; values must be finite and within ±{MAX_PIXEL_MAGNITUDE} \
+                         (normalised pixels lie in [−1, 1])",
+                        pixel_values[i]
+                    ),
+                ));
             }
             all.extend_from_slice(pixel_values);
         }
@@ -271,12 +283,30 @@ impl PaliGemma {
     /// Logits for every position of a prompt, `[T, vocab]` as f32 (the whole prompt attends
     /// bidirectionally, as in the reference's prefill).
     pub fn forward(&self, input_ids: &[u32], pixel_values: &[f32]) -> Result<Tensor> {
+        self.forward_at(input_ids, pixel_values, None)
+    }
+
+    /// [`forward`](Self::forward) with logits for the chosen `positions` only (in that order,
+    /// repeats allowed), `[positions.len(), vocab]`; `None` means every position.
+    pub fn forward_at(&self, input_ids: &[u32], pixel_values: &[f32], positions: Option<&[u32]>) -> Result<Tensor> {
         self.check_input_ids(input_ids)?;
+        if let Some(positions) = positions {
+            if positions.is_empty() {
+                return Err(Error::invalid("positions", "must name at least one position"));
+            }
+            if let Some(&p) = positions.iter().find(|&&p| p as usize >= input_ids.len()) {
+                return Err(Error::invalid(
+                    "positions",
+                    format!("position {p} is past the prompt's {} positions", input_ids.len()),
+                ));
+            }
+        }
         let pixels = self.pixel_tensor(pixel_values)?;
         let mut session = self.new_session(input_ids.len())?;
         let embeds = self.embed_batch(&[input_ids], &pixels)?;
         let step = Step { offset: 0, prefix_len: input_ids.len(), sliding_window: session.sliding_window };
-        let logits = self.decoder.forward(&embeds, &mut session.cache, step, LogitsFor::All)?;
+        let logits_for = positions.map_or(LogitsFor::All, LogitsFor::At);
+        let logits = self.decoder.forward(&embeds, &mut session.cache, step, logits_for)?;
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
     }
 

@@ -2,7 +2,6 @@
 //! across transformers versions (spec §5.2), shape checks and dtype conversion on load.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -242,7 +241,7 @@ fn release_pages(mmap: &Mmap, offset: usize, len: usize) {
 }
 
 fn shard_paths(index_path: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+    let text = crate::files::read_text_capped(index_path, crate::files::MAX_INDEX_BYTES)?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Weights(format!("{} is not valid JSON: {e}", index_path.display())))?;
     let map = value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
@@ -281,7 +280,7 @@ fn shard_paths(index_path: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn map_file(path: &Path) -> Result<MappedFile> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if len < 8 {
         return Err(Error::Weights(format!(

@@ -184,7 +184,7 @@ struct ResolvedConfig {
 /// The given config file, or one inferred from the shapes.
 fn resolve_config(given: Option<&Path>, shapes: &BTreeMap<String, Vec<usize>>, dtype: OutputDtype) -> Result<ResolvedConfig> {
     if let Some(path) = given {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text_capped(path, crate::files::MAX_CONFIG_BYTES)?;
         let config = Config::from_json_str(&text)?;
         return Ok(ResolvedConfig { text, config, inferred: false, warnings: Vec::new() });
     }

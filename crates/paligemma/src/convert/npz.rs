@@ -48,7 +48,7 @@ pub struct NpzArchive<R> {
 impl NpzArchive<BufReader<File>> {
     /// Opens a `.npz` file and parses every array header.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
         Self::from_reader(BufReader::with_capacity(1 << 20, file))
             .map_err(|e| Error::Convert(format!("{}: {}", path.display(), strip_prefix(&e))))
     }

@@ -6,6 +6,7 @@
 //! `(x − 0.5)/0.5`. EXIF orientation is ignored by default because that reference ignores it.
 
 mod decode;
+mod png_rows;
 mod resize;
 
 use std::io::Read;
@@ -236,7 +237,8 @@ fn raw_to_rgb(
 fn read_file(path: &Path, opts: &DecodeOptions) -> Result<Vec<u8>> {
     let cant =
         |e: std::io::Error| Error::InvalidImage(format!("cannot read {}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(cant)?;
+    // A FIFO or device would block the thread (the model's worker) or never end.
+    let file = crate::files::open_regular(path).map_err(cant)?;
     let budget = decode::alloc_budget(opts.max_pixels);
     let mut bytes = Vec::new();
     file.take(budget.saturating_add(1))

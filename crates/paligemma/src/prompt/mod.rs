@@ -6,6 +6,8 @@
 //! insert a second `<bos>` (spec §8 P5).
 
 mod extend;
+mod length;
+mod shared;
 mod stop;
 mod stream;
 mod task;
@@ -33,6 +35,8 @@ pub struct PromptTokenizer {
     /// Whether the decoder turns `<0xHH>` pieces into raw bytes; the stream then reassembles
     /// multi-byte characters itself.
     byte_fallback: bool,
+    /// The longest text one token can cover (see [`length::PromptBound`]).
+    bound: length::PromptBound,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
@@ -58,29 +62,30 @@ struct DeclaredToken {
 }
 
 impl PromptTokenizer {
-    /// Loads `<model_dir>/tokenizer.json`.
+    /// Loads `<model_dir>/tokenizer.json` (see [`from_file`](Self::from_file)).
     pub fn from_dir(model_dir: &Path) -> Result<Self> {
         let path = model_dir.join("tokenizer.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Tokenizer(format!(
-                    "no tokenizer.json in {}: {e} (PaliGemma checkpoints ship one; for a bare \
-                     Gemma tokenizer.json, build it with scripts/make-paligemma-tokenizer.mjs or \
-                     paligemma::prompt::extend_gemma_tokenizer)",
-                    model_dir.display()
-                ))
-            } else {
-                Error::Tokenizer(format!("cannot read {}: {e}", path.display()))
-            }
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            return Err(Error::Tokenizer(format!(
+                "no tokenizer.json in {} (PaliGemma checkpoints ship one; for a bare Gemma \
+                 tokenizer.json, build it with scripts/make-paligemma-tokenizer.mjs or \
+                 paligemma::prompt::extend_gemma_tokenizer)",
+                model_dir.display()
+            )));
+        }
+        Self::from_file(&path)
     }
 
-    /// Loads a `tokenizer.json` file.
+    /// Loads a `tokenizer.json` file: a regular file of at most
+    /// [`MAX_TOKENIZER_BYTES`](crate::files::MAX_TOKENIZER_BYTES). Models loaded from the same
+    /// unchanged file share one parsed tokenizer (PaliGemma's takes about 120 MB), for as long
+    /// as any of them holds it.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text, &path.display().to_string())
+        shared::load(path, |bytes| {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| Error::Tokenizer(format!("{} is not UTF-8 text: {e}", path.display())))?;
+            Self::parse(text, &path.display().to_string())
+        })
     }
 
     /// Loads a tokenizer from the text of a `tokenizer.json`.
@@ -103,9 +108,11 @@ impl PromptTokenizer {
             .get_decoder()
             .and_then(|d| d.decode(vec!["<0x41>".to_string()]).ok())
             .is_some_and(|s| s == "A");
+        let bound = length::PromptBound::of(&tok);
         let this = Self {
             inner: Arc::new(tok),
             byte_fallback,
+            bound,
         };
         this.check_declared_ids(json, origin)?;
         this.check_decoder_is_additive(origin)?;
@@ -194,10 +201,21 @@ impl PromptTokenizer {
     /// are tokenized as ordinary characters, while non-special added tokens (`<loc0000>`,
     /// `<seg000>`) are still recognised.
     pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer(format!("cannot encode text: {e}")))?;
+        // The tokenizer file is the model owner's, but the text is a caller's: a pre-tokenizer
+        // regex that hits Oniguruma's backtracking limit panics inside `tokenizers`, and that
+        // must reach the caller as an error about this prompt, not as an engine panic.
+        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.encode(text, false)))
+            .map_err(|panic| {
+                Error::invalid(
+                    "prompt",
+                    format!(
+                        "the tokenizer failed on this text ({}); its pre-tokenizer pattern may \
+                         backtrack too much on it",
+                        panic_message(panic.as_ref())
+                    ),
+                )
+            })?;
+        let enc = encoded.map_err(|e| Error::Tokenizer(format!("cannot encode text: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -234,7 +252,14 @@ impl PromptTokenizer {
     }
 
     /// [`build_prompt`](Self::build_prompt) with the image-token count and ids of `config`.
+    /// A prefix too long to leave room for one new token in the model's context is refused
+    /// before it is tokenized, so a huge prompt costs a character count, not a tokenization.
     pub fn build_prompt_for(&self, config: &Config, prefix: &str) -> Result<Vec<u32>> {
+        let room = config
+            .text
+            .max_position_embeddings
+            .saturating_sub(config.num_image_tokens() + 2); // <bos>, and one new token
+        self.bound.check(prefix, room)?;
         self.build_prompt(
             prefix,
             config.num_image_tokens(),
@@ -312,6 +337,15 @@ impl PromptTokenizer {
         out.extend_from_slice(text.as_bytes());
         Ok(())
     }
+}
+
+/// The text of a caught panic's payload (a `&str` or `String` for `panic!` with a message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic without a message".into())
 }
 
 /// The byte of a `<0xHH>` piece, recognised exactly as `tokenizers`' ByteFallback decoder does.
