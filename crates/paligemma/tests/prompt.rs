@@ -314,3 +314,38 @@ fn the_js_script_builds_the_same_tokenizer() {
     // Extending twice changes nothing.
     assert_eq!(extend_gemma_tokenizer(&extended().0).unwrap(), extended().0);
 }
+
+/// Issue 19: a pre-tokenizer regex that exceeds Oniguruma's backtracking limit used to panic
+/// inside `tokenizers` and reach JS as "native engine panicked"; it is now an error about the
+/// prompt, and the tokenizer keeps working on other text.
+#[test]
+fn catastrophic_pre_tokenizer_regex_is_an_error_not_a_panic() {
+    let path = repo().join("testdata/tokenizers/tiny/tokenizer.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    json["pre_tokenizer"] = serde_json::json!({
+        "type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false
+    });
+    let tok = PromptTokenizer::from_json_str(&json.to_string()).unwrap();
+    let hostile = format!("{}b", "a".repeat(40));
+    let err = tok.encode_text(&hostile).unwrap_err();
+    assert_eq!(err.code(), paligemma::ErrorCode::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("prompt") && err.to_string().contains("tokenizer failed"), "{err}");
+    assert!(!tok.encode_text("ab ab").unwrap().is_empty());
+}
+
+/// Issue 19: the length check runs on characters before tokenizing, so a prompt that cannot
+/// fit is refused in microseconds, and one that fits exactly up to the bound is tokenized.
+#[test]
+fn prompts_that_cannot_fit_are_refused_before_tokenizing() {
+    let config = Config::from_dir(&repo().join("testdata/reference/pg1-tiny-a")).unwrap();
+    let tok = tiny();
+    let room = config.text.max_position_embeddings - config.num_image_tokens() - 2;
+    let longest = (0..tok.vocab_size() as u32).filter_map(|id| tok.id_to_token(id)).map(|t| t.chars().count()).max().unwrap();
+    let started = std::time::Instant::now();
+    let err = tok.build_prompt_for(&config, &"x".repeat(room * longest + 1)).unwrap_err();
+    assert!(started.elapsed().as_millis() < 100, "took {:?}", started.elapsed());
+    assert_eq!(err.code(), paligemma::ErrorCode::InvalidArgument);
+    assert!(err.to_string().contains("cannot fit in the model's context"), "{err}");
+    // At the bound the text is tokenized (and then may or may not fit; the caller checks).
+    assert!(tok.build_prompt_for(&config, &"x".repeat(room * longest)).is_ok());
+}
