@@ -7,50 +7,16 @@
 import { abortErrorFor, disposedError, errorFromFailure, errorFromThrown } from './errors.js'
 import type { AbortError, PaliGemmaError } from './errors.js'
 import { resolveLoadTarget } from './hub.js'
-import { cudaFallbackNote, isFailure, native, warnCpuFallback } from './native.js'
+import { autoFallback, publicInfo, withCudaNote } from './info.js'
+import { isFailure, native, warnCpuFallback } from './native.js'
 import type { NativeBinding, NativeFailure, NativeForwardOutput, NativeModel, NativeModelInfo, NativeProgress } from './native.js'
 import { argumentError, validateForwardInput, validateGenerateRequest, validateLoadArgs } from './options.js'
 import { isImageRequest, startImageRequest } from './image.js'
 import { TokenStream } from './stream.js'
 import { runAsk, runCaption, runDetect, runOcr, runSegment } from './tasks.js'
 import type { LanguageTaskOptions, SegmentOptions, TaskOptions } from './tasks.js'
-import type { DType, ForwardInput, ForwardOutput, GenerateRequest, GenerateResult, LoadOptions, ModelInfo, StreamChunk } from './types.js'
+import type { ForwardInput, ForwardOutput, GenerateRequest, GenerateResult, LoadOptions, ModelInfo, StreamChunk } from './types.js'
 import type { Detection, ImageInput, ImageRequest, Segmentation } from './types.js'
-
-function publicInfo(info: NativeModelInfo, deviceFallback: string | undefined): ModelInfo {
-  return Object.freeze({
-    architecture: info.architecture === 'paligemma2' ? 'paligemma2' : 'paligemma',
-    imageSize: info.imageSize,
-    imageTokens: info.imageTokens,
-    imageTokenId: info.imageTokenId,
-    bosTokenId: info.bosTokenId,
-    eosTokenIds: Object.freeze([...info.eosTokenIds]),
-    vocabSize: info.vocabSize,
-    hiddenSize: info.hiddenSize,
-    contextLength: info.contextLength,
-    device: info.device === 'cuda' ? 'cuda' : 'cpu',
-    dtype: info.dtype as DType,
-    threads: info.threads,
-    hasTokenizer: info.hasTokenizer,
-    ...(deviceFallback === undefined ? {} : { deviceFallback }),
-  })
-}
-
-/**
- * Why a model loaded with `device: 'auto'` runs on the CPU although a CUDA build is installed:
- * the CUDA addon could not load (see `native()`), or it loaded and opened no GPU.
- */
-function autoFallback(requested: string, info: NativeModelInfo): string | undefined {
-  if (info.deviceFallback) return info.deviceFallback
-  return requested === 'auto' && info.device === 'cpu' ? cudaFallbackNote() : undefined
-}
-
-/** A CPU build's `ERR_DEVICE_UNAVAILABLE` also says why the installed CUDA build did not load. */
-function withCudaNote(failure: NativeFailure): NativeFailure {
-  const note = cudaFallbackNote()
-  if (failure.code !== 'ERR_DEVICE_UNAVAILABLE' || note === undefined) return failure
-  return { code: failure.code, message: `${failure.message} (${note})` }
-}
 
 /** Task helpers' rejections: generation errors pass through, a throwing getter becomes `ERR_INVALID_ARGUMENT`. */
 function rejectAsArgument(error: unknown): never {

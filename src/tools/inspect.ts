@@ -132,16 +132,24 @@ function headerDtypes(path: string, into: Set<string>): void {
   }
 }
 
+/**
+ * Whether `path` is a regular file (or a link to one). Opening a FIFO for reading would block
+ * the JS thread until a writer comes, so nothing else is opened.
+ */
+function isRegularFile(path: string): boolean {
+  return statSync(path, { throwIfNoEntry: false })?.isFile() ?? false
+}
+
 function checkpointFiles(dir: string): CheckpointFiles {
   let weights: string[] = []
   const single = join(dir, 'model.safetensors')
   const index = join(dir, 'model.safetensors.index.json')
-  if (existsSync(single)) {
+  if (isRegularFile(single)) {
     weights = [single]
-  } else if (existsSync(index)) {
+  } else if (isRegularFile(index)) {
     try {
       const parsed = JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }
-      weights = [...new Set(Object.values(parsed.weight_map ?? {}))].map((file) => join(dir, file)).filter((file) => existsSync(file))
+      weights = [...new Set(Object.values(parsed.weight_map ?? {}))].map((file) => join(dir, file)).filter(isRegularFile)
     } catch {
       weights = []
     }
