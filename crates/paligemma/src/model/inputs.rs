@@ -31,7 +31,7 @@ impl PaliGemma {
                     format!("has {} values; this model takes 3×{r}×{r} = {expected} (CHW float32)", pixel_values.len()),
                 ));
             }
-            if let Some(i) = pixel_values.iter().position(|v| !(v.abs() <= MAX_PIXEL_MAGNITUDE)) {
+            if let Some(i) = pixel_values.iter().position(|v| !v.is_finite() || v.abs() > MAX_PIXEL_MAGNITUDE) {
                 return Err(Error::invalid(
                     "pixelValues",
                     format!(
