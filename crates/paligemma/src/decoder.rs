@@ -26,14 +26,34 @@ pub struct Step {
     pub sliding_window: bool,
 }
 
-/// Where the new tokens' positions are known.
+/// Where the new tokens' positions are known, and the cache they are written to.
 #[derive(Clone, Copy)]
 pub enum Positions<'a> {
     /// On the host: the block starts at the cache's length (prefill, eager decode).
-    Host,
+    Host(&'a KvCache),
     /// On the device, one token per sequence: the fixed-shape decode step that a CUDA graph
     /// replays ([`crate::decode_step`]).
-    Device(&'a DevicePositions),
+    Device(&'a DevicePositions, &'a KvCache),
+    /// One token per sequence, each sequence with its own cache, length and masks: the ragged
+    /// step of continuous batching ([`Decoder::step_ragged`]).
+    Ragged(&'a [RaggedView<'a>]),
+}
+
+/// One sequence of a ragged decode step, as the layers see it.
+pub struct RaggedView<'a> {
+    /// The sequence's own cache (batch 1); its length is the new token's index.
+    cache: &'a KvCache,
+    /// Additive masks of the new token over the cache, for full and for sliding layers;
+    /// `None` where it sees every key (the usual case).
+    masks: [Option<Tensor>; 2],
+}
+
+/// A sequence taking part in a ragged decode step: its cache (holding its prompt and every
+/// token so far, batch 1) and its own attention rule.
+pub struct RaggedRow<'a> {
+    pub cache: &'a mut KvCache,
+    pub prefix_len: usize,
+    pub sliding_window: bool,
 }
 
 /// The position of a one-token-per-sequence decode step, held on the device.
@@ -135,8 +155,51 @@ impl Decoder {
             (true, Some(w)) => MaskSpec { window: Some(w), ..base }.build(self.dtype, device)?,
             _ => full_mask.clone(),
         };
-        let logits = self.run(embeds, cache, Positions::Host, [full_mask.as_ref(), sliding_mask.as_ref()], logits_for)?;
+        let logits = self.run(embeds, Positions::Host(cache), [full_mask.as_ref(), sliding_mask.as_ref()], logits_for)?;
         cache.advance(t);
+        Ok(logits)
+    }
+
+    /// One decode step for sequences that stand at different positions: `tokens[i]` is the
+    /// next token of `rows[i]`. Every row has its own cache, rotary position, prefix length and
+    /// masks; the projections, feed-forwards and LM head run once for all rows. Returns
+    /// `[B, 1, vocab]` and advances each row's cache by one.
+    ///
+    /// Each row's arithmetic is that of a batch-1 step on its own cache (the rotation, cache
+    /// write, attention and norms run per row; the few-row matmul kernels give each row the
+    /// same sums whatever the row count, [`crate::cpu::matvec`]), so on the CPU in f32 a row's
+    /// logits are bitwise those of the same sequence decoded alone.
+    pub fn step_ragged(&self, tokens: &[u32], rows: &mut [RaggedRow<'_>]) -> Result<Tensor> {
+        if tokens.len() != rows.len() || rows.is_empty() {
+            return Err(crate::error::Error::invalid(
+                "batch",
+                format!("a ragged step needs one token per row; got {} tokens for {} rows", tokens.len(), rows.len()),
+            ));
+        }
+        let device = self.embed_tokens.device();
+        let mut views = Vec::with_capacity(rows.len());
+        for row in rows.iter() {
+            let len = row.cache.len();
+            if len == 0 || len >= row.cache.capacity() {
+                return Err(crate::error::Error::invalid(
+                    "batch",
+                    format!("a row of a ragged step holds {len} of {} positions; it needs a prefill and room for one more", row.cache.capacity()),
+                ));
+            }
+            let base = MaskSpec { offset: len, t: 1, prefix_len: row.prefix_len, window: None };
+            let full = base.build(self.dtype, device)?;
+            let sliding = match (row.sliding_window, self.sliding_window) {
+                (true, Some(w)) => MaskSpec { window: Some(w), ..base }.build(self.dtype, device)?,
+                _ => full.clone(),
+            };
+            views.push(RaggedView { cache: row.cache, masks: [full, sliding] });
+        }
+        let embeds = self.embed_text(tokens)?.unsqueeze(1)?;
+        let logits = self.run(&embeds, Positions::Ragged(&views), [None, None], LogitsFor::Last)?;
+        drop(views);
+        for row in rows.iter_mut() {
+            row.cache.advance(1);
+        }
         Ok(logits)
     }
 
@@ -150,11 +213,11 @@ impl Decoder {
         let embeds = self.embed_index(tokens)?.unsqueeze(1)?;
         let (cos, sin) = self.rope.rows_at(rope_row)?;
         let at = DevicePositions { cos, sin, kv_index };
-        self.run(&embeds, cache, Positions::Device(&at), masks.map(Some), LogitsFor::Last)
+        self.run(&embeds, Positions::Device(&at, cache), masks.map(Some), LogitsFor::Last)
     }
 
     /// The layers, final norm and LM head. `masks`: for full and for sliding layers.
-    fn run(&self, embeds: &Tensor, cache: &KvCache, at: Positions, masks: [Option<&Tensor>; 2], logits_for: LogitsFor<'_>) -> Result<Tensor> {
+    fn run(&self, embeds: &Tensor, at: Positions, masks: [Option<&Tensor>; 2], logits_for: LogitsFor<'_>) -> Result<Tensor> {
         let (_, t, _) = embeds.dims3()?;
         // Narrowing the last layer to the last position skips 5 % of the decoder's FLOPs in a
         // prefill (PaliGemma-3B: that layer's o_proj and feed-forward for 265 of 266 positions),
@@ -163,7 +226,7 @@ impl Decoder {
         // within rounding (checked in f32 by the tests and in bf16 by `scripts/gpu-check.sh`).
         let prune_last = logits_for == LogitsFor::Last && t > 1;
         let last = self.layers.len().saturating_sub(1);
-        let pass = Pass { rope: &self.rope, cache, at, masks };
+        let pass = Pass { rope: &self.rope, at, masks };
         let mut x = embeds.clone();
         let mut normed = match self.layers.first() {
             Some(first) => first.input_norm.forward(&x)?,

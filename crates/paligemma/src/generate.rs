@@ -64,6 +64,11 @@ pub struct Timings {
     /// false on the CPU, for requests of one or two tokens (the first steps warm up and
     /// capture), and where capture failed.
     pub decode_graph: bool,
+    /// Waiting for admission in a [`crate::batching::Scheduler`] (0 for [`generate`]).
+    pub queue_ms: f64,
+    /// The most sequences that shared one of this request's decode steps (1 when it ran alone
+    /// or only needed its prefill).
+    pub batch_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -75,7 +80,7 @@ pub struct GenerateOutput {
 
 /// Copies logits to the host as f32, unless the request is greedy, in which case only the
 /// chosen id crosses over (one sync per token on a GPU).
-fn choose(logits: &Tensor, sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+pub(crate) fn choose(logits: &Tensor, sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
     if sampler.params().is_greedy() && sampler.params().repetition_penalty == 1.0 {
         if logits.device().is_cpu() {
             let values = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
@@ -129,7 +134,7 @@ pub fn generate(
     let mut history = request.input_ids.clone();
     let mut logits = model.prefill(&mut session, &request.input_ids, &request.pixel_values)?;
     let mut token_ids = Vec::new();
-    let mut timings = Timings { prompt_tokens: request.input_ids.len(), ..Default::default() };
+    let mut timings = Timings { prompt_tokens: request.input_ids.len(), batch_size: 1, ..Default::default() };
     let mut decode_started = None;
     let finish_reason = loop {
         let id = choose(&logits, &mut sampler, &history)?;
@@ -229,6 +234,8 @@ pub fn generate_batch(model: &PaliGemma, requests: &[GenerateRequest], is_cancel
                 prompt_tokens: r.input_ids.len(),
                 generated_tokens: token_ids.len(),
                 decode_graph,
+                queue_ms: 0.0,
+                batch_size: requests.len(),
             },
             token_ids,
             finish_reason: reason.unwrap_or(FinishReason::Length),

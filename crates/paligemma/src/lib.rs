@@ -9,6 +9,7 @@
 //! candle's ops where those are far from the hardware.
 
 pub mod attention;
+pub mod batching;
 pub mod config;
 pub mod convert;
 pub mod cpu;

@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::Config;
-use crate::decoder::{Decoder, LogitsFor, Step};
+use crate::decoder::{Decoder, LogitsFor, RaggedRow, Step};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::decoder::QuantizationReport;
@@ -317,6 +317,34 @@ impl PaliGemma {
         let step = Step { offset: 0, prefix_len: len, sliding_window: session.sliding_window };
         let logits = self.decoder.forward(&embeds, &mut session.cache, step, LogitsFor::Last)?;
         Ok(logits.squeeze(1)?)
+    }
+
+    /// A single-sequence session whose decode steps can join ragged batches
+    /// ([`step_rows`](Self::step_rows)): always eager, since a captured step is bound to one
+    /// batch shape.
+    pub fn new_row_session(&self, capacity: usize, sliding_window: bool) -> Result<Session> {
+        let mut session = self.new_session_with(1, capacity, StepMode::Eager)?;
+        session.sliding_window = sliding_window;
+        Ok(session)
+    }
+
+    /// One decode step for independent prefilled sequences at different positions:
+    /// `tokens[i]` goes to `sessions[i]` (each of batch 1, from
+    /// [`new_row_session`](Self::new_row_session)). Returns `[B, vocab]`; see
+    /// [`crate::decoder::Decoder::step_ragged`] for why each row's logits are those of the same
+    /// sequence stepped alone.
+    pub fn step_rows(&self, sessions: &mut [&mut Session], tokens: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.text.vocab_size) {
+            return Err(Error::invalid("token", format!("{bad} is outside the vocabulary")));
+        }
+        if sessions.iter().any(|s| s.batch != 1 || s.step_mode != StepMode::Eager) {
+            return Err(Error::invalid("session", "ragged steps take eager single-sequence sessions (new_row_session)"));
+        }
+        let mut rows: Vec<RaggedRow> = sessions
+            .iter_mut()
+            .map(|s| RaggedRow { cache: &mut s.cache, prefix_len: s.prefix_len, sliding_window: s.sliding_window })
+            .collect();
+        Ok(self.decoder.step_ragged(tokens, &mut rows)?.squeeze(1)?)
     }
 
     /// Feeds one generated token and returns the next distribution's logits, `[vocab]`.

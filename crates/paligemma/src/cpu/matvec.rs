@@ -14,8 +14,11 @@ use super::{fmadd, with_f32_slice};
 use crate::error::Result;
 
 /// Up to this many input rows take this path; beyond it the product is compute-bound and
-/// gemm's packed kernels win.
-pub const MAX_ROWS: usize = 8;
+/// gemm's packed kernels win. Every row's sums here are the same whatever the row count (each
+/// output is one dot product of one row, or one band-wise accumulation per row), which is what
+/// makes a continuous batch of up to this many rows bitwise invariant ([`crate::batching`]);
+/// so the default CPU batch is this size.
+pub const MAX_ROWS: usize = 16;
 
 /// Output rows of W per rayon task: small enough to balance two to a few dozen threads over
 /// the narrowest projection (2048 outputs), large enough that scheduling costs nothing.

@@ -10,7 +10,6 @@ use crate::config::{Architecture, LayerType, TextConfig};
 use crate::cpu::repacked::Outcome;
 use crate::cuda::RopeStore;
 use crate::error::Result;
-use crate::kv_cache::KvCache;
 use crate::layers::{add_then_norm, geglu, Layout, Linear, Projection, Quantization, RmsNorm};
 use crate::rotary::RotaryEmbedding;
 use crate::weights::Scope;
@@ -57,9 +56,10 @@ impl SelfAttention {
 
     /// `rows`: [`Rows::Last`] writes keys and values for every position but attends only from
     /// the last one, and returns `[B, 1, D]`.
-    fn forward(&self, x: &Tensor, pass: &Pass, layer: usize, mask: Option<&Tensor>, rows: Rows) -> Result<Tensor> {
+    /// `kind`: which of the pass's masks applies, 0 for full layers and 1 for sliding ones.
+    fn forward(&self, x: &Tensor, pass: &Pass, layer: usize, kind: usize, rows: Rows) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let Pass { rope, cache, at, .. } = *pass;
+        let Pass { rope, at, masks } = *pass;
         let (n, k, h) = (self.heads, self.kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x)?;
         // Queries and keys are rotated together, as `n + k` heads: one kernel where two rotations
@@ -67,14 +67,25 @@ impl SelfAttention {
         let qk = qkv.narrow(2, 0, (n + k) * h)?.reshape((b, t, n + k, h))?.transpose(1, 2)?;
         let vn = qkv.narrow(2, (n + k) * h, k * h)?.reshape((b, t, k, h))?.transpose(1, 2)?;
         let (qk, (keys, values)) = match at {
-            Positions::Host => {
+            Positions::Ragged(views) => {
+                // Each row exactly as a batch-1 step on its own cache would run it.
+                let mut outs = Vec::with_capacity(views.len());
+                for (r, view) in views.iter().enumerate() {
+                    let cache = view.cache;
+                    let qk = rope.apply(&qk.narrow(0, r, 1)?, cache.len() + 1)?;
+                    let (keys, values) = cache.write(layer, &qk.narrow(1, n, k)?, &vn.narrow(0, r, 1)?)?;
+                    outs.push(attend(&qk.narrow(1, 0, n)?, &keys, &values, view.masks[kind].as_ref(), &self.spec)?);
+                }
+                return self.o_proj.forward(&Tensor::cat(&outs, 0)?);
+            }
+            Positions::Host(cache) => {
                 // transformers numbers positions from 1 (spec §2.7, §8 P1); matching it keeps
                 // the rounding of cos/sin identical to the reference.
                 let qk = rope.apply(&qk, cache.len() + 1)?;
                 let kv = cache.write(layer, &qk.narrow(1, n, k)?, &vn)?;
                 (qk, kv)
             }
-            Positions::Device(p) => {
+            Positions::Device(p, cache) => {
                 let (k_all, v_all) = cache.buffers(layer);
                 let fused = RopeStore { qkv: &qkv, heads: (n, k), cos: &p.cos, sin: &p.sin, slot: &p.kv_index, k_cache: k_all, v_cache: v_all };
                 match crate::cuda::rope_and_store(&fused)? {
@@ -89,7 +100,7 @@ impl SelfAttention {
             }
         };
         let mut q = qk.narrow(1, 0, n)?;
-        let mut mask = mask.cloned();
+        let mut mask = masks[kind].cloned();
         if rows == Rows::Last {
             q = q.narrow(2, t - 1, 1)?;
             mask = mask.map(|m| m.narrow(0, t - 1, 1)).transpose()?;
@@ -175,11 +186,11 @@ impl DecoderLayer {
     /// norm): each residual add is fused with the norm that reads it. With [`Rows::Last`] both
     /// are `[B, 1, D]`, the last position.
     pub(super) fn forward(&self, x: &Tensor, normed: &Tensor, pass: &Pass, layer: usize, rows: Rows, next_norm: &RmsNorm) -> Result<(Tensor, Tensor)> {
-        let mask = match self.layer_type {
-            LayerType::Full => pass.masks[0],
-            LayerType::Sliding => pass.masks[1],
+        let kind = match self.layer_type {
+            LayerType::Full => 0,
+            LayerType::Sliding => 1,
         };
-        let a = self.attention.forward(normed, pass, layer, mask, rows)?;
+        let a = self.attention.forward(normed, pass, layer, kind, rows)?;
         let x = match rows {
             Rows::All => x.clone(),
             Rows::Last => x.narrow(1, x.dim(1)? - 1, 1)?,
@@ -191,12 +202,12 @@ impl DecoderLayer {
     }
 }
 
-/// What every layer of one pass shares: the rotary table, the cache it writes, where the new
-/// tokens sit and the attention masks (for full and for sliding layers).
+/// What every layer of one pass shares: the rotary table, where the new tokens sit and the
+/// cache they go to, and the attention masks (for full and for sliding layers; a ragged step
+/// carries its own per row).
 #[derive(Clone, Copy)]
 pub(super) struct Pass<'a> {
     pub(super) rope: &'a RotaryEmbedding,
-    pub(super) cache: &'a KvCache,
     pub(super) at: Positions<'a>,
     pub(super) masks: [Option<&'a Tensor>; 2],
 }
