@@ -173,13 +173,39 @@ test('20+ concurrent requests give the same results as sequential ones', async (
   for (const out of logits.slice(1)) t.deepEqual(out.logits, logits[0].logits)
 })
 
-test('timings report queueing behind earlier requests', async (t) => {
-  const model = await loaded
-  const [first, second] = await Promise.all([
-    model.generate({ ...base, maxNewTokens: 200 }),
-    model.generate({ ...base, maxNewTokens: 4 }),
-  ])
-  t.true(second.timings.queuedMs >= first.timings.prefillMs + first.timings.decodeMs * 0.5)
+test('timings report queueing behind earlier requests when the batch is full', async (t) => {
+  const model = await PaliGemma.load(f.dir, { maxBatch: 1 })
+  try {
+    const [first, second] = await Promise.all([
+      model.generate({ ...base, maxNewTokens: 200 }),
+      model.generate({ ...base, maxNewTokens: 4 }),
+    ])
+    t.true(second.timings.queuedMs >= first.timings.prefillMs + first.timings.decodeMs * 0.5)
+    t.is(first.timings.batchSize, 1)
+    t.is(second.timings.batchSize, 1)
+  } finally {
+    await model.dispose()
+  }
+})
+
+test('concurrent requests share decode steps and get the tokens they get alone', async (t) => {
+  // A model of its own: the shared one serves this file's other tests at the same time.
+  const model = await PaliGemma.load(f.dir)
+  try {
+    const alone = await model.generate({ ...base, maxNewTokens: 200 })
+    const [first, second] = await Promise.all([
+      model.generate({ ...base, maxNewTokens: 200 }),
+      model.generate({ ...base, maxNewTokens: 4 }),
+    ])
+    t.is(alone.timings.batchSize, 1)
+    t.is(first.timings.batchSize, 2, 'the second request joined the first one\'s steps')
+    t.deepEqual(first.tokenIds, alone.tokenIds)
+    t.deepEqual(second.tokenIds, alone.tokenIds.slice(0, 4))
+    // It did not wait for the first one to finish.
+    t.true(second.timings.queuedMs < first.timings.prefillMs + first.timings.decodeMs * 0.5)
+  } finally {
+    await model.dispose()
+  }
 })
 
 test.serial('the event loop keeps ticking during generation', async (t) => {

@@ -25,6 +25,8 @@ export function publicInfo(info: NativeModelInfo, deviceFallback: string | undef
     device: info.device === 'cuda' ? 'cuda' : 'cpu',
     dtype: info.dtype as DType,
     threads: info.threads,
+    maxBatch: info.maxBatch,
+    kvCacheBytes: info.kvCacheBytes,
     hasTokenizer: info.hasTokenizer,
     ...(deviceFallback === undefined ? {} : { deviceFallback }),
   })

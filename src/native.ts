@@ -32,6 +32,8 @@ export interface NativeLoadOptions {
   device: string
   dtype?: string
   threads?: number
+  maxBatch?: number
+  kvCacheBytes?: number
 }
 
 /** @internal */
@@ -48,6 +50,8 @@ export interface NativeModelInfo {
   device: string
   dtype: string
   threads: number
+  maxBatch: number
+  kvCacheBytes: number
   hasTokenizer: boolean
   weightBytes: number
   /** Why device 'auto' runs on the CPU although the loaded addon has CUDA. */
@@ -83,6 +87,7 @@ export interface NativeTimings {
   generatedTokens: number
   decodeSteps: number
   decodeGraph: boolean
+  batchSize: number
 }
 
 /** @internal */

@@ -91,7 +91,7 @@ function finite(name: string, value: unknown, ok: (v: number) => boolean, range:
   return value
 }
 
-const LOAD_KEYS = ['device', 'dtype', 'threads', 'onProgress', 'signal', 'vaePath'] as const
+const LOAD_KEYS = ['device', 'dtype', 'threads', 'maxBatch', 'kvCacheBytes', 'onProgress', 'signal', 'vaePath'] as const
 
 /** Validated arguments of `PaliGemma.load`. @internal */
 export interface LoadArgs {
@@ -120,6 +120,8 @@ export function validateLoadArgs(modelDir: unknown, options: unknown): LoadArgs 
     throw invalid('dtype', `must be 'f32', 'f16', 'bf16', 'q8_0' or 'q4k', got ${describe(dtype)}`)
   }
   const threads = options.threads === undefined ? undefined : integer('threads', options.threads, 1, 1024)
+  const maxBatch = options.maxBatch === undefined ? undefined : integer('maxBatch', options.maxBatch, 1, 4096)
+  const kvCacheBytes = options.kvCacheBytes === undefined ? undefined : integer('kvCacheBytes', options.kvCacheBytes, 1, Number.MAX_SAFE_INTEGER)
   const onProgress = options.onProgress
   if (onProgress !== undefined && typeof onProgress !== 'function') {
     throw invalid('onProgress', `must be a function, got ${describe(onProgress)}`)
@@ -133,6 +135,8 @@ export function validateLoadArgs(modelDir: unknown, options: unknown): LoadArgs 
   const native: NativeLoadOptions = { device }
   if (typeof dtype === 'string') native.dtype = dtype
   if (threads !== undefined) native.threads = threads
+  if (maxBatch !== undefined) native.maxBatch = maxBatch
+  if (kvCacheBytes !== undefined) native.kvCacheBytes = kvCacheBytes
   return {
     dir: modelDir,
     native,

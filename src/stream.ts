@@ -28,6 +28,7 @@ function timingsOf(native: NativeGenerateOutput['timings']): Timings {
   const seconds = native.decodeMs / 1000
   return {
     queuedMs: native.queuedMs,
+    batchSize: native.batchSize,
     prefillMs: native.prefillMs,
     decodeMs: native.decodeMs,
     decodeSteps: native.decodeSteps,
@@ -167,7 +168,7 @@ export class TokenStream implements AsyncIterableIterator<StreamChunk> {
         tokenIds: this.#tokenIds,
         finishReason: 'abort',
         seed: this.#seed,
-        timings: { queuedMs: 0, prefillMs: 0, decodeMs: 0, decodeSteps: 0, tokensPerSecond: 0, promptTokens: 0, generatedTokens: generated, decodeGraph: false },
+        timings: { queuedMs: 0, batchSize: 1, prefillMs: 0, decodeMs: 0, decodeSteps: 0, tokensPerSecond: 0, promptTokens: 0, generatedTokens: generated, decodeGraph: false },
       })
       return
     }

@@ -55,6 +55,21 @@ export interface LoadOptions {
    */
   threads?: number
   /**
+   * Most generations that share one decode step (an integer ≥ 1). Concurrent `generate`,
+   * `stream` and task calls on one model form a continuous batch: a waiting request joins at
+   * the next step, after its own prefill, and leaves as soon as it ends. Default: 16 on the CPU
+   * (where each request's tokens and logits are then bitwise those it gets alone, in f32), 1 on
+   * CUDA (every request keeps its captured decode graph; larger batches run on CUDA kernel by
+   * kernel). See docs/guarantees.md, "Batching".
+   */
+  maxBatch?: number
+  /**
+   * Bytes of KV cache the running generations may hold together (an integer ≥ 1). A request
+   * whose cache (`prompt + maxNewTokens` positions) does not fit beside the running ones waits,
+   * in order; one larger than the whole budget runs when nothing else does. Default: 4 GiB.
+   */
+  kvCacheBytes?: number
+  /**
    * Called on the JS thread as tensors load (at most every ~50 ms, and always with
    * `loadedBytes === totalBytes` before `load` resolves). If it throws, loading stops and `load`
    * rejects with that exception.
@@ -96,6 +111,10 @@ export interface ModelInfo {
   dtype: DType
   /** CPU threads of the model's pool. */
   threads: number
+  /** Most generations that share one decode step (the `maxBatch` load option or its default). */
+  maxBatch: number
+  /** Bytes of KV cache the running generations may hold together (`kvCacheBytes`). */
+  kvCacheBytes: number
   /** Whether `tokenizer.json` was loaded, enabling `text` output and `stop` strings. */
   hasTokenizer: boolean
   /**
@@ -210,8 +229,13 @@ export type FinishReason = 'eos' | 'length' | 'stop' | 'abort'
 
 /** Durations (milliseconds) and counts of one generation. */
 export interface Timings {
-  /** Time spent waiting behind earlier requests in the model's queue. */
+  /** Time spent waiting in the model's queue until the request was admitted to the batch. */
   queuedMs: number
+  /**
+   * The most requests that shared one of this request's decode steps (1 when it ran alone or
+   * needed no decode step).
+   */
+  batchSize: number
   /** Vision tower and prompt prefill, up to choosing the first token (≈ time to first token). */
   prefillMs: number
   /** All decode steps after the first token. */

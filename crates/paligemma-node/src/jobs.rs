@@ -5,20 +5,17 @@
 //! `error` event. One channel keeps events in order: the terminal event can never overtake the
 //! last token, which two separate channels would not guarantee.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use napi::bindgen_prelude::{Either, Float32Array, Object, ToNapiValue, Unknown};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, JsDeferred, Status};
 use napi_derive::napi;
-use paligemma::{Control, FinishReason, GenerateRequest, SamplingParams};
+use paligemma::{GenerateRequest, SamplingParams};
 
 use crate::error::NativeFailure;
 use crate::processor::ImagePrompt;
-use crate::text::TextState;
-use crate::worker::{CancelFlag, Context, Job};
+use crate::worker::{CancelFlag, Context};
 
 /// A promise settled from the worker thread with a value built on the JS thread.
 type Deferred<T> = JsDeferred<T, Box<dyn FnOnce(Env) -> napi::Result<T> + Send>>;
@@ -68,9 +65,6 @@ where
     }
 }
 
-fn millis(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1e3
-}
 
 // ---------------------------------------------------------------------------------------------
 // forward
@@ -117,8 +111,8 @@ impl ForwardJob {
     }
 }
 
-impl Job for ForwardJob {
-    fn run(&mut self, ctx: &Context, _queued_at: Instant) {
+impl ForwardJob {
+    pub(crate) fn run(&mut self, ctx: &Context) {
         let result = self.compute(ctx);
         let Some(promise) = self.promise.take() else { return };
         match result {
@@ -129,7 +123,7 @@ impl Job for ForwardJob {
         }
     }
 
-    fn abandon(&mut self, failure: NativeFailure) {
+    pub(crate) fn abandon(&mut self, failure: NativeFailure) {
         if let Some(promise) = self.promise.take() {
             promise.fail(failure);
         }
@@ -174,6 +168,8 @@ pub struct NativeTimings {
     pub decode_steps: u32,
     /// Whether decode steps were replayed from a captured CUDA graph.
     pub decode_graph: bool,
+    /// The most requests that shared one of this request's decode steps (1: it ran alone).
+    pub batch_size: u32,
 }
 
 #[napi(object)]
@@ -254,112 +250,38 @@ pub(crate) struct GenerateJob {
     pub image_prompt: Option<ImagePrompt>,
 }
 
-fn event(kind: &str) -> NativeEvent {
-    NativeEvent { kind: kind.to_string(), token_id: None, index: None, text: None, output: None, error: None }
+impl NativeEvent {
+    /// An event of `kind` with nothing filled in.
+    pub(crate) fn of(kind: &str) -> NativeEvent {
+        NativeEvent { kind: kind.to_string(), token_id: None, index: None, text: None, output: None, error: None }
+    }
 }
 
 /// Sends an event; false when JS can no longer receive (the environment is shutting down).
-fn send(sink: &EventSink, ev: NativeEvent) -> bool {
+pub(crate) fn send(sink: &EventSink, ev: NativeEvent) -> bool {
     sink.call(ev, ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
 }
 
 /// Ends a generation that never reached the queue.
 pub(crate) fn send_failure(sink: &EventSink, failure: NativeFailure) {
-    send(sink, NativeEvent { error: Some(failure), ..event("error") });
+    send(sink, NativeEvent { error: Some(failure), ..NativeEvent::of("error") });
 }
 
 impl GenerateJob {
-    fn finish(&mut self, result: Result<NativeGenerateOutput, NativeFailure>) {
+    /// Sends the terminal event, once; later calls do nothing.
+    pub(crate) fn finish(&mut self, result: Result<NativeGenerateOutput, NativeFailure>) {
         let Some(sink) = self.sink.take() else { return };
         let ev = match result {
-            Ok(output) => NativeEvent { output: Some(output), ..event("done") },
-            Err(failure) => NativeEvent { error: Some(failure), ..event("error") },
+            Ok(output) => NativeEvent { output: Some(output), ..NativeEvent::of("done") },
+            Err(failure) => NativeEvent { error: Some(failure), ..NativeEvent::of("error") },
         };
         send(&sink, ev);
         // Dropping the sink releases the threadsafe function, so the event loop may exit.
-    }
-
-    fn compute(&mut self, ctx: &Context, queued_at: Instant) -> Result<NativeGenerateOutput, NativeFailure> {
-        let queued_ms = millis(queued_at);
-        let prepared = match self.image_prompt.take() {
-            Some(prompt) => Some(prompt.prepare(ctx, &mut self.request)?),
-            None => None,
-        };
-        let sink = self.sink.as_ref().ok_or_else(|| NativeFailure::internal("generation has no event channel"))?;
-        let mut text = TextState::new(ctx.tokenizer, &self.stop)?;
-        let js_gone = AtomicBool::new(false);
-        let mut full_text = String::new();
-        let mut text_failure = None;
-        let mut index = 0u32;
-        let mut on_token = |id: u32| -> Control {
-            let push = match text.push(id) {
-                Ok(push) => push,
-                Err(failure) => {
-                    text_failure = Some(failure);
-                    return Control::Stop;
-                }
-            };
-            full_text.push_str(&push.text);
-            let ev = NativeEvent { token_id: Some(id), index: Some(index), text: Some(push.text), ..event("token") };
-            index += 1;
-            if !send(sink, ev) {
-                js_gone.store(true, Ordering::Release);
-            }
-            if push.stop {
-                Control::Stop
-            } else {
-                Control::Continue
-            }
-        };
-        let flag = &self.flag;
-        let is_cancelled = || flag.is_cancelled() || ctx.is_disposed() || js_gone.load(Ordering::Acquire);
-        let result = paligemma::generate(ctx.model, &self.request, &mut on_token, &is_cancelled);
-        let output = result.map_err(|e| NativeFailure::from_core(&e, ctx.is_disposed()))?;
-        if let Some(failure) = text_failure {
-            return Err(failure);
-        }
-        if output.finish_reason != FinishReason::Stop {
-            full_text.push_str(&text.finish());
-        }
-        let t = &output.timings;
-        let generated = output.token_ids.len() as u32;
-        let decode_steps = match output.finish_reason {
-            FinishReason::Eos => generated,
-            _ => generated.saturating_sub(1),
-        };
-        Ok(NativeGenerateOutput {
-            token_ids: output.token_ids,
-            text: full_text,
-            finish_reason: output.finish_reason.as_str().to_string(),
-            timings: NativeTimings {
-                queued_ms,
-                prefill_ms: t.prefill_ms,
-                decode_ms: t.decode_ms,
-                prompt_tokens: t.prompt_tokens as u32,
-                generated_tokens: generated,
-                decode_steps,
-                decode_graph: t.decode_graph,
-            },
-            image_width: prepared.as_ref().map(|p| p.width),
-            image_height: prepared.as_ref().map(|p| p.height),
-            prompt_ids: prepared.map(|p| p.prompt_ids),
-        })
-    }
-}
-
-impl Job for GenerateJob {
-    fn run(&mut self, ctx: &Context, queued_at: Instant) {
-        let result = self.compute(ctx, queued_at);
-        self.finish(result);
-    }
-
-    fn abandon(&mut self, failure: NativeFailure) {
-        self.finish(Err(failure));
     }
 }
 
 impl Drop for GenerateJob {
     fn drop(&mut self) {
-        self.abandon(NativeFailure::internal("the request was dropped before it finished"));
+        self.finish(Err(NativeFailure::internal("the request was dropped before it finished")));
     }
 }

@@ -17,6 +17,7 @@
 // #[napi] exports look unused; they are used, from JavaScript.
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
+mod batched;
 mod error;
 mod jobs;
 mod processor;
@@ -40,6 +41,7 @@ use paligemma::{ChosenDevice, DeviceRequest, LoadMonitor, LoadOptions, PaliGemma
 use crate::error::{guard, NativeFailure};
 use crate::jobs::{convert_request, EventSink, ForwardJob, GenerateJob, NativeForwardOutput, NativeGenerateRequest, Settle};
 use crate::worker::{CancelFlag, Job, Loaded, Queue, QueueHandle};
+use paligemma::batching::BatchLimits;
 
 /// Cancels one load or request; the TS layer wires an `AbortSignal` (or a `break`) to it.
 #[napi]
@@ -85,6 +87,10 @@ pub struct NativeLoadOptions {
     pub dtype: Option<String>,
     /// CPU threads for this model's work; absent = available parallelism.
     pub threads: Option<u32>,
+    /// Generations that share one decode step; absent = the device's default (CPU 16, CUDA 32).
+    pub max_batch: Option<u32>,
+    /// Bytes of KV cache the running generations may hold together; absent = 4 GiB.
+    pub kv_cache_bytes: Option<f64>,
 }
 
 #[napi(object)]
@@ -113,6 +119,10 @@ pub struct NativeModelInfo {
     pub device: String,
     pub dtype: String,
     pub threads: u32,
+    /// Generations that share one decode step at most.
+    pub max_batch: u32,
+    /// Bytes of KV cache the running generations may hold together.
+    pub kv_cache_bytes: f64,
     pub has_tokenizer: bool,
     /// Bytes of tensor data in the checkpoint files.
     pub weight_bytes: f64,
@@ -139,6 +149,8 @@ fn model_info(loaded: &Loaded, threads: usize, weight_bytes: u64) -> NativeModel
             None => dtype_name(model.dtype()).to_string(),
         },
         threads: threads as u32,
+        max_batch: loaded.limits.max_batch as u32,
+        kv_cache_bytes: loaded.limits.kv_cache_bytes as f64,
         has_tokenizer: loaded.tokenizer.is_some(),
         weight_bytes: weight_bytes as f64,
         device_fallback: loaded.device_fallback.clone(),
@@ -166,6 +178,14 @@ pub fn load_model<'env>(
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        if options.max_batch == Some(0) {
+            return Err(NativeFailure::invalid("maxBatch", "must be at least 1").into_napi());
+        }
+        if let Some(bytes) = options.kv_cache_bytes {
+            if !(bytes.is_finite() && bytes >= 1.0 && bytes.fract() == 0.0) {
+                return Err(NativeFailure::invalid("kvCacheBytes", format!("{bytes} must be a positive integer")).into_napi());
+            }
+        }
         let (settle, promise) = Settle::<NativeModel>::new(env)?;
         let model_id = NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue::default());
@@ -203,7 +223,12 @@ pub fn load_model<'env>(
                 ),
             })?;
             let tokenizer = text::load(&dir, model.config())?;
-            Ok(Loaded { model, tokenizer, device_fallback: fallback })
+            let defaults = BatchLimits::default_for(model.device());
+            let limits = BatchLimits {
+                max_batch: options.max_batch.map_or(defaults.max_batch, |n| n as usize),
+                kv_cache_bytes: options.kv_cache_bytes.map_or(defaults.kv_cache_bytes, |b| b.min(usize::MAX as f64) as usize),
+            };
+            Ok(Loaded { model, tokenizer, device_fallback: fallback, limits })
         });
         let model_queue = QueueHandle(queue.clone());
         let on_loaded = Box::new(move |result: Result<&Loaded, NativeFailure>| match result {
@@ -237,7 +262,7 @@ pub struct NativeModel {
 }
 
 impl NativeModel {
-    fn submit(&self, flag: Arc<CancelFlag>, job: Box<dyn Job>) {
+    fn submit(&self, flag: Arc<CancelFlag>, job: Job) {
         if let Err((mut job, failure)) = self.queue.0.submit(flag, job) {
             job.abandon(failure);
         }
@@ -281,7 +306,7 @@ impl NativeModel {
                 positions: positions.map(|p| p.to_vec()),
                 promise: Some(settle),
             };
-            self.submit(cancel.flag.clone(), Box::new(job));
+            self.submit(cancel.flag.clone(), Job::Forward(job));
             Ok(promise)
         })
     }
@@ -298,7 +323,7 @@ impl NativeModel {
                 }
             };
             let job = GenerateJob { flag: cancel.flag.clone(), request, stop, sink: Some(on_event), image_prompt: None };
-            self.submit(cancel.flag.clone(), Box::new(job));
+            self.submit(cancel.flag.clone(), Job::Generate(job));
             Ok(())
         })
     }
@@ -322,7 +347,7 @@ impl NativeModel {
                 }
             };
             let job = GenerateJob { flag: cancel.flag.clone(), request, stop, sink: Some(on_event), image_prompt: Some(image_prompt) };
-            self.submit(cancel.flag.clone(), Box::new(job));
+            self.submit(cancel.flag.clone(), Job::Generate(job));
             Ok(())
         })
     }

@@ -30,7 +30,7 @@ use crate::error::{guard, NativeFailure};
 
 mod prompt;
 
-pub(crate) use prompt::{convert_image_request, ImagePrompt, NativeImagePromptRequest};
+pub(crate) use prompt::{convert_image_request, ImagePrompt, NativeImagePromptRequest, PreparedPrompt};
 
 /// An image as the TS layer passes it (validated there; checked again here).
 #[napi(object, object_to_js = false)]

@@ -1,10 +1,12 @@
 //! One worker thread per model, fed by a FIFO queue.
 //!
 //! The model is loaded on, owned by and dropped on its worker thread; JS only holds the queue.
-//! Requests run one at a time in arrival order (candle has no batching, and one request already
-//! uses every core through the model's thread pool), so concurrent requests can never share a
-//! KV cache. The worker exits, dropping the model, once the queue is closed (by `dispose()` or
-//! by the JS object's finalizer) and drained — nothing else keeps the weights alive.
+//! Generations join the model's continuous batch ([`paligemma::batching::Scheduler`]): between
+//! two decode steps the worker moves everything queued into the scheduler, which admits what
+//! fits (`maxBatch` rows and the KV budget), prefills it, and steps all running rows at once.
+//! A forward pass runs on its own between two steps. The worker exits, dropping the model, once
+//! the queue is closed (by `dispose()` or by the JS object's finalizer) and drained and the
+//! batch is empty — nothing else keeps the weights alive.
 //!
 //! Every job's work runs inside the model's own rayon pool, which is what makes the `threads`
 //! load option effective (see [`build_pool`]).
@@ -15,10 +17,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
+use paligemma::batching::{BatchLimits, Scheduler};
+
+use crate::batched::BatchedGeneration;
 use crate::error::NativeFailure;
+use crate::jobs::{ForwardJob, GenerateJob};
 use crate::text::Tokenizer;
 
 /// What a running job may use.
+#[derive(Clone, Copy)]
 pub(crate) struct Context<'a> {
     pub model: &'a paligemma::PaliGemma,
     pub tokenizer: Option<&'a Tokenizer>,
@@ -31,13 +38,21 @@ impl Context<'_> {
     }
 }
 
-/// A queued request. Implementations must settle their JS promise or event stream exactly
-/// once: through `run`, or through `abandon` when the request is skipped, panics or is dropped.
-pub(crate) trait Job: Send {
-    /// Does the work. May panic; the worker then calls [`Job::abandon`].
-    fn run(&mut self, ctx: &Context, queued_at: Instant);
+/// A queued request. Each settles its JS promise or event stream exactly once: when it runs, or
+/// through [`Job::abandon`] when it is skipped, panics or is dropped.
+pub(crate) enum Job {
+    Forward(ForwardJob),
+    Generate(GenerateJob),
+}
+
+impl Job {
     /// Settles the request with `failure` unless it already settled.
-    fn abandon(&mut self, failure: NativeFailure);
+    pub fn abandon(&mut self, failure: NativeFailure) {
+        match self {
+            Job::Forward(job) => job.abandon(failure),
+            Job::Generate(job) => job.finish(Err(failure)),
+        }
+    }
 }
 
 /// A request's cancellation state, shared by its JS `CancelToken`, the queue and the job.
@@ -69,7 +84,7 @@ impl CancelFlag {
 }
 
 struct Entry {
-    job: Box<dyn Job>,
+    job: Job,
     flag: Arc<CancelFlag>,
     queued_at: Instant,
 }
@@ -122,7 +137,7 @@ impl Queue {
     }
 
     /// Queues a job, or hands it back when the model is closed or the request already cancelled.
-    pub fn submit(self: &Arc<Self>, flag: Arc<CancelFlag>, job: Box<dyn Job>) -> Result<(), (Box<dyn Job>, NativeFailure)> {
+    pub fn submit(self: &Arc<Self>, flag: Arc<CancelFlag>, job: Job) -> Result<(), (Job, NativeFailure)> {
         let mut state = lock(&self.state);
         if state.closed {
             return Err((job, NativeFailure::disposed()));
@@ -173,6 +188,7 @@ impl Queue {
         }
     }
 
+    /// Waits for the next job; `None` once the queue is closed and empty.
     fn next(&self) -> Option<Entry> {
         let mut state = lock(&self.state);
         loop {
@@ -186,6 +202,11 @@ impl Queue {
         }
     }
 
+    /// Every job queued now, without waiting.
+    fn take_all(&self) -> Vec<Entry> {
+        lock(&self.state).jobs.drain(..).collect()
+    }
+
     fn mark_exited(&self) {
         let callbacks = {
             let mut state = lock(&self.state);
@@ -196,6 +217,14 @@ impl Queue {
         for callback in callbacks {
             callback();
         }
+    }
+}
+
+/// Runs a forward pass between two decode steps; a panic settles it with ERR_INTERNAL.
+fn run_forward(pool: &rayon::ThreadPool, ctx: &Context, job: &mut ForwardJob) {
+    let outcome = pool.install(|| catch_unwind(AssertUnwindSafe(|| job.run(ctx))));
+    if let Err(payload) = outcome {
+        job.abandon(NativeFailure::from_panic(payload));
     }
 }
 
@@ -221,6 +250,8 @@ pub(crate) fn build_pool(threads: usize, model_id: u32) -> Result<rayon::ThreadP
 /// What the worker loads before serving jobs.
 pub(crate) struct Loaded {
     pub model: paligemma::PaliGemma,
+    /// How the model's generations share decode steps.
+    pub limits: BatchLimits,
     pub tokenizer: Option<Tokenizer>,
     /// [`paligemma::ChosenDevice::fallback`].
     pub device_fallback: Option<String>,
@@ -265,22 +296,43 @@ fn serve(
     };
     on_loaded(Ok(&loaded));
     let ctx = Context { model: &loaded.model, tokenizer: loaded.tokenizer.as_ref(), disposed: &queue.disposed };
-    while let Some(mut entry) = queue.next() {
+    let mut batch: Scheduler<BatchedGeneration> = Scheduler::new(loaded.limits);
+    loop {
+        // Wait only when there is nothing to step; otherwise take what arrived since the last
+        // step and go on.
+        let arrived = if batch.is_idle() {
+            match queue.next() {
+                Some(entry) => vec![entry],
+                None => break,
+            }
+        } else {
+            queue.take_all()
+        };
+        for entry in arrived {
+            let Entry { mut job, flag, queued_at } = entry;
+            if ctx.is_disposed() {
+                job.abandon(NativeFailure::disposed());
+            } else if flag.is_cancelled() {
+                job.abandon(NativeFailure::aborted());
+            } else {
+                match job {
+                    Job::Generate(job) => batch.submit(BatchedGeneration::new(job, ctx, queued_at)),
+                    Job::Forward(mut job) => run_forward(&pool, &ctx, &mut job),
+                }
+            }
+        }
         if ctx.is_disposed() {
-            entry.job.abandon(NativeFailure::disposed());
+            // The running rows stop before their next step; their requests reject with
+            // ERR_DISPOSED (BatchedGeneration::finish maps the abort).
+            batch.fail_all(|| paligemma::Error::Aborted);
             continue;
         }
-        if entry.flag.is_cancelled() {
-            entry.job.abandon(NativeFailure::aborted());
-            continue;
+        let stepped = pool.install(|| catch_unwind(AssertUnwindSafe(|| batch.step(ctx.model))));
+        if let Err(payload) = stepped {
+            let failure = NativeFailure::from_panic(payload);
+            batch.fail_all(|| paligemma::Error::Internal(failure.message.clone()));
         }
-        let job = &mut entry.job;
-        let outcome = pool.install(|| catch_unwind(AssertUnwindSafe(|| job.run(&ctx, entry.queued_at))));
-        if let Err(payload) = outcome {
-            entry.job.abandon(NativeFailure::from_panic(payload));
-        }
-        // The entry (and with it the request's KV cache, already gone with `run`'s locals) is
-        // dropped here, before the next job starts.
+        // Rows that ended dropped their KV caches inside `step`, before the next one starts.
     }
     // Weights are released before dispose() resolves (mark_exited runs after this returns).
     {

@@ -58,12 +58,12 @@ pub struct BatchLimits {
 
 impl BatchLimits {
     /// Defaults for a device. CPU: 16 rows (the few-row f32 kernels cover them, so batch
-    /// invariance holds; decode on 2 to 16 cores turns compute-bound around there). CUDA: 32
-    /// rows. Both with a 4 GiB KV budget (PaliGemma-3B: 36 KB a position in f32; PaliGemma 2 3B:
-    /// 213 KB).
+    /// invariance holds). CUDA: 1 row, so that every request keeps its captured decode graph;
+    /// ragged steps on a GPU run kernel by kernel until they get graphs of their own. Both with
+    /// a 4 GiB KV budget (PaliGemma-3B: 36 KB a position in f32; PaliGemma 2 3B: 213 KB).
     pub fn default_for(device: &candle_core::Device) -> BatchLimits {
         BatchLimits {
-            max_batch: if device.is_cuda() { 32 } else { crate::cpu::matvec::MAX_ROWS },
+            max_batch: if device.is_cuda() { 1 } else { crate::cpu::matvec::MAX_ROWS },
             kv_cache_bytes: 4 << 30,
         }
     }
@@ -188,7 +188,8 @@ impl<H: RowHandler> Scheduler<H> {
                 return;
             }
             let queue_ms = front.queued_at.elapsed().as_secs_f64() * 1e3;
-            match start_row(model, front.handler, request, kv_bytes, queue_ms) {
+            let ragged = self.limits.max_batch > 1;
+            match start_row(model, front.handler, request, kv_bytes, queue_ms, ragged) {
                 Some(row) => self.running.push(row),
                 None => continue, // finished during its prefill (EOS first, one token, an error)
             }
@@ -201,8 +202,16 @@ impl<H: RowHandler> Scheduler<H> {
         }
         let rows = self.running.len();
         let tokens: Vec<u32> = self.running.iter().map(|r| r.next).collect();
-        let mut sessions: Vec<&mut Session> = self.running.iter_mut().map(|r| &mut r.session).collect();
-        let logits = match model.step_rows(&mut sessions, &tokens) {
+        let stepped = match self.running.as_mut_slice() {
+            // A row alone steps as `generate` does (replaying its CUDA graph on a GPU); on the
+            // CPU that is the same arithmetic as a ragged step of one row.
+            [only] => model.step(&mut only.session, only.next).and_then(|l| Ok(l.unsqueeze(0)?)),
+            running => {
+                let mut sessions: Vec<&mut Session> = running.iter_mut().map(|r| &mut r.session).collect();
+                model.step_rows(&mut sessions, &tokens)
+            }
+        };
+        let logits = match stepped {
             Ok(logits) => logits,
             Err(e) => {
                 // A failed step leaves every cache in doubt: the whole batch ends with it.
@@ -231,7 +240,7 @@ impl<H: RowHandler> Scheduler<H> {
 }
 
 /// Prefills a request alone and chooses its first token; `None` when it already ended.
-fn start_row<H: RowHandler>(model: &PaliGemma, mut handler: H, request: GenerateRequest, kv_bytes: usize, queue_ms: f64) -> Option<Running<H>> {
+fn start_row<H: RowHandler>(model: &PaliGemma, mut handler: H, request: GenerateRequest, kv_bytes: usize, queue_ms: f64, ragged: bool) -> Option<Running<H>> {
     let started = Instant::now();
     let prefilled = (|| {
         if request.max_new_tokens == 0 {
@@ -239,7 +248,7 @@ fn start_row<H: RowHandler>(model: &PaliGemma, mut handler: H, request: Generate
         }
         let sampler = Sampler::new(request.sampling.clone())?;
         model.check_input_ids(&request.input_ids)?;
-        let mut session = model.new_row_session(request.input_ids.len() + request.max_new_tokens, request.sliding_window)?;
+        let mut session = model.new_row_session(request.input_ids.len() + request.max_new_tokens, request.sliding_window, ragged)?;
         let logits = model.prefill(&mut session, &request.input_ids, &request.pixel_values)?;
         Ok((session, sampler, logits))
     })();
@@ -300,6 +309,7 @@ impl<H: RowHandler> Running<H> {
         let mut timings = std::mem::take(&mut self.timings);
         timings.decode_ms = self.decode_started.elapsed().as_secs_f64() * 1e3;
         timings.generated_tokens = self.token_ids.len();
+        timings.decode_graph = self.session.graph_captured();
         let output = GenerateOutput { token_ids: std::mem::take(&mut self.token_ids), finish_reason: reason, timings };
         // The cache is freed before the caller hears of the end.
         drop(self.session);

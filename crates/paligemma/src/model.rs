@@ -319,11 +319,13 @@ impl PaliGemma {
         Ok(logits.squeeze(1)?)
     }
 
-    /// A single-sequence session whose decode steps can join ragged batches
-    /// ([`step_rows`](Self::step_rows)): always eager, since a captured step is bound to one
-    /// batch shape.
-    pub fn new_row_session(&self, capacity: usize, sliding_window: bool) -> Result<Session> {
-        let mut session = self.new_session_with(1, capacity, StepMode::Eager)?;
+    /// A single-sequence session for a batch's row. With `ragged`, its decode steps can join
+    /// ragged batches ([`step_rows`](Self::step_rows)) and it is eager, since a captured step is
+    /// bound to one batch shape; without, it steps alone in the device's default mode (CUDA
+    /// graphs on a GPU).
+    pub fn new_row_session(&self, capacity: usize, sliding_window: bool, ragged: bool) -> Result<Session> {
+        let mode = if ragged { StepMode::Eager } else { StepMode::default_for(&self.device) };
+        let mut session = self.new_session_with(1, capacity, mode)?;
         session.sliding_window = sliding_window;
         Ok(session)
     }

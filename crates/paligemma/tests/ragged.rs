@@ -74,7 +74,7 @@ fn ragged_steps_equal_solo_steps_bitwise() {
             for step in 0..12 {
                 for (i, (p, px)) in rows.iter().enumerate() {
                     if joins[i] == step {
-                        let mut s = model.new_row_session(p.len() + steps[i] + 1, sliding).unwrap();
+                        let mut s = model.new_row_session(p.len() + steps[i] + 1, sliding, true).unwrap();
                         let logits = model.prefill(&mut s, p, px).unwrap();
                         assert_eq!(bits(&logits), solo[i][0], "{name} sliding={sliding}: row {i} prefill");
                         sessions[i] = Some(s);
