@@ -306,7 +306,7 @@ impl NativeModel {
                 positions: positions.map(|p| p.to_vec()),
                 promise: Some(settle),
             };
-            self.submit(cancel.flag.clone(), Job::Forward(job));
+            self.submit(cancel.flag.clone(), Job::Forward(Box::new(job)));
             Ok(promise)
         })
     }
@@ -323,7 +323,7 @@ impl NativeModel {
                 }
             };
             let job = GenerateJob { flag: cancel.flag.clone(), request, stop, sink: Some(on_event), image_prompt: None };
-            self.submit(cancel.flag.clone(), Job::Generate(job));
+            self.submit(cancel.flag.clone(), Job::Generate(Box::new(job)));
             Ok(())
         })
     }
@@ -347,7 +347,7 @@ impl NativeModel {
                 }
             };
             let job = GenerateJob { flag: cancel.flag.clone(), request, stop, sink: Some(on_event), image_prompt: Some(image_prompt) };
-            self.submit(cancel.flag.clone(), Job::Generate(job));
+            self.submit(cancel.flag.clone(), Job::Generate(Box::new(job)));
             Ok(())
         })
     }

@@ -41,8 +41,8 @@ impl Context<'_> {
 /// A queued request. Each settles its JS promise or event stream exactly once: when it runs, or
 /// through [`Job::abandon`] when it is skipped, panics or is dropped.
 pub(crate) enum Job {
-    Forward(ForwardJob),
-    Generate(GenerateJob),
+    Forward(Box<ForwardJob>),
+    Generate(Box<GenerateJob>),
 }
 
 impl Job {
@@ -316,7 +316,7 @@ fn serve(
                 job.abandon(NativeFailure::aborted());
             } else {
                 match job {
-                    Job::Generate(job) => batch.submit(BatchedGeneration::new(job, ctx, queued_at)),
+                    Job::Generate(job) => batch.submit(BatchedGeneration::new(*job, ctx, queued_at)),
                     Job::Forward(mut job) => run_forward(&pool, &ctx, &mut job),
                 }
             }
