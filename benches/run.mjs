@@ -28,6 +28,7 @@ import { cpuDelta, cpuStat, machineInfo, versions, waitQuiet } from './lib/machi
 import { buildCandlePeer, cacheDir, checkPackage, ensureCheckpoint, paramCount, ttftFlops } from './lib/setup.mjs'
 import { childPaligemma } from './lib/child.mjs'
 import { markdown, pooled, ratios, rotate, writeResults } from './lib/report.mjs'
+import { childConcurrency, concurrencyTable, runConcurrency } from './lib/concurrency.mjs'
 
 const OPTIONS = {
   quick: { type: 'boolean', default: false },
@@ -47,6 +48,9 @@ const OPTIONS = {
   timeout: { type: 'string' },
   'wait-only': { type: 'boolean', default: false },
   help: { type: 'boolean', default: false },
+  concurrency: { type: 'string' },
+  arrival: { type: 'string', default: 'burst' },
+  rate: { type: 'string', default: '0.2' },
   // child mode
   'also-dtypes': { type: 'string' },
   child: { type: 'string' },
@@ -74,6 +78,9 @@ const USAGE = `usage: npm run bench -- [options]
   --timeout S           per-engine limit, seconds (default 1800)
   --also-dtypes a,b     extra paligemma rows with these load dtypes (e.g. q8_0,q4k); the peers stay f32
   --wait-only           only wait for a quiet machine (same rule, --max-wait cap), then exit
+  --concurrency 1,2,4   continuous batching instead: that many concurrent streams per level, each
+                        level in a fresh child (lib/concurrency.mjs); f32 plus --also-dtypes
+  --arrival poisson     with --concurrency: requests arrive at --rate R per second (default: all at once)
 Env: PALIGEMMA_BENCH_CACHE (checkpoints, logs, results; default benches/.cache),
      PALIGEMMA_BENCH_PYTHON (default benches/.venv/bin/python).`
 
@@ -152,6 +159,31 @@ async function runEngine(engine, dir, plan, ctx) {
 
 // ---------------------------------------------------------------------------------------------
 
+/** `--concurrency`: the continuous-batching benchmark on PaliGemma-3B-224 (or --model-dir). */
+async function concurrencyMain(args) {
+  const levels = args.concurrency.split(',').map(Number)
+  if (levels.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--concurrency takes positive integers, got ${args.concurrency}`)
+  if (!['burst', 'poisson'].includes(args.arrival)) throw new Error(`--arrival is burst or poisson, got ${args.arrival}`)
+  checkPackage()
+  const modelDir = args['model-dir'] ?? process.env.PALIGEMMA_BENCH_MODEL_DIR
+  const dir = modelDir ? path.resolve(modelDir) : await ensureCheckpoint('pg1-3b-224', 'f32')
+  if (!args['no-wait']) await waitQuiet({ maxLoad: 1.0, maxBusy: 0.5, holdS: 60, capS: Number(args['max-wait'] ?? 600), stepS: 10 })
+  const started = new Date()
+  const results = await runConcurrency({
+    modelDir: dir,
+    levels,
+    dtypes: ['f32', ...(args['also-dtypes'] ? args['also-dtypes'].split(',') : [])],
+    threads: Number(args.threads),
+    newTokens: Number(args['new-tokens'] ?? 32),
+    arrival: args.arrival,
+    rate: Number(args.rate),
+    timeoutS: Number(args.timeout ?? 1800),
+  })
+  console.log(`\n${concurrencyTable(results)}\n`)
+  console.log(`machine: ${JSON.stringify(machineInfo())}; started ${started.toISOString()}; ${round((Date.now() - started) / 1000, 0)} s`)
+  if (args.json) console.log(JSON.stringify({ model: path.basename(dir), command: `npm run bench -- ${process.argv.slice(2).join(' ')}`, levels: results }))
+}
+
 async function main() {
   const { values: args } = parseArgs({ options: OPTIONS, allowPositionals: false })
   if (args.help) {
@@ -159,6 +191,7 @@ async function main() {
     return
   }
   if (args.child === 'paligemma') return childPaligemma(args)
+  if (args.child === 'concurrency') return childConcurrency(args)
   if (args.child) throw new Error(`unknown child ${args.child}`)
   if (process.platform !== 'linux') throw new Error('the harness reads /proc: Linux only')
   if (args['wait-only']) {
@@ -167,6 +200,8 @@ async function main() {
     process.exitCode = w.quiet ? 0 : 2
     return
   }
+
+  if (args.concurrency) return concurrencyMain(args)
 
   const quick = args.quick
   const threads = Number(args.threads)

@@ -3,11 +3,13 @@
 //! A [`Scheduler`] holds a FIFO of waiting requests and the running rows. At every step boundary
 //! ([`Scheduler::step`]) it
 //! 1. drops waiting and running requests whose caller cancelled;
-//! 2. admits waiting requests, in order, while the batch has room (`max_batch` rows) and their
-//!    KV caches fit the budget beside the running ones. Each admitted request is prefilled alone
-//!    and chooses its first token, then joins the batch. A request that does not fit waits, and
-//!    so does everything behind it; one that would not fit even alone runs when nothing else
-//!    does, so a budget never turns into a refusal;
+//! 2. admits the first waiting request if the batch has room (`max_batch` rows) and its KV cache
+//!    fits the budget beside the running ones. It is prefilled alone and chooses its first
+//!    token, then joins the batch. One admission per boundary bounds the stall a prefill
+//!    imposes on the running rows to one prompt's prefill (admitting a burst of 16 at once would
+//!    hold the first row for 16 of them). A request that does not fit waits, and so does
+//!    everything behind it; one that would not fit even alone runs when nothing else does, so a
+//!    budget never turns into a refusal;
 //! 3. runs one ragged decode step for every running row ([`PaliGemma::step_rows`]) and hands
 //!    each row its next token. Rows that finish (EOS, stop, `max_new_tokens`) leave at once and
 //!    stop costing compute.
@@ -167,6 +169,8 @@ impl<H: RowHandler> Scheduler<H> {
     }
 
     fn admit(&mut self, model: &PaliGemma) {
+        // Requests that end during their prefill (EOS first, an error) do not count: the next
+        // one is tried at once.
         while self.running.len() < self.limits.max_batch {
             let Some(mut front) = self.waiting.pop_front() else { return };
             let request = match front.request.take() {
@@ -190,8 +194,11 @@ impl<H: RowHandler> Scheduler<H> {
             let queue_ms = front.queued_at.elapsed().as_secs_f64() * 1e3;
             let ragged = self.limits.max_batch > 1;
             match start_row(model, front.handler, request, kv_bytes, queue_ms, ragged) {
-                Some(row) => self.running.push(row),
-                None => continue, // finished during its prefill (EOS first, one token, an error)
+                Some(row) => {
+                    self.running.push(row);
+                    return;
+                }
+                None => continue,
             }
         }
     }
