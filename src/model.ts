@@ -37,9 +37,11 @@ async function withSignal<T>(signal: AbortSignal | undefined, onAbort: () => voi
  * A loaded PaliGemma or PaliGemma 2 model.
  *
  * **Threading.** Each model owns one native worker thread and a pool of `threads` CPU threads.
- * Inference never runs on the JS thread. Requests (`forward`, `generate`, `stream`) join the
- * model's FIFO queue and run one at a time in arrival order, each with its own KV cache, so any
- * number of concurrent calls on one model is safe; several models may be loaded and run at once.
+ * Inference never runs on the JS thread. Generations (`generate`, `stream`, the task helpers)
+ * join the model's continuous batch in arrival order: up to `maxBatch` of them share each decode
+ * step, each with its own KV cache, and each gets the tokens it gets alone. `forward` runs
+ * between two steps. Any number of concurrent calls on one model is safe; several models may be
+ * loaded and run at once.
  *
  * **Lifetime.** Call {@link PaliGemma.dispose} (or use `await using`) to free the weights
  * promptly. A model that is garbage-collected without `dispose()` is freed too: its queued
