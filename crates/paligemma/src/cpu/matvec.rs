@@ -20,10 +20,6 @@ use crate::error::Result;
 /// so the default CPU batch is this size.
 pub const MAX_ROWS: usize = 16;
 
-/// Columns of Wt per block when x has several rows: four rows of Wt (32 KiB) and 16 rows of y
-/// (128 KiB) stay in a core's L2 cache while every row of x uses them.
-const COLUMN_BLOCK: usize = 2048;
-
 /// Output rows of W per rayon task: small enough to balance two to a few dozen threads over
 /// the narrowest projection (2048 outputs), large enough that scheduling costs nothing.
 const ROWS_PER_TASK: usize = 64;
@@ -67,29 +63,19 @@ fn matmul_cols(x: &[f32], wt: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> 
         .map(|b| {
             let (c0, c1) = (b * band, ((b + 1) * band).min(k));
             let mut y = vec![0f32; m * n];
-            // Every row of x after the first reads each group of four rows of Wt again. For a
-            // wide matrix (the feed-forward's 32 768 columns: 512 KiB a group) that falls out of
-            // the caches, and each extra row cost another pass over the weights from memory:
-            // 8 rows took 3× one row's time. With several rows the columns are therefore taken
-            // in blocks that stay cached across the rows. Each element of y still gets the same
-            // fmadd chain over c in the same order, so the result is bitwise the unblocked one.
-            let block = if m == 1 { n.max(1) } else { COLUMN_BLOCK };
-            for j0 in (0..n).step_by(block) {
-                let w = block.min(n - j0);
-                let mut c = c0;
-                while c + 4 <= c1 {
-                    let rows = [&wt[c * n + j0..][..w], &wt[(c + 1) * n + j0..][..w], &wt[(c + 2) * n + j0..][..w], &wt[(c + 3) * n + j0..][..w]];
-                    for i in 0..m {
-                        let xi = &x[i * k + c..][..4];
-                        axpy4(&mut y[i * n + j0..][..w], [xi[0], xi[1], xi[2], xi[3]], rows);
-                    }
-                    c += 4;
+            let mut c = c0;
+            while c + 4 <= c1 {
+                let rows = [&wt[c * n..][..n], &wt[(c + 1) * n..][..n], &wt[(c + 2) * n..][..n], &wt[(c + 3) * n..][..n]];
+                for i in 0..m {
+                    let xi = &x[i * k + c..][..4];
+                    axpy4(&mut y[i * n..][..n], [xi[0], xi[1], xi[2], xi[3]], rows);
                 }
-                for c in c..c1 {
-                    for i in 0..m {
-                        let a = x[i * k + c];
-                        y[i * n + j0..][..w].iter_mut().zip(&wt[c * n + j0..][..w]).for_each(|(yv, w)| *yv = fmadd(a, *w, *yv));
-                    }
+                c += 4;
+            }
+            for c in c..c1 {
+                for i in 0..m {
+                    let a = x[i * k + c];
+                    y[i * n..][..n].iter_mut().zip(&wt[c * n..][..n]).for_each(|(yv, w)| *yv = fmadd(a, *w, *yv));
                 }
             }
             y
@@ -334,7 +320,7 @@ mod tests {
     /// matrices wider than a column block.
     #[test]
     fn each_row_is_bitwise_the_same_whatever_the_row_count() {
-        for &(k, n) in &[(33usize, 129usize), (260, 2 * COLUMN_BLOCK + 77), (64, COLUMN_BLOCK)] {
+        for &(k, n) in &[(33usize, 129usize), (260, 2 * 2048 + 77), (64, 256), (131, 16)] {
             let x = values(MAX_ROWS * k, (k + n) as u32);
             let w = values(n * k, (n * 5 + k) as u32);
             let alone: Vec<Vec<u32>> = (0..MAX_ROWS)
