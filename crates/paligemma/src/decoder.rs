@@ -250,8 +250,9 @@ impl Decoder {
                 h = h.index_select(&rows, 1)?.contiguous()?;
             }
         }
-        let (b, rows, d) = h.dims3()?;
-        let h = h.reshape((b * rows, d))?;
+        // Kept `[B, rows, D]`: with one row per sequence the LM head is a decode-shaped product
+        // (see `Linear::forward`).
+        let (b, rows, _) = h.dims3()?;
         let mut logits = self.lm_head.forward(&h)?;
         if let Some(cap) = self.final_softcap {
             logits = ((logits / cap)?.tanh()? * cap)?;

@@ -235,12 +235,17 @@ impl Linear {
             [] => return Err(candle_core::Error::Msg("Linear needs an input of rank >= 1".into()).into()),
         };
         let flat = x.reshape((rows, in_dim))?;
+        // One position per sequence (a decode step, a batch's ragged step) takes the few-row
+        // kernels up to `MAX_ROWS` rows, so that each row's sums are the same at every batch
+        // size; a block of positions of one sequence (a prompt) only up to `MAX_BLOCK_ROWS`.
+        let one_position = dims.len() >= 2 && dims[dims.len() - 2] == 1;
+        let few = rows <= if one_position { cpu::matvec::MAX_ROWS } else { cpu::matvec::MAX_BLOCK_ROWS };
         let mut y = match &self.weight {
-            Weight::Dense(w) => match cpu::matvec::small_matmul(&flat, w)? {
+            Weight::Dense(w) => match few.then(|| cpu::matvec::small_matmul(&flat, w)).transpose()?.flatten() {
                 Some(y) => y,
                 None => flat.matmul(&w.t()?)?,
             },
-            Weight::Transposed(wt) => match cpu::matvec::small_matmul_t(&flat, wt)? {
+            Weight::Transposed(wt) => match few.then(|| cpu::matvec::small_matmul_t(&flat, wt)).transpose()?.flatten() {
                 Some(y) => y,
                 None => flat.matmul(wt)?,
             },

@@ -20,6 +20,10 @@ use crate::error::Result;
 /// so the default CPU batch is this size.
 pub const MAX_ROWS: usize = 16;
 
+/// Rows of a block of positions of one sequence (a prompt) that take this path: past 8, gemm's
+/// packed kernels win there, and the arithmetic of prompts stays what it was before batching.
+pub const MAX_BLOCK_ROWS: usize = 8;
+
 /// Output rows of W per rayon task: small enough to balance two to a few dozen threads over
 /// the narrowest projection (2048 outputs), large enough that scheduling costs nothing.
 const ROWS_PER_TASK: usize = 64;
