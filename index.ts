@@ -36,6 +36,8 @@ export { parseDetections, parseSegmentations } from './src/parse.js'
 export { drawDetections, drawMasks } from './src/render.js'
 export type { LabeledBox, MaskedDetection } from './src/render.js'
 export { taskPrompt } from './src/tasks.js'
+export { serve } from './src/serve/server.js'
+export type { RunningServer, ServeOptions } from './src/serve/server.js'
 export type { LanguageTaskOptions, SegmentOptions, TaskOptions } from './src/tasks.js'
 export type {
   BoundingBox,

@@ -13,6 +13,7 @@ import { CliError, IMAGE_OPTION, MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS
 import type { Command, Parsed } from './args.js'
 import { checkModelOptions, interrupt, openModel, readImage } from './loading.js'
 import { runConvert, runConvertVae, runInfo } from './checkpoints.js'
+import { runServe } from './serve.js'
 
 async function streamText(args: Parsed, prompt: string): Promise<number> {
   const { values } = args
@@ -217,6 +218,21 @@ export const COMMANDS: Record<string, Command> = {
       const prompt = str(args.values, 'prompt') ?? (args.positionals.length > 0 ? args.positionals.join(' ') : undefined)
       return streamText(args, required(prompt, 'option --prompt <text>'))
     },
+  },
+  serve: {
+    summary: 'Serve the model over HTTP to OpenAI and Ollama clients',
+    usage: 'serve --model <dir|id> [--host 127.0.0.1] [--port 8080] [--api-key <key>] [--max-body <bytes>]',
+    details:
+      'Routes: GET /health, GET /v1/models, POST /v1/chat/completions (stream too), GET /api/tags,\n' +
+      '  GET /api/version, POST /api/generate, POST /api/chat. The prompt is the task text of the last\n' +
+      '  user message ("caption en", "detect cat"); it carries one image. See docs/serve.md.\n' +
+      '      --host <addr>           interface (default 127.0.0.1)\n' +
+      '      --port <n>              port (default 8080; 0 picks a free one)\n' +
+      '      --api-key <key>         require Authorization: Bearer <key> (or PALIGEMMA_API_KEY)\n' +
+      '      --max-body <bytes>      largest request body (default 20000000)',
+    options: { ...MODEL_OPTIONS, host: { type: 'string' }, port: { type: 'string' }, 'api-key': { type: 'string' }, 'max-body': { type: 'string' }, ...OUTPUT_OPTIONS },
+    positionals: false,
+    run: runServe,
   },
   info: {
     summary: 'Describe a model: architecture, sizes, parameters, memory',

@@ -1,0 +1,165 @@
+// `paligemma serve` with the official OpenAI and Ollama clients (issue 21, first part): the
+// server's text equals model.generate on the same input, streaming and not, and bad requests get
+// the right status in each API's error shape.
+import test from 'ava'
+import { Ollama } from 'ollama'
+import OpenAI from 'openai'
+
+import { PaliGemma, serve } from '../dist/index.js'
+import { fixtureWithTokenizer } from './helpers/fixtures.mjs'
+import { noisyPng } from './helpers/png.mjs'
+
+const image = noisyPng(32)
+const dataUrl = `data:image/png;base64,${image.toString('base64')}`
+const modelId = 'tiny-paligemma'
+
+const ready = (async () => {
+  const model = await PaliGemma.load(fixtureWithTokenizer('pg1-tiny-a'))
+  const running = await serve(model, { modelId, port: 0, apiKey: 'secret', maxBodyBytes: 1_000_000 })
+  return { model, running }
+})()
+
+test.after.always(async () => {
+  const { model, running } = await ready
+  await running.close()
+  await model.dispose()
+})
+
+const openai = async () => new OpenAI({ baseURL: `${(await ready).running.url}/v1`, apiKey: 'secret', maxRetries: 0 })
+const ollama = async () => new Ollama({ host: (await ready).running.url, headers: { authorization: 'Bearer secret' } })
+const userMessage = (text, url = dataUrl) => [{ role: 'user', content: [{ type: 'text', text }, { type: 'image_url', image_url: { url } }] }]
+const expected = async (prompt, options = {}) => (await ready).model.generate({ image, prompt, ...options })
+
+test('OpenAI client: models, a completion equal to model.generate, and usage', async (t) => {
+  const client = await openai()
+  const models = await client.models.list()
+  t.deepEqual(models.data.map((m) => m.id), [modelId])
+  const want = await expected('caption en', { maxNewTokens: 12, temperature: 0.7, seed: 5 })
+  const got = await client.chat.completions.create({ model: modelId, messages: userMessage('caption en'), max_tokens: 12, temperature: 0.7, seed: 5 })
+  t.is(got.choices[0].message.content, want.text)
+  t.is(got.choices[0].finish_reason, want.finishReason === 'length' ? 'length' : 'stop')
+  t.is(got.usage.completion_tokens, want.tokenIds.length)
+  t.is(got.usage.prompt_tokens, want.timings.promptTokens)
+})
+
+test('OpenAI client: streaming deltas add up to the text, with the usage chunk', async (t) => {
+  const client = await openai()
+  const want = await expected('caption en', { maxNewTokens: 16 })
+  const stream = await client.chat.completions.create({ model: modelId, messages: userMessage('caption en'), max_tokens: 16, stream: true, stream_options: { include_usage: true } })
+  let text = ''
+  let usage
+  let finish
+  for await (const chunk of stream) {
+    text += chunk.choices[0]?.delta?.content ?? ''
+    finish = chunk.choices[0]?.finish_reason ?? finish
+    usage = chunk.usage ?? usage
+  }
+  t.is(text, want.text)
+  t.truthy(finish)
+  t.is(usage.completion_tokens, want.tokenIds.length)
+})
+
+test('OpenAI client: detect prompts carry the parsed boxes', async (t) => {
+  const client = await openai()
+  const got = await client.chat.completions.create({ model: modelId, messages: userMessage('detect cat'), max_tokens: 8 })
+  t.true(Array.isArray(got.choices[0].message.paligemma?.detections))
+})
+
+test('OpenAI client: bad requests get 400/401/404 in OpenAI\'s error shape', async (t) => {
+  const client = await openai()
+  const cases = [
+    [{ model: modelId, messages: [{ role: 'user', content: 'caption en' }] }, 400, /exactly one image/],
+    [{ model: 'other', messages: userMessage('caption en') }, 404, /not served here/],
+    [{ model: modelId, messages: userMessage('caption en', 'https://example.com/cat.png') }, 400, /remote image URLs/],
+    [{ model: modelId, messages: userMessage('caption en', 'data:text/plain;base64,aGk=') }, 400, /data:image/],
+    [{ model: modelId, messages: userMessage('caption en', 'data:image/png;base64,%%%') }, 400, /not valid base64/],
+    [{ model: modelId, messages: userMessage('caption en', `data:image/png;base64,${Buffer.from('not an image').toString('base64')}`) }, 400, /image/],
+    [{ model: modelId, messages: userMessage('caption en'), n: 2 }, 400, /n must be 1/],
+    [{ model: modelId, messages: userMessage('caption en'), max_tokens: 0 }, 400, /maxNewTokens/],
+  ]
+  for (const [body, status, message] of cases) {
+    const error = await t.throwsAsync(client.chat.completions.create(body))
+    t.is(error.status, status, JSON.stringify(body).slice(0, 120))
+    t.regex(error.message, message)
+  }
+  const wrongKey = new OpenAI({ baseURL: `${(await ready).running.url}/v1`, apiKey: 'nope', maxRetries: 0 })
+  t.is((await t.throwsAsync(wrongKey.models.list())).status, 401)
+})
+
+test('raw HTTP: bad JSON, a wrong content type and an oversized body', async (t) => {
+  const { url } = (await ready).running
+  const post = (body, type = 'application/json') =>
+    fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': type, authorization: 'Bearer secret' }, body })
+  const bad = await post('{not json')
+  t.is(bad.status, 400)
+  t.is((await bad.json()).error.code, 'invalid_json')
+  t.is((await post('{}', 'text/plain')).status, 415)
+  t.is((await post(JSON.stringify({ pad: 'x'.repeat(1_200_000) }))).status, 413)
+  t.is((await fetch(`${url}/nope`, { headers: { authorization: 'Bearer secret' } })).status, 404)
+  t.is((await fetch(`${url}/health`)).status, 200, '/health needs no key')
+})
+
+test('OpenAI client: aborting a stream mid-way leaves the server serving', async (t) => {
+  const client = await openai()
+  const controller = new AbortController()
+  const stream = await client.chat.completions.create({ model: modelId, messages: userMessage('caption en'), max_tokens: 400, stream: true }, { signal: controller.signal })
+  let chunks = 0
+  try {
+    for await (const _ of stream) {
+      if (++chunks === 3) controller.abort()
+      t.true(chunks <= 3, 'no chunk arrives after the abort')
+    }
+  } catch (error) {
+    t.is(error.name, 'APIUserAbortError', String(error))
+  }
+  t.is(chunks, 3)
+  const want = await expected('caption en', { maxNewTokens: 6 })
+  const got = await client.chat.completions.create({ model: modelId, messages: userMessage('caption en'), max_tokens: 6 })
+  t.is(got.choices[0].message.content, want.text)
+})
+
+test('Ollama client: tags, version, generate and chat, streamed and not', async (t) => {
+  const client = await ollama()
+  t.deepEqual((await client.list()).models.map((m) => m.name), [modelId])
+  t.truthy((await client.version()).version)
+  const want = await expected('caption en', { maxNewTokens: 10 })
+  const b64 = image.toString('base64')
+  const whole = await client.generate({ model: modelId, prompt: 'caption en', images: [b64], stream: false, options: { num_predict: 10 } })
+  t.is(whole.response, want.text)
+  t.is(whole.eval_count, want.tokenIds.length)
+  let streamed = ''
+  for await (const part of await client.generate({ model: modelId, prompt: 'caption en', images: [b64], stream: true, options: { num_predict: 10 } })) streamed += part.response
+  t.is(streamed, want.text)
+  const chat = await client.chat({ model: modelId, messages: [{ role: 'user', content: 'caption en', images: [b64] }], stream: false, options: { num_predict: 10 } })
+  t.is(chat.message.content, want.text)
+  const error = await t.throwsAsync(client.generate({ model: modelId, prompt: 'caption en', images: [], stream: false }))
+  t.regex(error.message, /exactly one image/)
+})
+
+test('paligemma serve prints its URL once loaded and exits 0 on SIGTERM', async (t) => {
+  const { spawn } = await import('node:child_process')
+  const { join } = await import('node:path')
+  const { repo } = await import('./helpers/fixtures.mjs')
+  const dir = fixtureWithTokenizer('pg1-tiny-a')
+  const child = spawn(process.execPath, [join(repo, 'dist', 'src', 'cli.js'), 'serve', '--model', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const url = await new Promise((resolve, reject) => {
+    let out = ''
+    const timer = setTimeout(() => reject(new Error(`no URL printed: ${out}`)), 30_000)
+    child.stdout.on('data', (d) => {
+      out += d
+      const match = /serving \S+ at (http:\/\/\S+)/.exec(out)
+      if (match) {
+        clearTimeout(timer)
+        resolve(match[1])
+      }
+    })
+    child.once('exit', (code) => reject(new Error(`exited with ${code}: ${out}`)))
+  })
+  t.regex(url, /^http:\/\/127\.0\.0\.1:\d+$/)
+  t.is((await (await fetch(`${url}/health`)).json()).status, 'ok')
+  const models = await (await fetch(`${url}/v1/models`)).json()
+  t.is(models.data[0].id, dir.split('/').at(-1), 'a folder is named by its name')
+  const exit = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGTERM')
+  t.is(await exit, 0)
+})

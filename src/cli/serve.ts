@@ -1,0 +1,61 @@
+/**
+ * `paligemma serve`: loads the model, starts the HTTP server, prints its URL, and on Ctrl-C or
+ * SIGTERM stops accepting connections, lets open requests end, and disposes the model.
+ *
+ * @internal
+ */
+
+import { basename, resolve } from 'node:path'
+
+import { serve } from '../serve/server.js'
+import type { Parsed } from './args.js'
+import { UsageError, err, out, str } from './args.js'
+import { interrupt, openModel } from './loading.js'
+
+/** The model's id: a hub id as given, or a folder's name. */
+function modelId(model: string): string {
+  return /^[\w.-]+\/[\w.-]+$/.test(model) && !model.startsWith('.') ? model : basename(resolve(model))
+}
+
+function port(values: Parsed['values']): number {
+  const text = str(values, 'port') ?? '8080'
+  const n = Number(text)
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new UsageError(`--port must be an integer in [0, 65535], got ${JSON.stringify(text)}`)
+  return n
+}
+
+function bytes(values: Parsed['values'], name: string): number | undefined {
+  const text = str(values, name)
+  if (text === undefined) return undefined
+  const n = Number(text)
+  if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`--${name} must be a positive integer of bytes, got ${JSON.stringify(text)}`)
+  return n
+}
+
+/** Runs the server until interrupted; resolves with the exit status. */
+export async function runServe(args: Parsed): Promise<number> {
+  const { values } = args
+  const model = str(values, 'model') ?? process.env.PALIGEMMA_MODEL
+  if (!model) throw new UsageError('missing required option --model <dir|hub id> (or set PALIGEMMA_MODEL)')
+  const listenPort = port(values)
+  const maxBodyBytes = bytes(values, 'max-body')
+  const apiKey = str(values, 'api-key') ?? process.env.PALIGEMMA_API_KEY
+  const loaded = await openModel(values)
+  const running = await serve(loaded, {
+    modelId: modelId(model),
+    host: str(values, 'host') ?? '127.0.0.1',
+    port: listenPort,
+    ...(apiKey ? { apiKey } : {}),
+    ...(maxBodyBytes === undefined ? {} : { maxBodyBytes }),
+  })
+  out.write(`paligemma: serving ${modelId(model)} at ${running.url}\n`)
+  await new Promise<void>((done) => {
+    if (interrupt.signal.aborted) return done()
+    interrupt.signal.addEventListener('abort', () => done(), { once: true })
+    process.once('SIGTERM', () => done())
+  })
+  err.write('paligemma: shutting down\n')
+  await running.close()
+  await loaded.dispose()
+  return 0
+}

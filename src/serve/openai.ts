@@ -1,0 +1,128 @@
+/**
+ * The OpenAI-compatible routes: `GET /v1/models` and `POST /v1/chat/completions`.
+ *
+ * PaliGemma has no chat template: the prompt is the text of the last user message, verbatim,
+ * as the task prefix (`caption en`, `answer en what is this?`, `detect cat ; dog`, `ocr`), and
+ * that message carries exactly one image as an `image_url` part with a `data:` URL.
+ *
+ * @packageDocumentation
+ * @internal
+ */
+
+import { randomUUID } from 'node:crypto'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+
+import type { PaliGemma } from '../model.js'
+import type { GenerateResult } from '../types.js'
+import { optionalNumber, sampling, start, stopStrings, structured } from './generation.js'
+import type { Generation } from './generation.js'
+import { HttpError, decodeDataUrl, toHttpError } from './http.js'
+
+/** What the routes need from the server. */
+export interface RouteContext {
+  model: PaliGemma
+  /** The model's id in listings (the name given to `--model`). */
+  modelId: string
+  /** Unix seconds when the model was loaded. */
+  created: number
+}
+
+/** `GET /v1/models`. */
+export function listModels(ctx: RouteContext): unknown {
+  return { object: 'list', data: [{ id: ctx.modelId, object: 'model', created: ctx.created, owned_by: 'paligemma' }] }
+}
+
+/** Turns a chat completion request into a generation, or a 400 saying what shape it needs. */
+export function chatRequest(body: Record<string, unknown>, ctx: RouteContext): Generation {
+  if (body.model !== undefined && body.model !== ctx.modelId) {
+    throw new HttpError(404, `model ${JSON.stringify(body.model)} is not served here; this server serves ${JSON.stringify(ctx.modelId)}`, { param: 'model', code: 'model_not_found' })
+  }
+  if (body.n !== undefined && body.n !== 1) throw new HttpError(400, 'n must be 1', { param: 'n' })
+  const messages = body.messages
+  if (!Array.isArray(messages) || messages.length === 0) throw new HttpError(400, 'messages must be a non-empty array', { param: 'messages' })
+  const last = [...messages].reverse().find((m) => typeof m === 'object' && m !== null && (m as { role?: unknown }).role === 'user') as
+    | { content?: unknown }
+    | undefined
+  if (!last) throw new HttpError(400, 'messages needs a user message: its text is the task prompt and it carries the image', { param: 'messages' })
+  const parts = typeof last.content === 'string' ? [{ type: 'text', text: last.content }] : last.content
+  if (!Array.isArray(parts)) throw new HttpError(400, 'the user message content must be a string or a list of parts', { param: 'messages' })
+  const texts: string[] = []
+  const images: Buffer[] = []
+  parts.forEach((part: unknown, i) => {
+    const p = (typeof part === 'object' && part !== null ? part : {}) as { type?: unknown; text?: unknown; image_url?: unknown }
+    if (p.type === 'text' && typeof p.text === 'string') texts.push(p.text)
+    else if (p.type === 'image_url') {
+      const url = typeof p.image_url === 'string' ? p.image_url : (p.image_url as { url?: unknown } | null)?.url
+      images.push(decodeDataUrl(url, `messages[].content[${i}].image_url.url`))
+    } else throw new HttpError(400, `content part ${i} must be {type: "text", text} or {type: "image_url", image_url: {url}}`, { param: 'messages' })
+  })
+  if (images.length !== 1) {
+    throw new HttpError(400, `the last user message must carry exactly one image (it has ${images.length}); PaliGemma answers about one image per request`, { param: 'messages', code: 'image_required' })
+  }
+  const prompt = texts.join('').trim()
+  if (prompt.length === 0) throw new HttpError(400, 'the last user message needs text: the task prompt, e.g. "caption en" or "detect cat"', { param: 'messages' })
+  const maxTokens = optionalNumber(body.max_completion_tokens ?? body.max_tokens, body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens')
+  return {
+    image: images[0]!,
+    prompt,
+    sampling: sampling({
+      maxNewTokens: maxTokens,
+      temperature: optionalNumber(body.temperature, 'temperature'),
+      topP: optionalNumber(body.top_p, 'top_p'),
+      seed: optionalNumber(body.seed, 'seed'),
+      stop: stopStrings(body.stop, 'stop'),
+    }),
+  }
+}
+
+const finishReason = (result: GenerateResult): string => (result.finishReason === 'length' ? 'length' : 'stop')
+
+const usage = (result: GenerateResult): Record<string, number> => ({
+  prompt_tokens: result.timings.promptTokens,
+  completion_tokens: result.tokenIds.length,
+  total_tokens: result.timings.promptTokens + result.tokenIds.length,
+})
+
+/** `POST /v1/chat/completions`, streamed as server-sent events or answered whole. */
+export async function chatCompletions(body: Record<string, unknown>, ctx: RouteContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const generation = chatRequest(body, ctx)
+  const id = `chatcmpl-${randomUUID()}`
+  const created = Math.floor(Date.now() / 1000)
+  const stream = start(ctx.model, generation, req, res)
+  if (body.stream !== true) {
+    const result = await stream.result
+    const extra = structured(generation.prompt, result)
+    const message = { role: 'assistant', content: result.text, ...(extra ? { paligemma: extra } : {}) }
+    const payload = { id, object: 'chat.completion', created, model: ctx.modelId, choices: [{ index: 0, message, finish_reason: finishReason(result) }], usage: usage(result) }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(payload))
+    return
+  }
+  const includeUsage = (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true
+  const chunk = (choices: unknown[], extra: Record<string, unknown> = {}): string =>
+    `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model: ctx.modelId, choices, ...extra })}\n\n`
+  let started = false
+  try {
+    for await (const piece of stream) {
+      if (!started) {
+        res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
+        res.write(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }]))
+        started = true
+      }
+      if (piece.text) res.write(chunk([{ index: 0, delta: { content: piece.text }, finish_reason: null }]))
+    }
+    const result = await stream.result
+    if (!started) {
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
+      res.write(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }]))
+    }
+    const extra = structured(generation.prompt, result)
+    res.write(chunk([{ index: 0, delta: extra ? { paligemma: extra } : {}, finish_reason: finishReason(result) }]))
+    if (includeUsage) res.write(chunk([], { usage: usage(result) }))
+    res.end('data: [DONE]\n\n')
+  } catch (error) {
+    if (!started) throw error
+    // Headers are gone: the error travels as an event, as OpenAI's own API does.
+    const e = toHttpError(error)
+    if (!res.writableEnded) res.end(`data: ${JSON.stringify({ error: { message: e.message, type: e.type, param: e.options.param ?? null, code: e.options.code ?? null } })}\n\n`)
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * `paligemma serve`: one loaded model behind an HTTP server that OpenAI and Ollama clients talk
+ * to unchanged. Concurrent requests share the model's decode steps (continuous batching).
+ *
+ * Built on Node's own `http`: streaming responses (SSE, NDJSON) are plain writes there, and a
+ * closed connection is one event that cancels the request's row in the batch. The routes need
+ * no more than a table.
+ *
+ * @packageDocumentation
+ */
+
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { createServer } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+import type { PaliGemma } from '../model.js'
+import { HttpError, readJson, toHttpError } from './http.js'
+import * as ollama from './ollama.js'
+import { chatCompletions, listModels } from './openai.js'
+import type { RouteContext } from './openai.js'
+
+/** Options of {@link serve}. */
+export interface ServeOptions {
+  /** Interface to listen on. Default `127.0.0.1` (this machine only). */
+  host?: string
+  /** TCP port; 0 picks a free one. Default 8080. */
+  port?: number
+  /** The model's id in `/v1/models` and `/api/tags`, and the `model` requests must name. */
+  modelId: string
+  /** Require `Authorization: Bearer <apiKey>` on every route but `/health`. */
+  apiKey?: string
+  /** Largest request body in bytes. Default 20 MB (a 15 MB image in base64). */
+  maxBodyBytes?: number
+}
+
+/** A running server. */
+export interface RunningServer {
+  /** `http://host:port`. */
+  url: string
+  /** The Node server, for its events. */
+  server: Server
+  /** Stops accepting connections and resolves once every open one has closed. */
+  close(): Promise<void>
+}
+
+type Api = 'openai' | 'ollama' | 'plain'
+type Handler = (body: Record<string, unknown> | undefined, req: IncomingMessage, res: ServerResponse) => Promise<unknown> | unknown
+
+interface Route {
+  api: Api
+  /** Reads a JSON body first. */
+  body: boolean
+  handle: Handler
+}
+
+/**
+ * Serves `model` over HTTP until {@link RunningServer.close}. The routes: `GET /health`,
+ * `GET /v1/models`, `POST /v1/chat/completions`, `GET /api/tags`, `GET /api/version`,
+ * `POST /api/generate`, `POST /api/chat`. See docs/serve.md.
+ *
+ * @param model - a loaded model (the server does not dispose it).
+ * @param options - where to listen, the model's id, the API key and the body limit.
+ * @returns the server's URL and a `close()`.
+ */
+export async function serve(model: PaliGemma, options: ServeOptions): Promise<RunningServer> {
+  const ctx: RouteContext = { model, modelId: options.modelId, created: Math.floor(Date.now() / 1000) }
+  const maxBody = options.maxBodyBytes ?? 20_000_000
+  const expectedKey = options.apiKey === undefined ? undefined : digest(options.apiKey)
+  const routes: Record<string, Route> = {
+    'GET /health': { api: 'plain', body: false, handle: () => ({ status: 'ok', model: ctx.modelId }) },
+    'GET /v1/models': { api: 'openai', body: false, handle: () => listModels(ctx) },
+    'POST /v1/chat/completions': { api: 'openai', body: true, handle: (body, req, res) => chatCompletions(body!, ctx, req, res) },
+    'GET /api/tags': { api: 'ollama', body: false, handle: () => ollama.tags(ctx) },
+    'GET /api/version': { api: 'ollama', body: false, handle: () => ollama.version() },
+    'POST /api/generate': { api: 'ollama', body: true, handle: (body, req, res) => ollama.generate(body!, ctx, req, res) },
+    'POST /api/chat': { api: 'ollama', body: true, handle: (body, req, res) => ollama.chat(body!, ctx, req, res) },
+  }
+
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]
+    const route = routes[`${req.method} ${path}`]
+    const api: Api = route?.api ?? (path?.startsWith('/api/') ? 'ollama' : 'openai')
+    void (async () => {
+      try {
+        if (!route) throw new HttpError(404, `no route ${req.method} ${path}`)
+        if (expectedKey && path !== '/health') checkKey(req, expectedKey)
+        const body = route.body ? await readJson(req, maxBody) : undefined
+        const payload = await route.handle(body, req, res)
+        if (payload !== undefined && !res.headersSent) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(payload))
+      } catch (error) {
+        sendError(res, api, toHttpError(error))
+      }
+    })()
+  })
+  // Slow or stalled clients cannot hold a connection for ever while sending their request.
+  server.headersTimeout = 20_000
+  server.requestTimeout = 120_000
+  server.keepAliveTimeout = 5_000
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(options.port ?? 8080, options.host ?? '127.0.0.1', () => resolve())
+  })
+  const address = server.address() as AddressInfo
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
+  return {
+    url: `http://${host}:${address.port}`,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve())
+        server.closeIdleConnections()
+      }),
+  }
+}
+
+function digest(key: string): Buffer {
+  return createHash('sha256').update(key).digest()
+}
+
+/** Bearer auth, compared in constant time (both sides hashed to the same length first). */
+function checkKey(req: IncomingMessage, expected: Buffer): void {
+  const header = req.headers.authorization ?? ''
+  const given = /^Bearer (.+)$/i.exec(header)?.[1]
+  if (given === undefined || !timingSafeEqual(digest(given), expected)) {
+    throw new HttpError(401, 'missing or wrong API key: send Authorization: Bearer <key>', { code: 'invalid_api_key' })
+  }
+}
+
+/** The error in the shape of the route's API: OpenAI's `{error: {…}}` or Ollama's `{error}`. */
+function sendError(res: ServerResponse, api: Api, e: HttpError): void {
+  if (res.headersSent) {
+    if (!res.writableEnded) res.end()
+    return
+  }
+  // 499 (the client went away) is never seen by that client; answer like a server error.
+  const status = e.status === 499 ? 400 : e.status
+  const body =
+    api === 'ollama'
+      ? { error: e.message }
+      : { error: { message: e.message, type: e.type, param: e.options.param ?? null, code: e.options.code ?? null } }
+  res.writeHead(status, { 'content-type': 'application/json', ...e.options.headers }).end(JSON.stringify(body))
+}
