@@ -110,7 +110,7 @@ test('OpenAI client: aborting a stream mid-way leaves the server serving', async
       t.true(chunks <= 3, 'no chunk arrives after the abort')
     }
   } catch (error) {
-    t.is(error.name, 'APIUserAbortError', String(error))
+    t.true(error instanceof OpenAI.APIUserAbortError, String(error))
   }
   t.is(chunks, 3)
   const want = await expected('caption en', { maxNewTokens: 6 })
@@ -162,4 +162,75 @@ test('paligemma serve prints its URL once loaded and exits 0 on SIGTERM', async 
   const exit = new Promise((resolve) => child.once('exit', resolve))
   child.kill('SIGTERM')
   t.is(await exit, 0)
+})
+
+test('64 concurrent clients, a random third of them disconnecting, each staying one gets its own output', async (t) => {
+  const client = await openai()
+  const requests = Array.from({ length: 64 }, (_, i) => ({
+    max_tokens: 4 + (i % 9),
+    ...(i % 2 ? { temperature: 0.9, seed: 100 + i } : {}),
+    leaves: i % 3 === 1,
+  }))
+  const wants = []
+  for (const r of requests) {
+    wants.push((await expected('caption en', { maxNewTokens: r.max_tokens, ...(r.seed === undefined ? {} : { temperature: r.temperature, seed: r.seed }) })).text)
+  }
+  const results = await Promise.all(
+    requests.map(async ({ leaves, ...r }, i) => {
+      const controller = new AbortController()
+      if (leaves) setTimeout(() => controller.abort(), 1 + (i % 7))
+      try {
+        const reply = await client.chat.completions.create({ model: modelId, messages: userMessage('caption en'), ...r }, { signal: controller.signal })
+        return reply.choices[0].message.content
+      } catch (error) {
+        if (leaves && error instanceof OpenAI.APIUserAbortError) return null
+        throw error
+      }
+    }),
+  )
+  results.forEach((text, i) => {
+    if (text !== null) t.is(text, wants[i], `client ${i}`)
+  })
+  t.true(results.filter((r) => r !== null).length >= 43, 'every client that stayed got an answer')
+  // And the server is whole afterwards.
+  const after = await client.chat.completions.create({ model: modelId, messages: userMessage('caption en'), max_tokens: 4 })
+  t.is(after.choices[0].message.content, wants[0])
+})
+
+test('past maxQueue, requests get 429 with Retry-After; CORS answers preflights; close() cancels what is left', async (t) => {
+  const model = await PaliGemma.load(fixtureWithTokenizer('pg1-tiny-a'), { maxBatch: 1 })
+  const running = await serve(model, { modelId, port: 0, maxQueue: 0, cors: 'https://app.example' })
+  try {
+    const post = () =>
+      fetch(`${running.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: modelId, messages: userMessage('caption en'), max_tokens: 480 }),
+      })
+    const responses = await Promise.all([post(), post(), post()])
+    const full = responses.filter((r) => r.status === 429)
+    t.true(full.length >= 1, responses.map((r) => r.status).join(','))
+    t.is(full[0].headers.get('retry-after'), '1')
+    t.is((await full[0].json()).error.code, 'queue_full')
+    const preflight = await fetch(`${running.url}/v1/chat/completions`, { method: 'OPTIONS' })
+    t.is(preflight.status, 204)
+    t.is(preflight.headers.get('access-control-allow-origin'), 'https://app.example')
+    t.regex(preflight.headers.get('access-control-allow-headers'), /authorization/)
+    // A long stream is still running when the server closes with a short grace period.
+    const controller = new AbortController()
+    const streaming = fetch(`${running.url}/api/generate`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: modelId, prompt: 'caption en', images: [image.toString('base64')], options: { num_predict: 100000 } }),
+      signal: controller.signal,
+    }).then((r) => r.text().then(() => 'ended', () => 'cut'), () => 'cut')
+    await new Promise((r) => setTimeout(r, 50))
+    const started = performance.now()
+    await running.close(200)
+    t.true(performance.now() - started < 5000, 'close() did not wait for the generation to finish')
+    t.truthy(await streaming)
+  } finally {
+    await running.close(0)
+    await model.dispose()
+  }
 })

@@ -229,8 +229,21 @@ export const COMMANDS: Record<string, Command> = {
       '      --host <addr>           interface (default 127.0.0.1)\n' +
       '      --port <n>              port (default 8080; 0 picks a free one)\n' +
       '      --api-key <key>         require Authorization: Bearer <key> (or PALIGEMMA_API_KEY)\n' +
-      '      --max-body <bytes>      largest request body (default 20000000)',
-    options: { ...MODEL_OPTIONS, host: { type: 'string' }, port: { type: 'string' }, 'api-key': { type: 'string' }, 'max-body': { type: 'string' }, ...OUTPUT_OPTIONS },
+      '      --max-body <bytes>      largest request body (default 20000000)\n' +
+      '      --max-queue <n>         requests waiting beyond the batch before 429 (default 256)\n' +
+      '      --cors <origin>         answer cross-origin requests from this origin (* for any)\n' +
+      '      --shutdown-timeout <s>  seconds open requests get to finish on Ctrl-C/SIGTERM (default 10)',
+    options: {
+      ...MODEL_OPTIONS,
+      host: { type: 'string' },
+      port: { type: 'string' },
+      'api-key': { type: 'string' },
+      'max-body': { type: 'string' },
+      'max-queue': { type: 'string' },
+      cors: { type: 'string' },
+      'shutdown-timeout': { type: 'string' },
+      ...OUTPUT_OPTIONS,
+    },
     positionals: false,
     run: runServe,
   },

@@ -32,6 +32,14 @@ function bytes(values: Parsed['values'], name: string): number | undefined {
   return n
 }
 
+function count(values: Parsed['values'], name: string): number | undefined {
+  const text = str(values, name)
+  if (text === undefined) return undefined
+  const n = Number(text)
+  if (!Number.isSafeInteger(n) || n < 0) throw new UsageError(`--${name} must be a non-negative integer, got ${JSON.stringify(text)}`)
+  return n
+}
+
 /** Runs the server until interrupted; resolves with the exit status. */
 export async function runServe(args: Parsed): Promise<number> {
   const { values } = args
@@ -40,6 +48,9 @@ export async function runServe(args: Parsed): Promise<number> {
   const listenPort = port(values)
   const maxBodyBytes = bytes(values, 'max-body')
   const apiKey = str(values, 'api-key') ?? process.env.PALIGEMMA_API_KEY
+  const maxQueue = count(values, 'max-queue')
+  const shutdownMs = (count(values, 'shutdown-timeout') ?? 10) * 1000
+  const cors = str(values, 'cors')
   const loaded = await openModel(values)
   const running = await serve(loaded, {
     modelId: modelId(model),
@@ -47,6 +58,8 @@ export async function runServe(args: Parsed): Promise<number> {
     port: listenPort,
     ...(apiKey ? { apiKey } : {}),
     ...(maxBodyBytes === undefined ? {} : { maxBodyBytes }),
+    ...(maxQueue === undefined ? {} : { maxQueue }),
+    ...(cors === undefined ? {} : { cors }),
   })
   out.write(`paligemma: serving ${modelId(model)} at ${running.url}\n`)
   await new Promise<void>((done) => {
@@ -55,7 +68,7 @@ export async function runServe(args: Parsed): Promise<number> {
     process.once('SIGTERM', () => done())
   })
   err.write('paligemma: shutting down\n')
-  await running.close()
+  await running.close(shutdownMs)
   await loaded.dispose()
   return 0
 }

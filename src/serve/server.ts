@@ -32,6 +32,13 @@ export interface ServeOptions {
   apiKey?: string
   /** Largest request body in bytes. Default 20 MB (a 15 MB image in base64). */
   maxBodyBytes?: number
+  /**
+   * Generation requests that may wait beyond the model's running batch (`info.maxBatch`).
+   * Past that, new ones get 429 with `Retry-After`. Default 256.
+   */
+  maxQueue?: number
+  /** Answer cross-origin requests from this origin (`*` for any). Default: no CORS headers. */
+  cors?: string
 }
 
 /** A running server. */
@@ -40,8 +47,11 @@ export interface RunningServer {
   url: string
   /** The Node server, for its events. */
   server: Server
-  /** Stops accepting connections and resolves once every open one has closed. */
-  close(): Promise<void>
+  /**
+   * Stops accepting connections, lets open requests finish for up to `timeoutMs` (default
+   * 10 s), then closes what is left, which cancels those requests; resolves once all are closed.
+   */
+  close(timeoutMs?: number): Promise<void>
 }
 
 type Api = 'openai' | 'ollama' | 'plain'
@@ -49,7 +59,7 @@ type Handler = (body: Record<string, unknown> | undefined, req: IncomingMessage,
 
 interface Route {
   api: Api
-  /** Reads a JSON body first. */
+  /** Reads a JSON body first, and counts as a generation for `maxQueue`. */
   body: boolean
   handle: Handler
 }
@@ -67,6 +77,8 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
   const ctx: RouteContext = { model, modelId: options.modelId, created: Math.floor(Date.now() / 1000) }
   const maxBody = options.maxBodyBytes ?? 20_000_000
   const expectedKey = options.apiKey === undefined ? undefined : digest(options.apiKey)
+  const capacity = model.info.maxBatch + (options.maxQueue ?? 256)
+  let inFlight = 0
   const routes: Record<string, Route> = {
     'GET /health': { api: 'plain', body: false, handle: () => ({ status: 'ok', model: ctx.modelId }) },
     'GET /v1/models': { api: 'openai', body: false, handle: () => listModels(ctx) },
@@ -81,15 +93,32 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
     const path = (req.url ?? '/').split('?')[0]
     const route = routes[`${req.method} ${path}`]
     const api: Api = route?.api ?? (path?.startsWith('/api/') ? 'ollama' : 'openai')
+    if (options.cors) {
+      res.setHeader('access-control-allow-origin', options.cors)
+      if (req.method === 'OPTIONS') {
+        res.writeHead(204, { 'access-control-allow-methods': 'GET, POST, OPTIONS', 'access-control-allow-headers': 'authorization, content-type', 'access-control-max-age': '600' }).end()
+        return
+      }
+    }
     void (async () => {
+      let counted = false
       try {
         if (!route) throw new HttpError(404, `no route ${req.method} ${path}`)
         if (expectedKey && path !== '/health') checkKey(req, expectedKey)
+        if (route.body) {
+          if (inFlight >= capacity) {
+            throw new HttpError(429, `the server is full: ${inFlight} requests are running or waiting (--max-queue)`, { code: 'queue_full', headers: { 'retry-after': '1' } })
+          }
+          inFlight++
+          counted = true
+        }
         const body = route.body ? await readJson(req, maxBody) : undefined
         const payload = await route.handle(body, req, res)
         if (payload !== undefined && !res.headersSent) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(payload))
       } catch (error) {
         sendError(res, api, toHttpError(error))
+      } finally {
+        if (counted) inFlight--
       }
     })()
   })
@@ -106,9 +135,13 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
   return {
     url: `http://${host}:${address.port}`,
     server,
-    close: () =>
+    close: (timeoutMs = 10_000) =>
       new Promise<void>((resolve) => {
-        server.close(() => resolve())
+        const timer = setTimeout(() => server.closeAllConnections(), timeoutMs)
+        server.close(() => {
+          clearTimeout(timer)
+          resolve()
+        })
         server.closeIdleConnections()
       }),
   }
