@@ -234,3 +234,19 @@ test('past maxQueue, requests get 429 with Retry-After; CORS answers preflights;
     await model.dispose()
   }
 })
+
+test('/metrics counts requests, tokens and generation timings in the Prometheus format', async (t) => {
+  const client = await openai()
+  const reply = await client.chat.completions.create({ model: modelId, messages: userMessage('caption en'), max_tokens: 5 })
+  const res = await fetch(`${(await ready).running.url}/metrics`, { headers: { authorization: 'Bearer secret' } })
+  t.is(res.status, 200)
+  t.regex(res.headers.get('content-type'), /text\/plain/)
+  const text = await res.text()
+  const value = (pattern) => Number(new RegExp(`^${pattern} (\\S+)$`, 'm').exec(text)?.[1] ?? Number.NaN)
+  t.true(value('paligemma_http_requests_total\\{route="POST /v1/chat/completions",status="200"\\}') >= 1)
+  t.true(value('paligemma_tokens_total\\{direction="out"\\}') >= reply.usage.completion_tokens)
+  t.true(value('paligemma_tokens_total\\{direction="in"\\}') >= reply.usage.prompt_tokens)
+  t.true(value('paligemma_time_to_first_token_seconds_count') >= 1)
+  t.true(value('paligemma_batch_size_count') >= 1)
+  t.regex(text, /^paligemma_requests_in_flight \d+$/m)
+})

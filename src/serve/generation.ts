@@ -9,11 +9,11 @@
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
 
-import type { PaliGemma } from '../model.js'
 import { parseDetections } from '../parse.js'
 import type { TokenStream } from '../stream.js'
 import type { Detection, GenerateResult, SamplingOptions } from '../types.js'
 import { HttpError } from './http.js'
+import type { RouteContext } from './openai.js'
 
 /** What both APIs reduce a request to. */
 export interface Generation {
@@ -27,14 +27,16 @@ export interface Generation {
  * Starts `generation` on the model. The request is cancelled (its row leaves the batch) when
  * the client closes the connection before the response has ended.
  */
-export function start(model: PaliGemma, generation: Generation, req: IncomingMessage, res: ServerResponse): TokenStream {
+export function start(ctx: RouteContext, generation: Generation, req: IncomingMessage, res: ServerResponse): TokenStream {
   const controller = new AbortController()
   const onClose = (): void => {
     if (!res.writableEnded) controller.abort(new Error('the client disconnected'))
   }
   res.once('close', onClose)
   req.once('aborted', onClose)
-  return model.stream({ ...generation.sampling, image: generation.image, prompt: generation.prompt, signal: controller.signal })
+  const stream = ctx.model.stream({ ...generation.sampling, image: generation.image, prompt: generation.prompt, signal: controller.signal })
+  stream.result.then((result) => ctx.metrics.generation(result), () => undefined)
+  return stream
 }
 
 /** Parsed boxes for `detect` prompts (in the image's pixels); `undefined` for other tasks. */

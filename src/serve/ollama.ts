@@ -94,7 +94,7 @@ async function respond(
   content: (text: string) => Record<string, unknown>,
 ): Promise<void> {
   const started = performance.now()
-  const stream = start(ctx.model, generation, req, res)
+  const stream = start(ctx, generation, req, res)
   const base = (): Record<string, unknown> => ({ model: ctx.modelId, created_at: new Date().toISOString() })
   if (!streaming) {
     const result = await stream.result

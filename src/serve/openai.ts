@@ -17,10 +17,13 @@ import type { GenerateResult } from '../types.js'
 import { optionalNumber, sampling, start, stopStrings, structured } from './generation.js'
 import type { Generation } from './generation.js'
 import { HttpError, decodeDataUrl, toHttpError } from './http.js'
+import type { ServerMetrics } from './metrics.js'
 
 /** What the routes need from the server. */
 export interface RouteContext {
   model: PaliGemma
+  /** Where finished generations are counted. */
+  metrics: ServerMetrics
   /** The model's id in listings (the name given to `--model`). */
   modelId: string
   /** Unix seconds when the model was loaded. */
@@ -88,7 +91,7 @@ export async function chatCompletions(body: Record<string, unknown>, ctx: RouteC
   const generation = chatRequest(body, ctx)
   const id = `chatcmpl-${randomUUID()}`
   const created = Math.floor(Date.now() / 1000)
-  const stream = start(ctx.model, generation, req, res)
+  const stream = start(ctx, generation, req, res)
   if (body.stream !== true) {
     const result = await stream.result
     const extra = structured(generation.prompt, result)

@@ -16,6 +16,7 @@ import type { AddressInfo } from 'node:net'
 
 import type { PaliGemma } from '../model.js'
 import { HttpError, readJson, toHttpError } from './http.js'
+import { ServerMetrics } from './metrics.js'
 import * as ollama from './ollama.js'
 import { chatCompletions, listModels } from './openai.js'
 import type { RouteContext } from './openai.js'
@@ -74,13 +75,21 @@ interface Route {
  * @returns the server's URL and a `close()`.
  */
 export async function serve(model: PaliGemma, options: ServeOptions): Promise<RunningServer> {
-  const ctx: RouteContext = { model, modelId: options.modelId, created: Math.floor(Date.now() / 1000) }
+  const metrics = new ServerMetrics()
+  const ctx: RouteContext = { model, metrics, modelId: options.modelId, created: Math.floor(Date.now() / 1000) }
   const maxBody = options.maxBodyBytes ?? 20_000_000
   const expectedKey = options.apiKey === undefined ? undefined : digest(options.apiKey)
   const capacity = model.info.maxBatch + (options.maxQueue ?? 256)
   let inFlight = 0
   const routes: Record<string, Route> = {
     'GET /health': { api: 'plain', body: false, handle: () => ({ status: 'ok', model: ctx.modelId }) },
+    'GET /metrics': {
+      api: 'plain',
+      body: false,
+      handle: async (_body, _req, res) => {
+        res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(await metrics.registry.metrics())
+      },
+    },
     'GET /v1/models': { api: 'openai', body: false, handle: () => listModels(ctx) },
     'POST /v1/chat/completions': { api: 'openai', body: true, handle: (body, req, res) => chatCompletions(body!, ctx, req, res) },
     'GET /api/tags': { api: 'ollama', body: false, handle: () => ollama.tags(ctx) },
@@ -100,6 +109,7 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
         return
       }
     }
+    res.once('finish', () => metrics.requests.inc({ route: route ? `${req.method} ${path}` : 'unknown', status: String(res.statusCode) }))
     void (async () => {
       let counted = false
       try {
@@ -110,6 +120,7 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
             throw new HttpError(429, `the server is full: ${inFlight} requests are running or waiting (--max-queue)`, { code: 'queue_full', headers: { 'retry-after': '1' } })
           }
           inFlight++
+          metrics.inFlight.set(inFlight)
           counted = true
         }
         const body = route.body ? await readJson(req, maxBody) : undefined
@@ -118,7 +129,7 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
       } catch (error) {
         sendError(res, api, toHttpError(error))
       } finally {
-        if (counted) inFlight--
+        if (counted) metrics.inFlight.set(--inFlight)
       }
     })()
   })
