@@ -250,3 +250,22 @@ test('/metrics counts requests, tokens and generation timings in the Prometheus 
   t.true(value('paligemma_batch_size_count') >= 1)
   t.regex(text, /^paligemma_requests_in_flight \d+$/m)
 })
+
+test('POST /v1/detect returns boxes equal to model.detect, and refuses bad labels', async (t) => {
+  const { model, running } = await ready
+  const want = await model.detect(image, ['cat', 'dog'], { maxNewTokens: 12 })
+  const post = (body) =>
+    fetch(`${running.url}/v1/detect`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: 'Bearer secret' }, body: JSON.stringify(body) })
+  const res = await post({ image: dataUrl, labels: ['cat', 'dog'], max_tokens: 12 })
+  t.is(res.status, 200)
+  const got = await res.json()
+  t.deepEqual(got.detections, JSON.parse(JSON.stringify(want)))
+  t.is(typeof got.text, 'string')
+  const bare = await (await post({ image: image.toString('base64'), labels: 'cat ; dog', max_tokens: 12 })).json()
+  t.deepEqual(bare.detections, got.detections, 'bare base64 and "a ; b" labels work too')
+  for (const labels of [[], [''], ['a;b'], 3]) {
+    const bad = await post({ image: dataUrl, labels })
+    t.is(bad.status, 400)
+    t.is((await bad.json()).error.param, 'labels')
+  }
+})

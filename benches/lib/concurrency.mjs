@@ -18,6 +18,7 @@ import { spawn } from 'node:child_process'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
+import { prng } from '../../__test__/helpers/safetensors-write.mjs'
 import { log, pixels, promptIds, round } from './common.mjs'
 
 const RUN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'run.mjs')
@@ -29,17 +30,10 @@ function percentile(values, p) {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]
 }
 
-/** A seeded exponential sampler (mulberry32), so Poisson arrivals repeat run to run. */
+/** A seeded exponential sampler, so Poisson arrivals repeat run to run. */
 function exponential(rate, seed = 1) {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    const u = ((t ^ (t >>> 14)) >>> 0) / 4294967296
-    return -Math.log(1 - u) / rate
-  }
+  const uniform = prng(seed)
+  return () => -Math.log(1 - uniform()) / rate
 }
 
 /** Child side: one level. Prints one JSON line. */

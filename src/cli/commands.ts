@@ -223,7 +223,7 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'Serve the model over HTTP to OpenAI and Ollama clients',
     usage: 'serve --model <dir|id> [--host 127.0.0.1] [--port 8080] [--api-key <key>] [--max-body <bytes>]',
     details:
-      'Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/chat/completions (stream too), GET /api/tags,\n' +
+      'Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/chat/completions (stream too), POST /v1/detect, GET /api/tags,\n' +
       '  GET /api/version, POST /api/generate, POST /api/chat. The prompt is the task text of the last\n' +
       '  user message ("caption en", "detect cat"); it carries one image. See docs/serve.md.\n' +
       '      --host <addr>           interface (default 127.0.0.1)\n' +

@@ -16,7 +16,7 @@ import type { PaliGemma } from '../model.js'
 import type { GenerateResult } from '../types.js'
 import { optionalNumber, sampling, start, stopStrings, structured } from './generation.js'
 import type { Generation } from './generation.js'
-import { HttpError, decodeDataUrl, toHttpError } from './http.js'
+import { HttpError, decodeBase64, decodeDataUrl, toHttpError } from './http.js'
 import type { ServerMetrics } from './metrics.js'
 
 /** What the routes need from the server. */
@@ -35,11 +35,16 @@ export function listModels(ctx: RouteContext): unknown {
   return { object: 'list', data: [{ id: ctx.modelId, object: 'model', created: ctx.created, owned_by: 'paligemma' }] }
 }
 
-/** Turns a chat completion request into a generation, or a 400 saying what shape it needs. */
-export function chatRequest(body: Record<string, unknown>, ctx: RouteContext): Generation {
+/** A 404 when the request names another model than the one served. */
+function checkModel(body: Record<string, unknown>, ctx: RouteContext): void {
   if (body.model !== undefined && body.model !== ctx.modelId) {
     throw new HttpError(404, `model ${JSON.stringify(body.model)} is not served here; this server serves ${JSON.stringify(ctx.modelId)}`, { param: 'model', code: 'model_not_found' })
   }
+}
+
+/** Turns a chat completion request into a generation, or a 400 saying what shape it needs. */
+export function chatRequest(body: Record<string, unknown>, ctx: RouteContext): Generation {
+  checkModel(body, ctx)
   if (body.n !== undefined && body.n !== 1) throw new HttpError(400, 'n must be 1', { param: 'n' })
   const messages = body.messages
   if (!Array.isArray(messages) || messages.length === 0) throw new HttpError(400, 'messages must be a non-empty array', { param: 'messages' })
@@ -128,4 +133,24 @@ export async function chatCompletions(body: Record<string, unknown>, ctx: RouteC
     const e = toHttpError(error)
     if (!res.writableEnded) res.end(`data: ${JSON.stringify({ error: { message: e.message, type: e.type, param: e.options.param ?? null, code: e.options.code ?? null } })}\n\n`)
   }
+}
+
+/**
+ * `POST /v1/detect`: `{ image, labels, max_tokens?, … }` → `{ model, detections, text, usage }`.
+ * `image` is a data URL or bare base64; `labels` a string (`"cat ; dog"`) or a list.
+ */
+export async function detect(body: Record<string, unknown>, ctx: RouteContext, req: IncomingMessage, res: ServerResponse): Promise<unknown> {
+  checkModel(body, ctx)
+  const labels = typeof body.labels === 'string' ? body.labels.split(';') : body.labels
+  if (!Array.isArray(labels) || labels.length === 0 || !labels.every((l) => typeof l === 'string' && l.trim().length > 0 && !/[;\n]/.test(l))) {
+    throw new HttpError(400, 'labels must be a non-empty string ("cat ; dog") or a list of labels without ";" or line breaks', { param: 'labels' })
+  }
+  const image = typeof body.image === 'string' && body.image.startsWith('data:') ? decodeDataUrl(body.image, 'image') : decodeBase64(body.image, 'image')
+  const generation: Generation = {
+    image,
+    prompt: `detect ${labels.map((l: string) => l.trim()).join(' ; ')}`,
+    sampling: sampling({ maxNewTokens: optionalNumber(body.max_tokens, 'max_tokens'), temperature: optionalNumber(body.temperature, 'temperature'), seed: optionalNumber(body.seed, 'seed') }),
+  }
+  const result = await start(ctx, generation, req, res).result
+  return { model: ctx.modelId, detections: structured(generation.prompt, result)?.detections ?? [], text: result.text, usage: usage(result) }
 }

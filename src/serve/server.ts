@@ -18,7 +18,7 @@ import type { PaliGemma } from '../model.js'
 import { HttpError, readJson, toHttpError } from './http.js'
 import { ServerMetrics } from './metrics.js'
 import * as ollama from './ollama.js'
-import { chatCompletions, listModels } from './openai.js'
+import { chatCompletions, detect, listModels } from './openai.js'
 import type { RouteContext } from './openai.js'
 
 /** Options of {@link serve}. */
@@ -92,6 +92,7 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
     },
     'GET /v1/models': { api: 'openai', body: false, handle: () => listModels(ctx) },
     'POST /v1/chat/completions': { api: 'openai', body: true, handle: (body, req, res) => chatCompletions(body!, ctx, req, res) },
+    'POST /v1/detect': { api: 'openai', body: true, handle: (body, req, res) => detect(body!, ctx, req, res) },
     'GET /api/tags': { api: 'ollama', body: false, handle: () => ollama.tags(ctx) },
     'GET /api/version': { api: 'ollama', body: false, handle: () => ollama.version() },
     'POST /api/generate': { api: 'ollama', body: true, handle: (body, req, res) => ollama.generate(body!, ctx, req, res) },
