@@ -16,7 +16,7 @@ import type { AddressInfo } from 'node:net'
 
 import type { PaliGemma } from '../model.js'
 import { HttpError, readJson, toHttpError } from './http.js'
-import { ServerMetrics } from './metrics.js'
+import { METRICS_CONTENT_TYPE, ServerMetrics } from './metrics.js'
 import * as ollama from './ollama.js'
 import { chatCompletions, detect, listModels } from './openai.js'
 import type { RouteContext } from './openai.js'
@@ -86,8 +86,8 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
     'GET /metrics': {
       api: 'plain',
       body: false,
-      handle: async (_body, _req, res) => {
-        res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(await metrics.registry.metrics())
+      handle: (_body, _req, res) => {
+        res.writeHead(200, { 'content-type': METRICS_CONTENT_TYPE }).end(metrics.text())
       },
     },
     'GET /v1/models': { api: 'openai', body: false, handle: () => listModels(ctx) },
@@ -120,8 +120,7 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
           if (inFlight >= capacity) {
             throw new HttpError(429, `the server is full: ${inFlight} requests are running or waiting (--max-queue)`, { code: 'queue_full', headers: { 'retry-after': '1' } })
           }
-          inFlight++
-          metrics.inFlight.set(inFlight)
+          metrics.inFlight = ++inFlight
           counted = true
         }
         const body = route.body ? await readJson(req, maxBody) : undefined
@@ -130,7 +129,7 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
       } catch (error) {
         sendError(res, api, toHttpError(error))
       } finally {
-        if (counted) metrics.inFlight.set(--inFlight)
+        if (counted) metrics.inFlight = --inFlight
       }
     })()
   })
