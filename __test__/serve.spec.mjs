@@ -269,3 +269,27 @@ test('POST /v1/detect returns boxes equal to model.detect, and refuses bad label
     t.is((await bad.json()).error.param, 'labels')
   }
 })
+
+test('a streamed request queued behind a full batch gets its headers and keep-alives before its first token', async (t) => {
+  const { longContextFixture } = await import('./helpers/fixtures.mjs')
+  const model = await PaliGemma.load(longContextFixture('pg1-tiny-a'), { maxBatch: 1 })
+  const running = await serve(model, { modelId, port: 0, openStreamAfterMs: 30 })
+  try {
+    const body = (maxTokens) => JSON.stringify({ model: modelId, stream: true, max_tokens: maxTokens, messages: userMessage('caption en') })
+    const post = (maxTokens) => fetch(`${running.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body(maxTokens) })
+    const long = post(7000)
+    await new Promise((r) => setTimeout(r, 20))
+    const queued = await post(4)
+    t.is(queued.status, 200)
+    const text = await queued.text()
+    t.regex(text, /^data: .*"role":"assistant"/, 'the stream opened with the role chunk')
+    t.regex(text, /^: waiting for the batch$/m, 'keep-alives went out while it waited')
+    t.is(text.match(/"role":"assistant"/g).length, 1, 'the role chunk is sent once')
+    t.regex(text, /data: \[DONE\]\n\n$/)
+    const first = await long
+    await first.text()
+  } finally {
+    await running.close(0)
+    await model.dispose()
+  }
+})

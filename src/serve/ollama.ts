@@ -13,6 +13,7 @@ import type { GenerateResult } from '../types.js'
 import { optionalNumber, sampling, start, stopStrings, structured } from './generation.js'
 import type { Generation } from './generation.js'
 import { HttpError, decodeBase64, toHttpError } from './http.js'
+import { whileWaiting } from './openai.js'
 import type { RouteContext } from './openai.js'
 
 /** The package version Ollama clients see in `/api/version`. */
@@ -105,19 +106,25 @@ async function respond(
   }
   let opened = false
   const open = (): void => {
-    if (!opened) res.writeHead(200, { 'content-type': 'application/x-ndjson' })
+    if (!opened && !res.writableEnded) res.writeHead(200, { 'content-type': 'application/x-ndjson' })
     opened = true
   }
+  // Headers go out after a short wait, so clients queued behind a full batch do not time out
+  // (NDJSON has no comment line for keep-alives).
+  const waiting = whileWaiting(res, ctx.openStreamAfterMs, open)
   try {
     for await (const piece of stream) {
+      waiting.stop()
       open()
       if (piece.text) res.write(`${JSON.stringify({ ...base(), ...content(piece.text), done: false })}\n`)
     }
     const result = await stream.result
+    waiting.stop()
     open()
     const extra = structured(generation.prompt, result)
     res.end(`${JSON.stringify({ ...base(), ...content(''), done: true, ...closing(result, performance.now() - started), ...(extra ? { paligemma: extra } : {}) })}\n`)
   } catch (error) {
+    waiting.stop()
     if (!opened) throw error
     if (!res.writableEnded) res.end(`${JSON.stringify({ error: toHttpError(error).message })}\n`)
   }

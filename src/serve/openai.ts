@@ -28,6 +28,8 @@ export interface RouteContext {
   modelId: string
   /** Unix seconds when the model was loaded. */
   created: number
+  /** How long a streamed response may wait for its first token before its headers go out. */
+  openStreamAfterMs: number
 }
 
 /** `GET /v1/models`. */
@@ -109,25 +111,31 @@ export async function chatCompletions(body: Record<string, unknown>, ctx: RouteC
   const chunk = (choices: unknown[], extra: Record<string, unknown> = {}): string =>
     `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model: ctx.modelId, choices, ...extra })}\n\n`
   let started = false
+  const open = (): void => {
+    if (started || res.writableEnded) return
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
+    res.write(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }]))
+    started = true
+  }
+  // A request that waits behind a full batch answers no bytes for as long as it waits; clients
+  // give up on headers after a few minutes (undici: 300 s). So the stream opens after a short
+  // wait and sends SSE comments until the first token (an error after that comes as an event).
+  const waiting = whileWaiting(res, ctx.openStreamAfterMs, open, (r) => r.write(': waiting for the batch\n\n'))
   try {
     for await (const piece of stream) {
-      if (!started) {
-        res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
-        res.write(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }]))
-        started = true
-      }
+      waiting.stop()
+      open()
       if (piece.text) res.write(chunk([{ index: 0, delta: { content: piece.text }, finish_reason: null }]))
     }
     const result = await stream.result
-    if (!started) {
-      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
-      res.write(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }]))
-    }
+    waiting.stop()
+    open()
     const extra = structured(generation.prompt, result)
     res.write(chunk([{ index: 0, delta: extra ? { paligemma: extra } : {}, finish_reason: finishReason(result) }]))
     if (includeUsage) res.write(chunk([], { usage: usage(result) }))
     res.end('data: [DONE]\n\n')
   } catch (error) {
+    waiting.stop()
     if (!started) throw error
     // Headers are gone: the error travels as an event, as OpenAI's own API does.
     const e = toHttpError(error)
@@ -153,4 +161,22 @@ export async function detect(body: Record<string, unknown>, ctx: RouteContext, r
   }
   const result = await start(ctx, generation, req, res).result
   return { model: ctx.modelId, detections: structured(generation.prompt, result)?.detections ?? [], text: result.text, usage: usage(result) }
+}
+
+/**
+ * Calls `open` after `afterMs` without a token, then `keepAlive` every 1.5 × `afterMs` until
+ * `stop()` (the first token, the end or an error).
+ */
+export function whileWaiting(res: ServerResponse, afterMs: number, open: () => void, keepAlive?: (res: ServerResponse) => void): { stop(): void } {
+  let interval: NodeJS.Timeout | undefined
+  const timer = setTimeout(() => {
+    open()
+    if (keepAlive) interval = setInterval(() => !res.writableEnded && keepAlive(res), afterMs * 1.5)
+  }, afterMs)
+  return {
+    stop: () => {
+      clearTimeout(timer)
+      if (interval) clearInterval(interval)
+    },
+  }
 }

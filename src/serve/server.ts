@@ -40,6 +40,11 @@ export interface ServeOptions {
   maxQueue?: number
   /** Answer cross-origin requests from this origin (`*` for any). Default: no CORS headers. */
   cors?: string
+  /**
+   * A streamed response that has waited this long for its first token (behind a full batch)
+   * sends its headers, then keep-alives, so that clients do not time out. Default 10 000 ms.
+   */
+  openStreamAfterMs?: number
 }
 
 /** A running server. */
@@ -76,7 +81,7 @@ interface Route {
  */
 export async function serve(model: PaliGemma, options: ServeOptions): Promise<RunningServer> {
   const metrics = new ServerMetrics()
-  const ctx: RouteContext = { model, metrics, modelId: options.modelId, created: Math.floor(Date.now() / 1000) }
+  const ctx: RouteContext = { model, metrics, modelId: options.modelId, created: Math.floor(Date.now() / 1000), openStreamAfterMs: options.openStreamAfterMs ?? 10_000 }
   const maxBody = options.maxBodyBytes ?? 20_000_000
   const expectedKey = options.apiKey === undefined ? undefined : digest(options.apiKey)
   const capacity = model.info.maxBatch + (options.maxQueue ?? 256)
