@@ -223,16 +223,20 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'Serve the model over HTTP to OpenAI and Ollama clients',
     usage: 'serve --model <dir|id> [--host 127.0.0.1] [--port 8080] [--api-key <key>] [--max-body <bytes>]',
     details:
-      'Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/chat/completions (stream too), POST /v1/detect, GET /api/tags,\n' +
-      '  GET /api/version, POST /api/generate, POST /api/chat. The prompt is the task text of the last\n' +
-      '  user message ("caption en", "detect cat"); it carries one image. See docs/serve.md.\n' +
+      'Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/chat/completions, POST /v1/completions,\n' +
+      '  POST /v1/detect, POST /v1/segment, GET /api/tags, GET /api/version, POST /api/generate, POST /api/chat.\n' +
+      '  The prompt is the task text of the last user message ("caption en", "detect cat"); it carries one image.\n' +
+      '  See docs/serve.md.\n' +
       '      --host <addr>           interface (default 127.0.0.1)\n' +
       '      --port <n>              port (default 8080; 0 picks a free one)\n' +
       '      --api-key <key>         require Authorization: Bearer <key> (or PALIGEMMA_API_KEY)\n' +
       '      --max-body <bytes>      largest request body (default 20000000)\n' +
       '      --max-queue <n>         requests waiting beyond the batch before 429 (default 256)\n' +
       '      --cors <origin>         answer cross-origin requests from this origin (* for any)\n' +
-      '      --shutdown-timeout <s>  seconds open requests get to finish on Ctrl-C/SIGTERM (default 10)',
+      '      --shutdown-timeout <s>  seconds open requests get to finish on Ctrl-C/SIGTERM (default 10)\n' +
+      '      --vae <file>            the segmentation VAE, for masks (default: $PALIGEMMA_VAE)\n' +
+      '      --allow-remote-images   fetch http(s) image URLs (at most --max-body bytes, within\n' +
+      '                              --remote-image-timeout seconds, default 10); trusted clients only',
     options: {
       ...MODEL_OPTIONS,
       host: { type: 'string' },
@@ -242,6 +246,9 @@ export const COMMANDS: Record<string, Command> = {
       'max-queue': { type: 'string' },
       cors: { type: 'string' },
       'shutdown-timeout': { type: 'string' },
+      vae: { type: 'string' },
+      'allow-remote-images': { type: 'boolean' },
+      'remote-image-timeout': { type: 'string' },
       ...OUTPUT_OPTIONS,
     },
     positionals: false,

@@ -5,6 +5,7 @@
  * @internal
  */
 
+import { statSync } from 'node:fs'
 import { basename, resolve } from 'node:path'
 
 import { serve } from '../serve/server.js'
@@ -51,6 +52,13 @@ export async function runServe(args: Parsed): Promise<number> {
   const maxQueue = count(values, 'max-queue')
   const shutdownMs = (count(values, 'shutdown-timeout') ?? 10) * 1000
   const cors = str(values, 'cors')
+  const vaePath = str(values, 'vae') ?? (process.env.PALIGEMMA_VAE || undefined)
+  if (vaePath !== undefined && !statSync(vaePath, { throwIfNoEntry: false })?.isFile()) {
+    throw new UsageError(`--vae: no file at ${vaePath} (convert vae-oid.npz with convert-vae)`)
+  }
+  const remoteTimeout = count(values, 'remote-image-timeout')
+  if (remoteTimeout !== undefined && values['allow-remote-images'] !== true) throw new UsageError('--remote-image-timeout needs --allow-remote-images')
+  const remoteImages = values['allow-remote-images'] === true ? { timeoutMs: (remoteTimeout ?? 10) * 1000 } : undefined
   const loaded = await openModel(values)
   const running = await serve(loaded, {
     modelId: modelId(model),
@@ -60,6 +68,8 @@ export async function runServe(args: Parsed): Promise<number> {
     ...(maxBodyBytes === undefined ? {} : { maxBodyBytes }),
     ...(maxQueue === undefined ? {} : { maxQueue }),
     ...(cors === undefined ? {} : { cors }),
+    ...(vaePath === undefined ? {} : { vaePath }),
+    ...(remoteImages === undefined ? {} : { remoteImages }),
   })
   out.write(`paligemma: serving ${modelId(model)} at ${running.url}\n`)
   await new Promise<void>((done) => {

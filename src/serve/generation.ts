@@ -1,7 +1,7 @@
 /**
  * One HTTP generation, whichever API it came through: an image and PaliGemma's task prompt run
  * through the model's batch, cancelled when the client goes away, and the structured result of
- * detect prompts.
+ * detect and segment prompts.
  *
  * @packageDocumentation
  * @internal
@@ -9,11 +9,33 @@
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
 
-import { parseDetections } from '../parse.js'
+import { decodeSegmentations } from '../image.js'
+import type { PaliGemma } from '../model.js'
+import { parseDetections, parseSegmentations } from '../parse.js'
+import { maskToRle } from '../rle.js'
+import type { RleMask } from '../rle.js'
 import type { TokenStream } from '../stream.js'
-import type { Detection, GenerateResult, SamplingOptions } from '../types.js'
+import type { Detection, GenerateResult, SamplingOptions, Segmentation } from '../types.js'
 import { HttpError } from './http.js'
-import type { RouteContext } from './openai.js'
+import type { RemoteImageLimits } from './images.js'
+import type { ServerMetrics } from './metrics.js'
+
+/** What the routes need from the server. */
+export interface RouteContext {
+  model: PaliGemma
+  /** Where finished generations are counted. */
+  metrics: ServerMetrics
+  /** The model's id in listings (the name given to `--model`). */
+  modelId: string
+  /** Unix seconds when the model was loaded. */
+  created: number
+  /** How long a streamed response may wait for its first token before its headers go out. */
+  openStreamAfterMs: number
+  /** The mask decoder for segment prompts; without it, segmentations have `mask: null`. */
+  vaePath?: string
+  /** Limits on fetching remote image URLs; without them, such URLs are refused. */
+  remoteImages?: RemoteImageLimits
+}
 
 /** What both APIs reduce a request to. */
 export interface Generation {
@@ -39,10 +61,26 @@ export function start(ctx: RouteContext, generation: Generation, req: IncomingMe
   return stream
 }
 
-/** Parsed boxes for `detect` prompts (in the image's pixels); `undefined` for other tasks. */
-export function structured(prompt: string, result: GenerateResult): { detections: Detection[] } | undefined {
-  if (!/^detect\s/.test(prompt) || !result.image) return undefined
-  return { detections: parseDetections(result.text, result.image) }
+/** A segmented object as the server answers it: the mask as COCO RLE (see `maskToRle`). */
+export interface ServedSegmentation extends Omit<Segmentation, 'mask'> {
+  /** `null` when the model wrote no valid mask tokens for the object, or the server has no VAE. */
+  mask: RleMask | null
+}
+
+/** What detect and segment prompts add to a response. */
+export type Structured = { detections: Detection[] } | { segmentations: ServedSegmentation[] }
+
+/**
+ * The parsed result of `detect` and `segment` prompts (boxes in the image's pixels, masks as
+ * RLE when the server has the mask decoder); `undefined` for other tasks.
+ */
+export async function structured(prompt: string, result: GenerateResult, ctx: RouteContext): Promise<Structured | undefined> {
+  if (!result.image) return undefined
+  if (/^detect\s/.test(prompt)) return { detections: parseDetections(result.text, result.image) }
+  if (!/^segment\s/.test(prompt)) return undefined
+  if (ctx.vaePath === undefined) return { segmentations: parseSegmentations(result.text, result.image).map((s) => ({ ...s, mask: null })) }
+  const decoded = await decodeSegmentations(result.text, { ...result.image, vaePath: ctx.vaePath })
+  return { segmentations: decoded.map((s) => ({ ...s, mask: s.mask ? maskToRle(s.mask) : null })) }
 }
 
 /** A number option, or undefined; a 400 naming `param` for anything else. */
@@ -65,4 +103,22 @@ export function stopStrings(value: unknown, param: string): string[] | undefined
 /** Sampling options without the undefined ones (the engine refuses explicit `undefined`s). */
 export function sampling(options: { [K in keyof SamplingOptions]?: SamplingOptions[K] | undefined }): SamplingOptions {
   return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as SamplingOptions
+}
+
+/**
+ * Calls `open` after `afterMs` without a token, then `keepAlive` every 1.5 × `afterMs` until
+ * `stop()` (the first token, the end or an error).
+ */
+export function whileWaiting(res: ServerResponse, afterMs: number, open: () => void, keepAlive?: (res: ServerResponse) => void): { stop(): void } {
+  let interval: NodeJS.Timeout | undefined
+  const timer = setTimeout(() => {
+    open()
+    if (keepAlive) interval = setInterval(() => !res.writableEnded && keepAlive(res), afterMs * 1.5)
+  }, afterMs)
+  return {
+    stop: () => {
+      clearTimeout(timer)
+      if (interval) clearInterval(interval)
+    },
+  }
 }

@@ -1,6 +1,6 @@
 /**
- * What every route of `paligemma serve` shares: reading a JSON body within a size limit,
- * decoding `data:` image URLs, and the error that carries an HTTP status.
+ * What every route of `paligemma serve` shares: reading a JSON body within a size limit, and
+ * the error that carries an HTTP status.
  *
  * @packageDocumentation
  * @internal
@@ -88,32 +88,4 @@ export async function readJson(req: IncomingMessage, limit: number): Promise<Rec
     throw new HttpError(400, 'the body must be a JSON object', { code: 'invalid_json' })
   }
   return parsed as Record<string, unknown>
-}
-
-/** Media types a `data:` image URL may declare. */
-const IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/jpg', 'image/webp', 'image/gif', 'image/bmp'])
-
-/**
- * The bytes of a `data:image/…;base64,…` URL. Anything else is a 400 naming `param`; remote
- * `http(s)` URLs are refused unless the server allows them (not implemented yet: they are
- * refused with a message saying so).
- */
-export function decodeDataUrl(url: unknown, param: string): Buffer {
-  if (typeof url !== 'string') throw new HttpError(400, `${param} must be a string URL`, { param })
-  if (/^https?:/i.test(url)) {
-    throw new HttpError(400, `${param}: remote image URLs are not fetched; send the image as a data: URL (base64)`, { param, code: 'remote_image_refused' })
-  }
-  const match = /^data:([^;,]+);base64,/i.exec(url.slice(0, 64))
-  if (!match || !IMAGE_TYPES.has(match[1]!.toLowerCase())) {
-    throw new HttpError(400, `${param} must be a data:image/(png|jpeg|webp|gif|bmp);base64,… URL`, { param, code: 'invalid_image_url' })
-  }
-  return decodeBase64(url.slice(match[0].length), param)
-}
-
-/** Strict base64 (standard alphabet, optional padding): a 400 naming `param` otherwise. */
-export function decodeBase64(text: unknown, param: string): Buffer {
-  if (typeof text !== 'string' || text.length === 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(text) || text.length % 4 === 1) {
-    throw new HttpError(400, `${param} is not valid base64`, { param, code: 'invalid_base64' })
-  }
-  return Buffer.from(text, 'base64')
 }

@@ -10,11 +10,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 
 import type { GenerateResult } from '../types.js'
-import { optionalNumber, sampling, start, stopStrings, structured } from './generation.js'
-import type { Generation } from './generation.js'
-import { HttpError, decodeBase64, toHttpError } from './http.js'
-import { whileWaiting } from './openai.js'
-import type { RouteContext } from './openai.js'
+import { optionalNumber, sampling, start, stopStrings, structured, whileWaiting } from './generation.js'
+import type { Generation, RouteContext } from './generation.js'
+import { HttpError, toHttpError } from './http.js'
+import { decodeBase64 } from './images.js'
 
 /** The package version Ollama clients see in `/api/version`. */
 const VERSION = '0.1.0'
@@ -99,7 +98,7 @@ async function respond(
   const base = (): Record<string, unknown> => ({ model: ctx.modelId, created_at: new Date().toISOString() })
   if (!streaming) {
     const result = await stream.result
-    const extra = structured(generation.prompt, result)
+    const extra = await structured(generation.prompt, result, ctx)
     const payload = { ...base(), ...content(result.text), done: true, ...closing(result, performance.now() - started), ...(extra ? { paligemma: extra } : {}) }
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(payload))
     return
@@ -121,7 +120,7 @@ async function respond(
     const result = await stream.result
     waiting.stop()
     open()
-    const extra = structured(generation.prompt, result)
+    const extra = await structured(generation.prompt, result, ctx)
     res.end(`${JSON.stringify({ ...base(), ...content(''), done: true, ...closing(result, performance.now() - started), ...(extra ? { paligemma: extra } : {}) })}\n`)
   } catch (error) {
     waiting.stop()

@@ -1,9 +1,11 @@
 /**
- * The OpenAI-compatible routes: `GET /v1/models` and `POST /v1/chat/completions`.
+ * The OpenAI-compatible routes: `GET /v1/models`, `POST /v1/chat/completions` and
+ * `POST /v1/completions`.
  *
  * PaliGemma has no chat template: the prompt is the text of the last user message, verbatim,
  * as the task prefix (`caption en`, `answer en what is this?`, `detect cat ; dog`, `ocr`), and
- * that message carries exactly one image as an `image_url` part with a `data:` URL.
+ * that message carries exactly one image as an `image_url` part. `/v1/completions` takes the
+ * prompt as is and the image in the `image` extension field.
  *
  * @packageDocumentation
  * @internal
@@ -12,25 +14,11 @@
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 
-import type { PaliGemma } from '../model.js'
 import type { GenerateResult } from '../types.js'
-import { optionalNumber, sampling, start, stopStrings, structured } from './generation.js'
-import type { Generation } from './generation.js'
-import { HttpError, decodeBase64, decodeDataUrl, toHttpError } from './http.js'
-import type { ServerMetrics } from './metrics.js'
-
-/** What the routes need from the server. */
-export interface RouteContext {
-  model: PaliGemma
-  /** Where finished generations are counted. */
-  metrics: ServerMetrics
-  /** The model's id in listings (the name given to `--model`). */
-  modelId: string
-  /** Unix seconds when the model was loaded. */
-  created: number
-  /** How long a streamed response may wait for its first token before its headers go out. */
-  openStreamAfterMs: number
-}
+import { optionalNumber, sampling, start, stopStrings, structured, whileWaiting } from './generation.js'
+import type { Generation, RouteContext, Structured } from './generation.js'
+import { HttpError, toHttpError } from './http.js'
+import { imageField, imageFromUrl } from './images.js'
 
 /** `GET /v1/models`. */
 export function listModels(ctx: RouteContext): unknown {
@@ -38,16 +26,29 @@ export function listModels(ctx: RouteContext): unknown {
 }
 
 /** A 404 when the request names another model than the one served. */
-function checkModel(body: Record<string, unknown>, ctx: RouteContext): void {
+export function checkModel(body: Record<string, unknown>, ctx: RouteContext): void {
   if (body.model !== undefined && body.model !== ctx.modelId) {
     throw new HttpError(404, `model ${JSON.stringify(body.model)} is not served here; this server serves ${JSON.stringify(ctx.modelId)}`, { param: 'model', code: 'model_not_found' })
   }
 }
 
-/** Turns a chat completion request into a generation, or a 400 saying what shape it needs. */
-export function chatRequest(body: Record<string, unknown>, ctx: RouteContext): Generation {
-  checkModel(body, ctx)
+/** The sampling fields both OpenAI routes share. */
+function openAiSampling(body: Record<string, unknown>): Generation['sampling'] {
   if (body.n !== undefined && body.n !== 1) throw new HttpError(400, 'n must be 1', { param: 'n' })
+  const maxTokens = optionalNumber(body.max_completion_tokens ?? body.max_tokens, body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens')
+  return sampling({
+    maxNewTokens: maxTokens,
+    temperature: optionalNumber(body.temperature, 'temperature'),
+    topP: optionalNumber(body.top_p, 'top_p'),
+    seed: optionalNumber(body.seed, 'seed'),
+    stop: stopStrings(body.stop, 'stop'),
+  })
+}
+
+/** Turns a chat completion request into a generation, or a 400 saying what shape it needs. */
+export async function chatRequest(body: Record<string, unknown>, ctx: RouteContext): Promise<Generation> {
+  checkModel(body, ctx)
+  const generationSampling = openAiSampling(body)
   const messages = body.messages
   if (!Array.isArray(messages) || messages.length === 0) throw new HttpError(400, 'messages must be a non-empty array', { param: 'messages' })
   const last = [...messages].reverse().find((m) => typeof m === 'object' && m !== null && (m as { role?: unknown }).role === 'user') as
@@ -57,32 +58,36 @@ export function chatRequest(body: Record<string, unknown>, ctx: RouteContext): G
   const parts = typeof last.content === 'string' ? [{ type: 'text', text: last.content }] : last.content
   if (!Array.isArray(parts)) throw new HttpError(400, 'the user message content must be a string or a list of parts', { param: 'messages' })
   const texts: string[] = []
-  const images: Buffer[] = []
+  const imageUrls: [unknown, string][] = []
   parts.forEach((part: unknown, i) => {
     const p = (typeof part === 'object' && part !== null ? part : {}) as { type?: unknown; text?: unknown; image_url?: unknown }
     if (p.type === 'text' && typeof p.text === 'string') texts.push(p.text)
     else if (p.type === 'image_url') {
       const url = typeof p.image_url === 'string' ? p.image_url : (p.image_url as { url?: unknown } | null)?.url
-      images.push(decodeDataUrl(url, `messages[].content[${i}].image_url.url`))
+      imageUrls.push([url, `messages[].content[${i}].image_url.url`])
     } else throw new HttpError(400, `content part ${i} must be {type: "text", text} or {type: "image_url", image_url: {url}}`, { param: 'messages' })
   })
-  if (images.length !== 1) {
-    throw new HttpError(400, `the last user message must carry exactly one image (it has ${images.length}); PaliGemma answers about one image per request`, { param: 'messages', code: 'image_required' })
+  if (imageUrls.length !== 1) {
+    throw new HttpError(400, `the last user message must carry exactly one image (it has ${imageUrls.length}); PaliGemma answers about one image per request`, { param: 'messages', code: 'image_required' })
   }
   const prompt = texts.join('').trim()
   if (prompt.length === 0) throw new HttpError(400, 'the last user message needs text: the task prompt, e.g. "caption en" or "detect cat"', { param: 'messages' })
-  const maxTokens = optionalNumber(body.max_completion_tokens ?? body.max_tokens, body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens')
-  return {
-    image: images[0]!,
-    prompt,
-    sampling: sampling({
-      maxNewTokens: maxTokens,
-      temperature: optionalNumber(body.temperature, 'temperature'),
-      topP: optionalNumber(body.top_p, 'top_p'),
-      seed: optionalNumber(body.seed, 'seed'),
-      stop: stopStrings(body.stop, 'stop'),
-    }),
+  const [url, param] = imageUrls[0]!
+  return { image: await imageFromUrl(url, param, ctx.remoteImages), prompt, sampling: generationSampling }
+}
+
+/** Turns a (legacy) completion request into a generation: `prompt` verbatim, `image` alongside. */
+export async function completionRequest(body: Record<string, unknown>, ctx: RouteContext): Promise<Generation> {
+  checkModel(body, ctx)
+  const generationSampling = openAiSampling(body)
+  const prompt = Array.isArray(body.prompt) && body.prompt.length === 1 ? body.prompt[0] : body.prompt
+  if (typeof prompt !== 'string' || prompt.trim().length === 0) {
+    throw new HttpError(400, 'prompt must be one string: the task prompt, e.g. "caption en" or "detect cat"', { param: 'prompt' })
   }
+  if (body.image === undefined) {
+    throw new HttpError(400, 'image is required: a data: URL or base64 (an extension field; PaliGemma answers about one image)', { param: 'image', code: 'image_required' })
+  }
+  return { image: await imageField(body.image, 'image', ctx.remoteImages), prompt: prompt.trim(), sampling: generationSampling }
 }
 
 const finishReason = (result: GenerateResult): string => (result.finishReason === 'length' ? 'length' : 'stop')
@@ -93,28 +98,67 @@ const usage = (result: GenerateResult): Record<string, number> => ({
   total_tokens: result.timings.promptTokens + result.tokenIds.length,
 })
 
+/** How one OpenAI route shapes its answer. */
+interface Shape {
+  /** `chat.completion` or `text_completion`; streamed chunks of chat add `.chunk`. */
+  object: string
+  /** The whole answer's choice. */
+  whole(result: GenerateResult, extra: Structured | undefined): Record<string, unknown>
+  /** A streamed choice: the first (`text` undefined), a piece of text, or the last. */
+  piece(text: string | undefined, result?: GenerateResult, extra?: Structured): Record<string, unknown>
+}
+
+const chatShape: Shape = {
+  object: 'chat.completion',
+  whole: (result, extra) => ({ message: { role: 'assistant', content: result.text, ...(extra ? { paligemma: extra } : {}) }, finish_reason: finishReason(result) }),
+  piece: (text, result, extra) =>
+    result
+      ? { delta: extra ? { paligemma: extra } : {}, finish_reason: finishReason(result) }
+      : { delta: text === undefined ? { role: 'assistant', content: '' } : { content: text }, finish_reason: null },
+}
+
+const completionShape: Shape = {
+  object: 'text_completion',
+  whole: (result, extra) => ({ text: result.text, logprobs: null, finish_reason: finishReason(result), ...(extra ? { paligemma: extra } : {}) }),
+  piece: (text, result, extra) => ({ text: text ?? '', logprobs: null, finish_reason: result ? finishReason(result) : null, ...(extra ? { paligemma: extra } : {}) }),
+}
+
 /** `POST /v1/chat/completions`, streamed as server-sent events or answered whole. */
 export async function chatCompletions(body: Record<string, unknown>, ctx: RouteContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const generation = chatRequest(body, ctx)
-  const id = `chatcmpl-${randomUUID()}`
+  return respond(body, await chatRequest(body, ctx), chatShape, `chatcmpl-${randomUUID()}`, ctx, req, res)
+}
+
+/** `POST /v1/completions`: the task prompt as `prompt`, the image as `image`. */
+export async function completions(body: Record<string, unknown>, ctx: RouteContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  return respond(body, await completionRequest(body, ctx), completionShape, `cmpl-${randomUUID()}`, ctx, req, res)
+}
+
+async function respond(
+  body: Record<string, unknown>,
+  generation: Generation,
+  shape: Shape,
+  id: string,
+  ctx: RouteContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+): Promise<void> {
   const created = Math.floor(Date.now() / 1000)
+  const head = { id, object: shape.object, created, model: ctx.modelId }
   const stream = start(ctx, generation, req, res)
   if (body.stream !== true) {
     const result = await stream.result
-    const extra = structured(generation.prompt, result)
-    const message = { role: 'assistant', content: result.text, ...(extra ? { paligemma: extra } : {}) }
-    const payload = { id, object: 'chat.completion', created, model: ctx.modelId, choices: [{ index: 0, message, finish_reason: finishReason(result) }], usage: usage(result) }
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(payload))
+    const choice = shape.whole(result, await structured(generation.prompt, result, ctx))
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ ...head, choices: [{ index: 0, ...choice }], usage: usage(result) }))
     return
   }
   const includeUsage = (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true
-  const chunk = (choices: unknown[], extra: Record<string, unknown> = {}): string =>
-    `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model: ctx.modelId, choices, ...extra })}\n\n`
+  const chunkObject = shape === chatShape ? 'chat.completion.chunk' : shape.object
+  const chunk = (choices: unknown[], extra: Record<string, unknown> = {}): string => `data: ${JSON.stringify({ ...head, object: chunkObject, choices, ...extra })}\n\n`
   let started = false
   const open = (): void => {
     if (started || res.writableEnded) return
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
-    res.write(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }]))
+    if (shape === chatShape) res.write(chunk([{ index: 0, ...shape.piece(undefined) }]))
     started = true
   }
   // A request that waits behind a full batch answers no bytes for as long as it waits; clients
@@ -125,13 +169,13 @@ export async function chatCompletions(body: Record<string, unknown>, ctx: RouteC
     for await (const piece of stream) {
       waiting.stop()
       open()
-      if (piece.text) res.write(chunk([{ index: 0, delta: { content: piece.text }, finish_reason: null }]))
+      if (piece.text) res.write(chunk([{ index: 0, ...shape.piece(piece.text) }]))
     }
     const result = await stream.result
+    const extra = await structured(generation.prompt, result, ctx)
     waiting.stop()
     open()
-    const extra = structured(generation.prompt, result)
-    res.write(chunk([{ index: 0, delta: extra ? { paligemma: extra } : {}, finish_reason: finishReason(result) }]))
+    res.write(chunk([{ index: 0, ...shape.piece('', result, extra) }]))
     if (includeUsage) res.write(chunk([], { usage: usage(result) }))
     res.end('data: [DONE]\n\n')
   } catch (error) {
@@ -143,40 +187,4 @@ export async function chatCompletions(body: Record<string, unknown>, ctx: RouteC
   }
 }
 
-/**
- * `POST /v1/detect`: `{ image, labels, max_tokens?, … }` → `{ model, detections, text, usage }`.
- * `image` is a data URL or bare base64; `labels` a string (`"cat ; dog"`) or a list.
- */
-export async function detect(body: Record<string, unknown>, ctx: RouteContext, req: IncomingMessage, res: ServerResponse): Promise<unknown> {
-  checkModel(body, ctx)
-  const labels = typeof body.labels === 'string' ? body.labels.split(';') : body.labels
-  if (!Array.isArray(labels) || labels.length === 0 || !labels.every((l) => typeof l === 'string' && l.trim().length > 0 && !/[;\n]/.test(l))) {
-    throw new HttpError(400, 'labels must be a non-empty string ("cat ; dog") or a list of labels without ";" or line breaks', { param: 'labels' })
-  }
-  const image = typeof body.image === 'string' && body.image.startsWith('data:') ? decodeDataUrl(body.image, 'image') : decodeBase64(body.image, 'image')
-  const generation: Generation = {
-    image,
-    prompt: `detect ${labels.map((l: string) => l.trim()).join(' ; ')}`,
-    sampling: sampling({ maxNewTokens: optionalNumber(body.max_tokens, 'max_tokens'), temperature: optionalNumber(body.temperature, 'temperature'), seed: optionalNumber(body.seed, 'seed') }),
-  }
-  const result = await start(ctx, generation, req, res).result
-  return { model: ctx.modelId, detections: structured(generation.prompt, result)?.detections ?? [], text: result.text, usage: usage(result) }
-}
-
-/**
- * Calls `open` after `afterMs` without a token, then `keepAlive` every 1.5 × `afterMs` until
- * `stop()` (the first token, the end or an error).
- */
-export function whileWaiting(res: ServerResponse, afterMs: number, open: () => void, keepAlive?: (res: ServerResponse) => void): { stop(): void } {
-  let interval: NodeJS.Timeout | undefined
-  const timer = setTimeout(() => {
-    open()
-    if (keepAlive) interval = setInterval(() => !res.writableEnded && keepAlive(res), afterMs * 1.5)
-  }, afterMs)
-  return {
-    stop: () => {
-      clearTimeout(timer)
-      if (interval) clearInterval(interval)
-    },
-  }
-}
+export { usage }

@@ -18,8 +18,9 @@ import type { PaliGemma } from '../model.js'
 import { HttpError, readJson, toHttpError } from './http.js'
 import { METRICS_CONTENT_TYPE, ServerMetrics } from './metrics.js'
 import * as ollama from './ollama.js'
-import { chatCompletions, detect, listModels } from './openai.js'
-import type { RouteContext } from './openai.js'
+import type { RouteContext } from './generation.js'
+import { chatCompletions, completions, listModels } from './openai.js'
+import { detect, segment } from './vision.js'
 
 /** Options of {@link serve}. */
 export interface ServeOptions {
@@ -45,6 +46,18 @@ export interface ServeOptions {
    * sends its headers, then keep-alives, so that clients do not time out. Default 10 000 ms.
    */
   openStreamAfterMs?: number
+  /**
+   * The segmentation VAE (`vae-oid.safetensors`, see `convertVae`): masks for segment prompts
+   * and `POST /v1/segment`. Without it, segment prompts return boxes with `mask: null` and
+   * `/v1/segment` answers 501.
+   */
+  vaePath?: string
+  /**
+   * Fetch `http(s)` image URLs, within these limits (defaults: `maxBodyBytes` and 10 s). The
+   * server then makes requests wherever its clients point it, internal addresses included: turn
+   * it on only for trusted clients or behind an egress filter. Default: such URLs get a 400.
+   */
+  remoteImages?: boolean | { maxBytes?: number; timeoutMs?: number }
 }
 
 /** A running server. */
@@ -72,7 +85,8 @@ interface Route {
 
 /**
  * Serves `model` over HTTP until {@link RunningServer.close}. The routes: `GET /health`,
- * `GET /v1/models`, `POST /v1/chat/completions`, `GET /api/tags`, `GET /api/version`,
+ * `GET /metrics`, `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`,
+ * `POST /v1/detect`, `POST /v1/segment`, `GET /api/tags`, `GET /api/version`,
  * `POST /api/generate`, `POST /api/chat`. See docs/serve.md.
  *
  * @param model - a loaded model (the server does not dispose it).
@@ -81,8 +95,17 @@ interface Route {
  */
 export async function serve(model: PaliGemma, options: ServeOptions): Promise<RunningServer> {
   const metrics = new ServerMetrics()
-  const ctx: RouteContext = { model, metrics, modelId: options.modelId, created: Math.floor(Date.now() / 1000), openStreamAfterMs: options.openStreamAfterMs ?? 10_000 }
   const maxBody = options.maxBodyBytes ?? 20_000_000
+  const remote = options.remoteImages
+  const ctx: RouteContext = {
+    model,
+    metrics,
+    modelId: options.modelId,
+    created: Math.floor(Date.now() / 1000),
+    openStreamAfterMs: options.openStreamAfterMs ?? 10_000,
+    ...(options.vaePath === undefined ? {} : { vaePath: options.vaePath }),
+    ...(remote ? { remoteImages: { maxBytes: (remote === true ? undefined : remote.maxBytes) ?? maxBody, timeoutMs: (remote === true ? undefined : remote.timeoutMs) ?? 10_000 } } : {}),
+  }
   const expectedKey = options.apiKey === undefined ? undefined : digest(options.apiKey)
   const capacity = model.info.maxBatch + (options.maxQueue ?? 256)
   let inFlight = 0
@@ -97,7 +120,9 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
     },
     'GET /v1/models': { api: 'openai', body: false, handle: () => listModels(ctx) },
     'POST /v1/chat/completions': { api: 'openai', body: true, handle: (body, req, res) => chatCompletions(body!, ctx, req, res) },
+    'POST /v1/completions': { api: 'openai', body: true, handle: (body, req, res) => completions(body!, ctx, req, res) },
     'POST /v1/detect': { api: 'openai', body: true, handle: (body, req, res) => detect(body!, ctx, req, res) },
+    'POST /v1/segment': { api: 'openai', body: true, handle: (body, req, res) => segment(body!, ctx, req, res) },
     'GET /api/tags': { api: 'ollama', body: false, handle: () => ollama.tags(ctx) },
     'GET /api/version': { api: 'ollama', body: false, handle: () => ollama.version() },
     'POST /api/generate': { api: 'ollama', body: true, handle: (body, req, res) => ollama.generate(body!, ctx, req, res) },

@@ -1,0 +1,58 @@
+/**
+ * `POST /v1/detect` and `POST /v1/segment`: PaliGemma's structured tasks as plain JSON, for
+ * clients that want boxes and masks rather than a chat message.
+ *
+ * @packageDocumentation
+ * @internal
+ */
+
+import type { IncomingMessage, ServerResponse } from 'node:http'
+
+import { optionalNumber, sampling, start, structured } from './generation.js'
+import type { Generation, RouteContext } from './generation.js'
+import { HttpError } from './http.js'
+import { imageField } from './images.js'
+import { checkModel, usage } from './openai.js'
+
+/** `labels` as `"cat ; dog"` or `["cat", "dog"]`, each non-empty and without `;` or line breaks. */
+function labelList(value: unknown): string[] {
+  const labels = typeof value === 'string' ? value.split(';') : value
+  if (!Array.isArray(labels) || labels.length === 0 || !labels.every((l) => typeof l === 'string' && l.trim().length > 0 && !/[;\n]/.test(l))) {
+    throw new HttpError(400, 'labels must be a non-empty string ("cat ; dog") or a list of labels without ";" or line breaks', { param: 'labels' })
+  }
+  return labels.map((l: string) => l.trim())
+}
+
+async function run(task: 'detect' | 'segment', body: Record<string, unknown>, ctx: RouteContext, req: IncomingMessage, res: ServerResponse) {
+  checkModel(body, ctx)
+  const prompt = `${task} ${labelList(body.labels).join(' ; ')}`
+  const generation: Generation = {
+    image: await imageField(body.image, 'image', ctx.remoteImages),
+    prompt,
+    sampling: sampling({ maxNewTokens: optionalNumber(body.max_tokens, 'max_tokens'), temperature: optionalNumber(body.temperature, 'temperature'), seed: optionalNumber(body.seed, 'seed') }),
+  }
+  const result = await start(ctx, generation, req, res).result
+  return { result, extra: await structured(prompt, result, ctx) }
+}
+
+/**
+ * `POST /v1/detect`: `{ image, labels, max_tokens?, temperature?, seed? }` →
+ * `{ model, detections, text, usage }`. `image` is a data URL, bare base64 or (when allowed) a
+ * remote URL.
+ */
+export async function detect(body: Record<string, unknown>, ctx: RouteContext, req: IncomingMessage, res: ServerResponse): Promise<unknown> {
+  const { result, extra } = await run('detect', body, ctx, req, res)
+  return { model: ctx.modelId, detections: extra && 'detections' in extra ? extra.detections : [], text: result.text, usage: usage(result) }
+}
+
+/**
+ * `POST /v1/segment`: as {@link detect}, → `{ model, segmentations, text, usage }` with each
+ * mask as COCO RLE at the image's size. Needs the mask decoder (`--vae`): 501 without it.
+ */
+export async function segment(body: Record<string, unknown>, ctx: RouteContext, req: IncomingMessage, res: ServerResponse): Promise<unknown> {
+  if (ctx.vaePath === undefined) {
+    throw new HttpError(501, 'this server has no mask decoder: start it with --vae <vae-oid.safetensors> (or PALIGEMMA_VAE) to serve /v1/segment', { code: 'vae_not_configured' })
+  }
+  const { result, extra } = await run('segment', body, ctx, req, res)
+  return { model: ctx.modelId, segmentations: extra && 'segmentations' in extra ? extra.segmentations : [], text: result.text, usage: usage(result) }
+}
