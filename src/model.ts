@@ -12,6 +12,10 @@ import { isFailure, native, warnCpuFallback } from './native.js'
 import type { NativeBinding, NativeFailure, NativeForwardOutput, NativeModel, NativeModelInfo, NativeProgress } from './native.js'
 import { argumentError, validateForwardInput, validateGenerateRequest, validateLoadArgs } from './options.js'
 import { isImageRequest, startImageRequest } from './image.js'
+import { runBatch } from './batch/batch.js'
+import type { BatchInput, BatchOptions, BatchResult } from './batch/batch.js'
+import { runTask } from './batch/task.js'
+import type { TaskResult, TaskRunner, TaskSpec } from './batch/task.js'
 import { TokenStream } from './stream.js'
 import { runAsk, runCaption, runDetect, runOcr, runSegment } from './tasks.js'
 import type { LanguageTaskOptions, SegmentOptions, TaskOptions } from './tasks.js'
@@ -350,6 +354,58 @@ export class PaliGemma implements AsyncDisposable {
    */
   segment(image: ImageInput, labels: string | readonly string[], options?: SegmentOptions): Promise<Segmentation[]> {
     return runSegment(this.#run, image, labels, options, this.#vaePath).catch(rejectAsArgument)
+  }
+
+  /** The model as the batch and task runners reach it. */
+  readonly #runner: TaskRunner = ((model: PaliGemma): TaskRunner => ({
+    stream: (request: ImageRequest): TokenStream => model.stream(request),
+    get defaultVaePath(): string | undefined {
+      return model.#vaePath
+    },
+  }))(this)
+
+  /**
+   * Runs a task described as data (`{ task: 'detect', labels: ['cat'] }`) on one image: the
+   * generation's full result plus the parsed `detections` or `segmentations`. This is what
+   * {@link PaliGemma.batch} and queue workers run for each image.
+   *
+   * @param image - a path, encoded bytes or raw pixels.
+   * @param spec - the task (default `caption`) and its words: `prompt` (generate), `question`
+   *   (ask), `labels` (detect, segment), `lang` (caption, ask).
+   * @param options - sampling, image decoding, `vaePath` (segment), `signal`, and `onToken`,
+   *   called with the number of tokens generated so far as each arrives.
+   * @returns the result.
+   * @throws Like {@link PaliGemma.generate}; `ERR_INVALID_ARGUMENT` for a task without the words
+   *   it needs, or with words it does not take.
+   */
+  runTask(image: ImageInput, spec: TaskSpec, options?: SegmentOptions & { onToken?: (tokens: number) => void }): Promise<TaskResult> {
+    const { onToken, ...rest } = options ?? {}
+    return runTask(this.#runner, image, spec, rest, onToken).catch(rejectAsArgument)
+  }
+
+  /**
+   * Runs a task over many images, `concurrency` at a time (they share decode steps), and yields
+   * each result as it finishes, in completion order, with its input's `index`. A failed image
+   * yields its `error` and the batch goes on; aborting `signal`, or disposing the model, ends
+   * the loop with that error. Inputs are read only as slots free up, so an async iterable of
+   * any length runs in flat memory. Leaving the loop early cancels what is in flight.
+   *
+   * @example
+   * ```ts
+   * for await (const { index, result, error } of model.batch(paths, { task: 'detect', labels: 'cat', concurrency: 8 })) {
+   *   if (error) console.error(paths[index], error.code)
+   *   else console.log(paths[index], result.detections)
+   * }
+   * ```
+   *
+   * @param inputs - images (paths, bytes, raw pixels), or `{ image, task?, … }` items with a task
+   *   of their own; an array, or any iterable or async iterable.
+   * @param options - the task for every image (as {@link PaliGemma.runTask}), its sampling and
+   *   image options, `concurrency` (default `info.maxBatch`) and `signal`.
+   * @returns an async iterator of {@link BatchResult}s.
+   */
+  batch(inputs: Iterable<BatchInput> | AsyncIterable<BatchInput>, options?: BatchOptions): AsyncGenerator<BatchResult, void, undefined> {
+    return runBatch(this.#runner, this.info.maxBatch, inputs, options)
   }
 
   /**

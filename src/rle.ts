@@ -8,7 +8,7 @@
 
 import { PaliGemmaError } from './errors.js'
 import { describe, invalid, isRecord } from './options.js'
-import type { Mask } from './types.js'
+import type { Mask, Segmentation } from './types.js'
 
 /**
  * A binary mask in COCO's uncompressed run-length encoding. The pixels are read **column by
@@ -21,6 +21,22 @@ export interface RleMask {
   size: [number, number]
   /** Run lengths, outside first. */
   counts: number[]
+}
+
+/** A {@link Segmentation} with its mask as COCO RLE, for JSON (HTTP responses, JSONL, jobs). */
+export interface RleSegmentation extends Omit<Segmentation, 'mask'> {
+  /** The mask at the image's size, or `null` when the object has none. */
+  mask: RleMask | null
+}
+
+/**
+ * Segmentations with their masks as COCO RLE.
+ *
+ * @param segmentations - from `segment` or `decodeSegmentations`.
+ * @returns the same objects, masks encoded with {@link maskToRle}.
+ */
+export function segmentationsToRle(segmentations: readonly Segmentation[]): RleSegmentation[] {
+  return segmentations.map((s) => ({ ...s, mask: s.mask ? maskToRle(s.mask) : null }))
 }
 
 /**

@@ -13,6 +13,8 @@ import { CliError, IMAGE_OPTION, MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS
 import type { Command, Parsed } from './args.js'
 import { checkModelOptions, interrupt, openModel, readImage } from './loading.js'
 import { runConvert, runConvertVae, runInfo } from './checkpoints.js'
+import { batchCommand } from './batch.js'
+import { queueCommands } from './queue.js'
 import { runServe } from './serve.js'
 
 async function streamText(args: Parsed, prompt: string): Promise<number> {
@@ -219,6 +221,8 @@ export const COMMANDS: Record<string, Command> = {
       return streamText(args, required(prompt, 'option --prompt <text>'))
     },
   },
+  batch: batchCommand,
+  ...queueCommands,
   serve: {
     summary: 'Serve the model over HTTP to OpenAI and Ollama clients',
     usage: 'serve --model <dir|id> [--host 127.0.0.1] [--port 8080] [--api-key <key>] [--max-body <bytes>]',

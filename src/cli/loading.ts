@@ -26,6 +26,15 @@ export function onSigint(): void {
   interrupt.abort(new Error('interrupted'))
 }
 
+/** Resolves at SIGTERM or Ctrl-C: when a long-running command (serve, worker) should stop. */
+export function stopRequested(): Promise<void> {
+  return new Promise((done) => {
+    if (interrupt.signal.aborted) return done()
+    interrupt.signal.addEventListener('abort', () => done(), { once: true })
+    process.once('SIGTERM', () => done())
+  })
+}
+
 function modelArgument(values: Parsed['values']): string {
   const model = str(values, 'model') ?? process.env.PALIGEMMA_MODEL
   if (!model) throw new UsageError('missing required option --model <dir|hub id> (or set PALIGEMMA_MODEL)')

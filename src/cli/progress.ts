@@ -65,3 +65,57 @@ export class ProgressBar {
     this.#drawn = false
   }
 }
+
+/** Durations: `42s`, `5m03s`, `2h07m`. */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return '?'
+  const s = Math.round(seconds)
+  if (s < 60) return `${s}s`
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`
+}
+
+/** Progress through a count of items: a bar on a terminal, or JSON lines, on stderr. */
+export class CountProgress {
+  #started = performance.now()
+  #last = 0
+  #drawn = false
+
+  /**
+   * @param total - the items to do.
+   * @param mode - `bar` (a self-overwriting line), `json` (one JSON line every 250 ms and at the
+   *   end) or `none`.
+   */
+  constructor(
+    readonly total: number,
+    readonly mode: 'bar' | 'json' | 'none',
+  ) {}
+
+  /** Reports `done` items, `failed` of them failed; drawn at most every 100 ms (JSON: 250 ms). */
+  update(done: number, failed: number, final = false): void {
+    if (this.mode === 'none') return
+    const now = performance.now()
+    if (!final && now - this.#last < (this.mode === 'json' ? 250 : 100)) return
+    this.#last = now
+    const seconds = (now - this.#started) / 1000
+    const rate = seconds > 0 ? done / seconds : 0
+    const eta = rate > 0 ? (this.total - done) / rate : Number.POSITIVE_INFINITY
+    if (this.mode === 'json') {
+      const etaSeconds = Number.isFinite(eta) ? Math.round(eta) : null
+      err.write(`${JSON.stringify({ done, total: this.total, failed, imagesPerSecond: Number(rate.toFixed(3)), etaSeconds })}\n`)
+      return
+    }
+    const columns = Math.max(40, err.columns ?? 80)
+    const text = `${done}/${this.total}${failed ? ` (${failed} failed)` : ''} ${rate.toFixed(2)} img/s ETA ${formatDuration(eta)}`
+    const width = Math.max(10, Math.min(30, columns - text.length - 4))
+    const filled = this.total > 0 ? Math.round((done / this.total) * width) : width
+    err.write(`\r\x1b[K[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${text}`.slice(0, columns))
+    this.#drawn = true
+  }
+
+  /** Clears the bar. */
+  done(): void {
+    if (this.#drawn) err.write('\r\x1b[K')
+    this.#drawn = false
+  }
+}

@@ -11,7 +11,7 @@ import { basename, resolve } from 'node:path'
 import { serve } from '../serve/server.js'
 import type { Parsed } from './args.js'
 import { UsageError, err, out, str } from './args.js'
-import { interrupt, openModel } from './loading.js'
+import { openModel, stopRequested } from './loading.js'
 
 /** The model's id: a hub id as given, or a folder's name. */
 function modelId(model: string): string {
@@ -72,11 +72,7 @@ export async function runServe(args: Parsed): Promise<number> {
     ...(remoteImages === undefined ? {} : { remoteImages }),
   })
   out.write(`paligemma: serving ${modelId(model)} at ${running.url}\n`)
-  await new Promise<void>((done) => {
-    if (interrupt.signal.aborted) return done()
-    interrupt.signal.addEventListener('abort', () => done(), { once: true })
-    process.once('SIGTERM', () => done())
-  })
+  await stopRequested()
   err.write('paligemma: shutting down\n')
   await running.close(shutdownMs)
   await loaded.dispose()

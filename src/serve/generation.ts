@@ -12,10 +12,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { decodeSegmentations } from '../image.js'
 import type { PaliGemma } from '../model.js'
 import { parseDetections, parseSegmentations } from '../parse.js'
-import { maskToRle } from '../rle.js'
-import type { RleMask } from '../rle.js'
+import { segmentationsToRle } from '../rle.js'
+import type { RleSegmentation } from '../rle.js'
 import type { TokenStream } from '../stream.js'
-import type { Detection, GenerateResult, SamplingOptions, Segmentation } from '../types.js'
+import type { Detection, GenerateResult, SamplingOptions } from '../types.js'
 import { HttpError } from './http.js'
 import type { RemoteImageLimits } from './images.js'
 import type { ServerMetrics } from './metrics.js'
@@ -61,14 +61,8 @@ export function start(ctx: RouteContext, generation: Generation, req: IncomingMe
   return stream
 }
 
-/** A segmented object as the server answers it: the mask as COCO RLE (see `maskToRle`). */
-export interface ServedSegmentation extends Omit<Segmentation, 'mask'> {
-  /** `null` when the model wrote no valid mask tokens for the object, or the server has no VAE. */
-  mask: RleMask | null
-}
-
 /** What detect and segment prompts add to a response. */
-export type Structured = { detections: Detection[] } | { segmentations: ServedSegmentation[] }
+export type Structured = { detections: Detection[] } | { segmentations: RleSegmentation[] }
 
 /**
  * The parsed result of `detect` and `segment` prompts (boxes in the image's pixels, masks as
@@ -79,8 +73,7 @@ export async function structured(prompt: string, result: GenerateResult, ctx: Ro
   if (/^detect\s/.test(prompt)) return { detections: parseDetections(result.text, result.image) }
   if (!/^segment\s/.test(prompt)) return undefined
   if (ctx.vaePath === undefined) return { segmentations: parseSegmentations(result.text, result.image).map((s) => ({ ...s, mask: null })) }
-  const decoded = await decodeSegmentations(result.text, { ...result.image, vaePath: ctx.vaePath })
-  return { segmentations: decoded.map((s) => ({ ...s, mask: s.mask ? maskToRle(s.mask) : null })) }
+  return { segmentations: segmentationsToRle(await decodeSegmentations(result.text, { ...result.image, vaePath: ctx.vaePath })) }
 }
 
 /** A number option, or undefined; a 400 naming `param` for anything else. */

@@ -59,7 +59,7 @@ export function decodeBase64(text: unknown, param: string): Buffer {
  * GETs `url` (redirects followed) within `limits`. A body over the limit is a 413 and stops being
  * read; a failed, slow or non-2xx fetch is a 400 saying which.
  */
-async function fetchImage(url: string, param: string, limits: RemoteImageLimits): Promise<Buffer> {
+export async function fetchImage(url: string, param: string, limits: RemoteImageLimits): Promise<Buffer> {
   const fail = (why: string, code = 'image_fetch_failed', status = 400): HttpError => new HttpError(status, `${param}: could not fetch ${url.slice(0, 200)}: ${why}`, { param, code })
   const signal = AbortSignal.timeout(limits.timeoutMs)
   let response: Response
