@@ -16,7 +16,7 @@ import { parseArgs } from 'node:util'
 
 import { noisyPng } from '../__test__/helpers/png.mjs'
 import { ROOT, log, round } from './lib/common.mjs'
-import { cacheDir, ensureCheckpoint } from './lib/setup.mjs'
+import { checkpointWithTokenizer } from './lib/setup.mjs'
 
 const { values: args } = parseArgs({
   options: {
@@ -106,25 +106,6 @@ async function overHttp(dir, n, newTokens, threads) {
   return figures(streams)
 }
 
-/** The checkpoint folder with PaliGemma's tokenizer: links to the weights and config. */
-async function modelWithTokenizer() {
-  if (args['model-dir']) return path.resolve(args['model-dir'])
-  const weights = await ensureCheckpoint('pg1-3b-224', 'f32')
-  const dir = path.join(cacheDir(), 'pg1-3b-224-serve')
-  fs.mkdirSync(dir, { recursive: true })
-  for (const file of ['config.json', 'model.safetensors']) {
-    if (!fs.existsSync(path.join(dir, file))) fs.symlinkSync(path.join(weights, file), path.join(dir, file))
-  }
-  const tokenizer = path.join(dir, 'tokenizer.json')
-  if (!fs.existsSync(tokenizer)) {
-    const gemma = path.join(ROOT, 'node_modules', '@lenml', 'tokenizer-gemini', 'models', 'tokenizer.json')
-    await new Promise((resolve, reject) =>
-      spawn(process.execPath, [path.join(ROOT, 'scripts', 'make-paligemma-tokenizer.mjs'), gemma, tokenizer], { stdio: 'inherit' }).once('exit', (c) => (c === 0 ? resolve() : reject(new Error('tokenizer')))),
-    )
-  }
-  return dir
-}
-
 async function main() {
   const threads = Number(args.threads)
   const newTokens = Number(args['new-tokens'])
@@ -133,7 +114,7 @@ async function main() {
     console.log(JSON.stringify(await inProcess(dir, n, newTokens, threads)))
     return
   }
-  const dir = await modelWithTokenizer()
+  const dir = args['model-dir'] ? path.resolve(args['model-dir']) : await checkpointWithTokenizer()
   const rows = []
   for (const n of args.levels.split(',').map(Number)) {
     log(`${n} streams in-process`)

@@ -125,3 +125,21 @@ export function cacheDir() {
   fs.mkdirSync(dir, { recursive: true })
   return dir
 }
+
+/** The checkpoint folder with PaliGemma's tokenizer: links to the weights and config. */
+export async function checkpointWithTokenizer() {
+  const weights = await ensureCheckpoint('pg1-3b-224', 'f32')
+  const dir = path.join(cacheDir(), 'pg1-3b-224-serve')
+  fs.mkdirSync(dir, { recursive: true })
+  for (const file of ['config.json', 'model.safetensors']) {
+    if (!fs.existsSync(path.join(dir, file))) fs.symlinkSync(path.join(weights, file), path.join(dir, file))
+  }
+  const tokenizer = path.join(dir, 'tokenizer.json')
+  if (!fs.existsSync(tokenizer)) {
+    const gemma = path.join(ROOT, 'node_modules', '@lenml', 'tokenizer-gemini', 'models', 'tokenizer.json')
+    await new Promise((resolve, reject) =>
+      spawn(process.execPath, [path.join(ROOT, 'scripts', 'make-paligemma-tokenizer.mjs'), gemma, tokenizer], { stdio: 'inherit' }).once('exit', (c) => (c === 0 ? resolve() : reject(new Error('tokenizer')))),
+    )
+  }
+  return dir
+}
