@@ -58,7 +58,7 @@ echo "$(basename "$MAIN_TGZ") $(du -h "$MAIN_TGZ" | cut -f1), $(basename "$PLATF
 
 step "tarball contents"
 MAIN_FILES=$(tar -tzf "$MAIN_TGZ")
-for f in package/package.json package/README.md package/dist/index.js package/dist/index.d.ts package/dist/src/cli.js package/dist/src/hub.js package/dist/src/native.js; do
+for f in package/package.json package/README.md package/dist/index.js package/dist/index.d.ts package/dist/queue.js package/dist/src/cli.js package/dist/src/hub.js package/dist/src/native.js package/dist/src/serve/ui/index.html package/dist/src/serve/ui/app.js; do
   grep -qx "$f" <<<"$MAIN_FILES" || fail "$f is not in the main tarball"
 done
 if grep -Eq '\.node$|^package/(src|crates|testdata|__test__|target|examples)/|\.ts$' <<<"$(grep -v '\.d\.ts$' <<<"$MAIN_FILES")"; then

@@ -239,6 +239,7 @@ export const COMMANDS: Record<string, Command> = {
       '      --cors <origin>         answer cross-origin requests from this origin (* for any)\n' +
       '      --shutdown-timeout <s>  seconds open requests get to finish on Ctrl-C/SIGTERM (default 10)\n' +
       '      --vae <file>            the segmentation VAE, for masks (default: $PALIGEMMA_VAE)\n' +
+      '      --no-ui                 no page at / (by default, a page to try the model in a browser)\n' +
       '      --allow-remote-images   fetch http(s) image URLs (at most --max-body bytes, within\n' +
       '                              --remote-image-timeout seconds, default 10); trusted clients only',
     options: {
@@ -253,6 +254,7 @@ export const COMMANDS: Record<string, Command> = {
       vae: { type: 'string' },
       'allow-remote-images': { type: 'boolean' },
       'remote-image-timeout': { type: 'string' },
+      'no-ui': { type: 'boolean' },
       ...OUTPUT_OPTIONS,
     },
     positionals: false,

@@ -70,8 +70,9 @@ export async function runServe(args: Parsed): Promise<number> {
     ...(cors === undefined ? {} : { cors }),
     ...(vaePath === undefined ? {} : { vaePath }),
     ...(remoteImages === undefined ? {} : { remoteImages }),
+    ui: values['no-ui'] !== true,
   })
-  out.write(`paligemma: serving ${modelId(model)} at ${running.url}\n`)
+  out.write(`paligemma: serving ${modelId(model)} at ${running.url}${values['no-ui'] === true ? '' : ` (open ${running.url}/ in a browser)`}\n`)
   await stopRequested()
   err.write('paligemma: shutting down\n')
   await running.close(shutdownMs)

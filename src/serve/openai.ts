@@ -148,7 +148,7 @@ async function respond(
   if (body.stream !== true) {
     const result = await stream.result
     const choice = shape.whole(result, await structured(generation.prompt, result, ctx))
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ ...head, choices: [{ index: 0, ...choice }], usage: usage(result) }))
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ ...head, choices: [{ index: 0, ...choice }], usage: usage(result), timings: result.timings }))
     return
   }
   const includeUsage = (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true
@@ -175,7 +175,8 @@ async function respond(
     const extra = await structured(generation.prompt, result, ctx)
     waiting.stop()
     open()
-    res.write(chunk([{ index: 0, ...shape.piece('', result, extra) }]))
+    // `timings` (an extension, as llama.cpp's server sends) rides on the last choice chunk.
+    res.write(chunk([{ index: 0, ...shape.piece('', result, extra) }], { timings: result.timings }))
     if (includeUsage) res.write(chunk([], { usage: usage(result) }))
     res.end('data: [DONE]\n\n')
   } catch (error) {

@@ -20,6 +20,7 @@ import { METRICS_CONTENT_TYPE, ServerMetrics } from './metrics.js'
 import * as ollama from './ollama.js'
 import type { RouteContext } from './generation.js'
 import { chatCompletions, completions, listModels } from './openai.js'
+import { uiFiles } from './ui.js'
 import { detect, segment } from './vision.js'
 
 /** Options of {@link serve}. */
@@ -58,6 +59,8 @@ export interface ServeOptions {
    * it on only for trusted clients or behind an egress filter. Default: such URLs get a 400.
    */
   remoteImages?: boolean | { maxBytes?: number; timeoutMs?: number }
+  /** Serve the page at `/` (drop an image, pick a task, see the answer and the boxes). Default true. */
+  ui?: boolean
 }
 
 /** A running server. */
@@ -80,6 +83,8 @@ interface Route {
   api: Api
   /** Reads a JSON body first, and counts as a generation for `maxQueue`. */
   body: boolean
+  /** Answered without the API key (`/health` and the page, which asks for the key). */
+  open?: boolean
   handle: Handler
 }
 
@@ -87,7 +92,7 @@ interface Route {
  * Serves `model` over HTTP until {@link RunningServer.close}. The routes: `GET /health`,
  * `GET /metrics`, `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`,
  * `POST /v1/detect`, `POST /v1/segment`, `GET /api/tags`, `GET /api/version`,
- * `POST /api/generate`, `POST /api/chat`. See docs/serve.md.
+ * `POST /api/generate`, `POST /api/chat`, and the page at `GET /`. See docs/serve.md.
  *
  * @param model - a loaded model (the server does not dispose it).
  * @param options - where to listen, the model's id, the API key and the body limit.
@@ -110,7 +115,7 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
   const capacity = model.info.maxBatch + (options.maxQueue ?? 256)
   let inFlight = 0
   const routes: Record<string, Route> = {
-    'GET /health': { api: 'plain', body: false, handle: () => ({ status: 'ok', model: ctx.modelId }) },
+    'GET /health': { api: 'plain', body: false, open: true, handle: () => ({ status: 'ok', model: ctx.modelId }) },
     'GET /metrics': {
       api: 'plain',
       body: false,
@@ -127,6 +132,9 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
     'GET /api/version': { api: 'ollama', body: false, handle: () => ollama.version() },
     'POST /api/generate': { api: 'ollama', body: true, handle: (body, req, res) => ollama.generate(body!, ctx, req, res) },
     'POST /api/chat': { api: 'ollama', body: true, handle: (body, req, res) => ollama.chat(body!, ctx, req, res) },
+  }
+  if (options.ui !== false) {
+    for (const [path, send] of Object.entries(uiFiles())) routes[`GET ${path}`] = { api: 'plain', body: false, open: true, handle: (_body, _req, res) => send(res) }
   }
 
   const server = createServer((req, res) => {
@@ -145,7 +153,7 @@ export async function serve(model: PaliGemma, options: ServeOptions): Promise<Ru
       let counted = false
       try {
         if (!route) throw new HttpError(404, `no route ${req.method} ${path}`)
-        if (expectedKey && path !== '/health') checkKey(req, expectedKey)
+        if (expectedKey && !route.open) checkKey(req, expectedKey)
         if (route.body) {
           if (inFlight >= capacity) {
             throw new HttpError(429, `the server is full: ${inFlight} requests are running or waiting (--max-queue)`, { code: 'queue_full', headers: { 'retry-after': '1' } })
