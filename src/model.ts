@@ -6,10 +6,10 @@
 
 import { abortErrorFor, disposedError, errorFromFailure, errorFromThrown } from './errors.js'
 import type { AbortError, PaliGemmaError } from './errors.js'
-import { resolveLoadTarget } from './hub.js'
-import { autoFallback, publicInfo, withCudaNote } from './info.js'
-import { isFailure, native, warnCpuFallback } from './native.js'
-import type { NativeBinding, NativeFailure, NativeForwardOutput, NativeModel, NativeModelInfo, NativeProgress } from './native.js'
+import { autoFallback, publicInfo } from './info.js'
+import { isFailure } from './native.js'
+import { disposeNative, loadNative } from './load.js'
+import type { NativeBinding, NativeFailure, NativeForwardOutput, NativeModel, NativeModelInfo } from './native.js'
 import { argumentError, validateForwardInput, validateGenerateRequest, validateLoadArgs } from './options.js'
 import { isImageRequest, startImageRequest } from './image.js'
 import { runBatch } from './batch/batch.js'
@@ -25,16 +25,6 @@ import type { Detection, ImageInput, ImageRequest, Segmentation } from './types.
 /** Task helpers' rejections: generation errors pass through, a throwing getter becomes `ERR_INVALID_ARGUMENT`. */
 function rejectAsArgument(error: unknown): never {
   throw argumentError(error, 'options')
-}
-
-/** Calls `signal`'s abort handler only while `body` runs. */
-async function withSignal<T>(signal: AbortSignal | undefined, onAbort: () => void, body: () => Promise<T>): Promise<T> {
-  signal?.addEventListener('abort', onAbort, { once: true })
-  try {
-    return await body()
-  } finally {
-    signal?.removeEventListener('abort', onAbort)
-  }
 }
 
 /**
@@ -101,60 +91,8 @@ export class PaliGemma implements AsyncDisposable {
     } catch (error) {
       throw argumentError(error, 'options')
     }
-    args.dir = await resolveLoadTarget(args.dir, { onProgress: args.onProgress, signal: args.signal })
-    const { signal } = args
-    if (signal?.aborted) throw abortErrorFor(signal)
-    let binding: NativeBinding
-    try {
-      binding = native()
-    } catch (error) {
-      throw errorFromThrown(error)
-    }
-    const token = new binding.CancelToken()
-    const userProgress = args.onProgress
-    let settled = false
-    let last: NativeProgress | undefined
-    let progressError: { error: unknown } | undefined
-    const report = (progress: NativeProgress): void => {
-      last = progress
-      if (progressError) return
-      try {
-        userProgress?.({ loadedBytes: progress.loadedBytes, totalBytes: progress.totalBytes })
-      } catch (error) {
-        // A throwing callback is a bug in the caller: stop loading and reject with its error
-        // rather than leave an uncaught exception behind.
-        progressError = { error }
-        token.cancel()
-      }
-    }
-    const onProgress = userProgress
-      ? (progress: NativeProgress): void => {
-          if (!settled) report(progress)
-        }
-      : undefined
-    const result = await withSignal(signal, () => token.cancel(), async () => {
-      try {
-        return await binding.loadModel(args.dir, args.native, token, onProgress)
-      } catch (error) {
-        throw errorFromThrown(error)
-      }
-    })
-    settled = true
-    if (!isFailure(result) && userProgress && (last === undefined || last.loadedBytes !== last.totalBytes)) {
-      // Progress and completion travel on separate native channels; make sure the caller sees
-      // the final step before `load` resolves.
-      const total = result.info.weightBytes
-      report({ loadedBytes: total, totalBytes: total })
-    }
-    if (progressError || signal?.aborted) {
-      if (!isFailure(result)) await PaliGemma.#disposeNative(result)
-      if (progressError) throw progressError.error
-      if (signal) throw abortErrorFor(signal)
-    }
-    if (isFailure(result)) throw errorFromFailure(withCudaNote(result), signal?.reason)
-    // The addon already warned when the CUDA build itself could not load.
-    if (result.info.deviceFallback) warnCpuFallback(result.info.deviceFallback)
-    return new PaliGemma(binding, result, args.vaePath, autoFallback(args.native.device, result.info))
+    const { binding, model } = await loadNative(args)
+    return new PaliGemma(binding, model, args.vaePath, autoFallback(args.native.device, model.info))
   }
 
   /** Whether {@link PaliGemma.dispose} was called. */
@@ -418,19 +356,9 @@ export class PaliGemma implements AsyncDisposable {
     if (!this.#disposing) {
       const model = this.#native
       this.#native = undefined
-      this.#disposing = model ? PaliGemma.#disposeNative(model) : Promise.resolve()
+      this.#disposing = model ? disposeNative(model) : Promise.resolve()
     }
     return this.#disposing
-  }
-
-  static async #disposeNative(model: NativeModel): Promise<void> {
-    let result: undefined | { code: string; message: string }
-    try {
-      result = await model.dispose()
-    } catch (error) {
-      throw errorFromThrown(error)
-    }
-    if (isFailure(result)) throw errorFromFailure(result)
   }
 
   /** Same as {@link PaliGemma.dispose}, for `await using model = await PaliGemma.load(...)`. */
