@@ -208,6 +208,9 @@ test('3 worker processes, one SIGKILLed and one SIGTERMed mid-run: 300 jobs each
     const stalled = (await Promise.all(ids.map((id) => queue.getJob(id)))).filter((job) => job.stalledCounter > 0).length
     t.log(`${stalled} jobs were handed over after the SIGKILL`)
     t.true(stalled > 0, 'the killed worker had jobs running, which another worker finished')
+    // Only the killed worker's jobs (4 at a time) may stall: the others renewed their 1 s locks
+    // on time while generating, since inference runs off the event loop.
+    t.true(stalled <= 4, `${stalled} jobs stalled: more than the killed worker held`)
     for (const [i, id] of ids.entries()) {
       const job = await queue.getJob(id)
       t.deepEqual(outcome(job.returnvalue), await inProcess(model, jobs[i]), `job ${i}`)

@@ -75,7 +75,7 @@ export function drawAnnotations(canvas, objects, highlight = -1) {
     ctx.fillStyle = object.colour
     ctx.fillRect(x, labelY, textWidth, fontSize + 6)
     ctx.globalAlpha = 1
-    ctx.fillStyle = '#ffffff'
+    ctx.fillStyle = labelInk(object.colour)
     ctx.fillText(text, x + 4, labelY + 3)
   })
 }
@@ -96,6 +96,17 @@ export function objectAt(objects, x, y) {
     }
   })
   return best
+}
+
+/** Black or white, whichever contrasts more with `hex` (WCAG relative luminance). */
+export function labelInk(hex) {
+  const [r, g, b] = hexToRgb(hex).map((c) => {
+    const v = c / 255
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4
+  })
+  const luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+  // Contrast with white is 1.05 / (L + 0.05); with black (L + 0.05) / 0.05.
+  return 1.05 / (luminance + 0.05) >= (luminance + 0.05) / 0.05 ? '#ffffff' : '#000000'
 }
 
 function hexToRgb(hex) {
