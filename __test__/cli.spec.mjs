@@ -35,6 +35,13 @@ test('--help lists every command and exits 0; no command is a usage error', asyn
   const bare = await runCli([])
   t.is(bare.code, 2)
   t.regex(bare.stderr, /Usage: paligemma <command>/)
+  // `npx paligemma -- --help`: npx hands the `--` on; it is skipped.
+  const dashed = await runCli(['--', '--help'])
+  t.is(dashed.code, 0, dashed.stderr)
+  t.is(dashed.stdout, help.stdout)
+  const dashedCommand = await runCli(['--', 'caption', '--help'])
+  t.is(dashedCommand.code, 0, dashedCommand.stderr)
+  t.regex(dashedCommand.stdout, /^Usage: paligemma caption/m)
   const version = await runCli(['--version'])
   t.is(version.code, 0)
   t.is(version.stdout.trim(), JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')).version)
@@ -69,6 +76,13 @@ test('usage errors exit 2 with ERR_USAGE: unknown command, unknown flag, missing
     [['convert', 'only-one.npz'], /convert takes <checkpoint\.npz> <out-dir>/],
     [['convert', 'a.npz', 'out', '--dtype', 'f8'], /--dtype must be one of f32, bf16, f16/],
     [['convert-vae'], /convert-vae takes/],
+    // Malformed values are usage errors before anything loads (the model path does not exist).
+    [['caption', '--model', 'no-such-model', '--image', 'x.png', '-n', '0'], /--max-new-tokens must be at least 1/],
+    [['caption', '--model', 'no-such-model', '--image', 'x.png', '--threads', '0'], /--threads must be at least 1/],
+    [['caption', '--model', 'no-such-model', '--image', 'x.png', '--top-p', '1.5'], /--top-p must be in \(0, 1\]/],
+    [['caption', '--model', 'no-such-model', '--image', 'x.png', '--temperature=-1'], /--temperature must be 0/],
+    [['caption', '--model', 'no-such-model', '--image', 'x.png', '--seed=-3'], /--seed must be an integer/],
+    [['segment', '--model', 'no-such-model', '--image', 'x.png', 'cat'], /segment needs --vae/],
   ]
   for (const [args, message] of cases) {
     const { code, stdout, stderr } = await runCli(args, { env: { PALIGEMMA_MODEL: '' } })
@@ -286,7 +300,8 @@ test('segment --vae --out writes a PNG; without a VAE it is ERR_INVALID_ARGUMENT
   t.is(code, 0, stderr)
   t.true(Array.isArray(JSON.parse(stdout).segmentations))
   t.deepEqual([...readFileSync(out).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47])
+  // A usage error, found before the model loads, naming the flag rather than the API's option.
   const noVae = await runCli(['segment', '--model', dir, '--image', image, 'cat'], { env: { PALIGEMMA_VAE: '' } })
-  t.is(noVae.code, 1)
-  t.regex(noVae.stderr, /^paligemma: ERR_INVALID_ARGUMENT: /m)
+  t.is(noVae.code, 2)
+  t.regex(noVae.stderr, /^paligemma: ERR_USAGE: segment needs --vae/m)
 })

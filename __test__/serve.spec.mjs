@@ -105,14 +105,22 @@ test('OpenAI client: aborting a stream mid-way leaves the server serving', async
   const stream = await client.chat.completions.create({ model: modelId, messages: userMessage('caption en'), max_tokens: 400, stream: true }, { signal: controller.signal })
   let chunks = 0
   try {
-    for await (const _ of stream) {
-      if (++chunks === 3) controller.abort()
-      t.true(chunks <= 3, 'no chunk arrives after the abort')
-    }
+    // Depending on its version, the client ends the loop or throws APIUserAbortError, and may
+    // still hand out chunks it had already read when the abort came.
+    for await (const _ of stream) if (++chunks === 3) controller.abort()
   } catch (error) {
     t.true(error instanceof OpenAI.APIUserAbortError, String(error))
   }
-  t.is(chunks, 3)
+  t.true(chunks < 100, `${chunks} chunks of up to 400: the stream stopped early`)
+  // The server saw the connection close and dropped the request from the batch.
+  let inFlight
+  for (let i = 0; i < 200; i++) {
+    const metrics = await (await fetch(`${(await ready).running.url}/metrics`, { headers: { authorization: 'Bearer secret' } })).text()
+    inFlight = Number(/^paligemma_requests_in_flight (\d+)$/m.exec(metrics)?.[1])
+    if (inFlight === 0) break
+    await new Promise((r) => setTimeout(r, 10))
+  }
+  t.is(inFlight, 0)
   const want = await expected('caption en', { maxNewTokens: 6 })
   const got = await client.chat.completions.create({ model: modelId, messages: userMessage('caption en'), max_tokens: 6 })
   t.is(got.choices[0].message.content, want.text)

@@ -69,7 +69,8 @@ function parse(name: string, command: Command, argv: string[]): Parsed {
 
 /** Runs the CLI on `argv` (the arguments after `paligemma`) and resolves with the exit status. */
 async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv
+  // `npx paligemma -- --help`: the `--` that keeps npx off the options is not ours.
+  const [name, ...rest] = argv[0] === '--' ? argv.slice(1) : argv
   try {
     if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
       if (name === 'help' && rest[0] && COMMANDS[rest[0]]) {

@@ -179,6 +179,13 @@ export function samplingOptions(values: Parsed['values']): SamplingOptions {
   const topP = numberOption(values, 'top-p', false)
   const repetitionPenalty = numberOption(values, 'repetition-penalty', false)
   const seed = numberOption(values, 'seed', true)
+  // Checked here, before any model loads, so that a malformed value is a usage error (exit 2).
+  if (maxNewTokens !== undefined && maxNewTokens < 1) throw new UsageError(`--max-new-tokens must be at least 1, got ${maxNewTokens}`)
+  if (temperature !== undefined && temperature < 0) throw new UsageError(`--temperature must be 0 (greedy) or more, got ${temperature}`)
+  if (topK !== undefined && topK < 0) throw new UsageError(`--top-k must be 0 (off) or more, got ${topK}`)
+  if (topP !== undefined && !(topP > 0 && topP <= 1)) throw new UsageError(`--top-p must be in (0, 1], got ${topP}`)
+  if (repetitionPenalty !== undefined && !(repetitionPenalty > 0)) throw new UsageError(`--repetition-penalty must be more than 0, got ${repetitionPenalty}`)
+  if (seed !== undefined && (seed < 0 || !Number.isSafeInteger(seed))) throw new UsageError(`--seed must be an integer from 0 to 2^53 - 1, got ${seed}`)
   if (maxNewTokens !== undefined) options.maxNewTokens = maxNewTokens
   if (temperature !== undefined) options.temperature = temperature
   if (topK !== undefined) options.topK = topK

@@ -45,7 +45,7 @@ export function taskFromOptions(values: Parsed['values']): TaskSpec {
 export function vaeFromOptions(values: Parsed['values'], task: TaskName | undefined): string | undefined {
   const vaePath = str(values, 'vae') ?? (process.env.PALIGEMMA_VAE || undefined)
   if (task !== 'segment') return undefined
-  if (vaePath === undefined) throw new UsageError('--task segment needs --vae <vae-oid.safetensors> (or PALIGEMMA_VAE): the mask decoder')
+  if (vaePath === undefined) throw new UsageError('segment needs --vae <vae-oid.safetensors> (or PALIGEMMA_VAE): the mask decoder, converted from vae-oid.npz with convert-vae')
   if (!statSync(vaePath, { throwIfNoEntry: false })?.isFile()) throw new UsageError(`--vae: no file at ${vaePath} (convert vae-oid.npz with convert-vae)`)
   return vaePath
 }

@@ -13,7 +13,7 @@ import { CliError, IMAGE_OPTION, MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS
 import type { Command, Parsed } from './args.js'
 import { checkModelOptions, interrupt, openModel, readImage } from './loading.js'
 import { runConvert, runConvertVae, runInfo } from './checkpoints.js'
-import { batchCommand } from './batch.js'
+import { batchCommand, vaeFromOptions } from './batch.js'
 import { queueCommands } from './queue.js'
 import { runServe } from './serve.js'
 
@@ -82,7 +82,7 @@ async function runTask(args: Parsed, name: 'detect' | 'segment'): Promise<number
   const labels = labelsOf(args)
   checkModelOptions(values)
   const outPath = str(values, 'out')
-  const vaePath = str(values, 'vae') ?? (process.env.PALIGEMMA_VAE || undefined)
+  const vaePath = name === 'segment' ? vaeFromOptions(values, 'segment') : undefined
   const sampling = samplingOptions(values)
   const image = await readImage(values)
   const model = await openModel(values)

@@ -46,8 +46,15 @@ export function checkModelOptions(values: Parsed['values']): void {
   modelArgument(values)
   choice<DeviceKind>(values, 'device', ['auto', 'cpu', 'cuda'])
   choice<DType>(values, 'dtype', MODEL_DTYPES)
-  numberOption(values, 'threads', true)
+  threadsOption(values)
   required(str(values, 'image'), 'option --image <path> (use - for stdin)')
+}
+
+/** `--threads`: a positive integer, if given. */
+function threadsOption(values: Parsed['values']): number | undefined {
+  const threads = numberOption(values, 'threads', true)
+  if (threads !== undefined && threads < 1) throw new UsageError(`--threads must be at least 1, got ${threads}`)
+  return threads
 }
 
 /** The model folder for `--model`: a local folder, or a Hub id resolved (and downloaded) first. */
@@ -70,7 +77,7 @@ export async function modelDir(values: Parsed['values']): Promise<string> {
 export async function openModel(values: Parsed['values']): Promise<PaliGemma> {
   const device = choice<DeviceKind>(values, 'device', ['auto', 'cpu', 'cuda'])
   const dtype = choice<DType>(values, 'dtype', MODEL_DTYPES)
-  const threads = numberOption(values, 'threads', true)
+  const threads = threadsOption(values)
   const dir = await modelDir(values)
   const bar = new ProgressBar('loading', showProgress(values))
   try {
