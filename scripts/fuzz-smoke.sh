@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Short fuzzing smoke run: each cargo-fuzz target for FUZZ_SECONDS (default 20) seconds,
-# starting from the committed corpus in fuzz/corpus/<target>/ (copied, so the run never dirties
-# the repository). Skips with a message, exit 0, when nightly Rust or cargo-fuzz is missing.
+# starting from the committed regressions (testdata/fuzz-regressions/<target>/), seeds taken from
+# testdata/, and a local corpus in fuzz/corpus/<target>/ when one exists (it is not committed;
+# see fuzz/README.md). Everything is copied, so the run never dirties the repository. Skips with
+# a message, exit 0, when nightly Rust or cargo-fuzz is missing.
 #
 #   scripts/fuzz-smoke.sh                 # all targets
 #   FUZZ_SECONDS=60 scripts/fuzz-smoke.sh config_parse npz_reader
@@ -38,6 +40,17 @@ max_len() {
   esac
 }
 
+# A few real inputs per target, from testdata/ (a fresh clone has no corpus).
+seed_from_testdata() {
+  local target=$1 out=$2 n=0 f
+  case "$target" in
+    config_parse) for f in ../testdata/reference/*/config.json ../testdata/e2e-caption/config.json; do cp "$f" "$out/seed-$((n++))"; done ;;
+    safetensors_loader) for f in ../testdata/reference/*/model.safetensors ../testdata/vae/*.safetensors; do { printf '\0'; cat "$f"; } >"$out/seed-$((n++))"; done ;;
+    npz_reader) for f in ../testdata/reference/*/checkpoint.npz; do cp "$f" "$out/seed-$((n++))"; done ;;
+    image_decode) for f in ../testdata/processor/*.png ../testdata/processor/*.jpg; do { printf '\0'; cat "$f"; } >"$out/seed-$((n++))"; done ;;
+  esac
+}
+
 # No -O: cargo-fuzz's default build keeps debug assertions and overflow checks on.
 if ! cargo +nightly fuzz build >"${TMPDIR:-/tmp}/fuzz-smoke-build.log" 2>&1; then
   tail -n 30 "${TMPDIR:-/tmp}/fuzz-smoke-build.log"
@@ -51,9 +64,9 @@ failed=()
 for target in "${targets[@]}"; do
   corpus="$work/$target"
   mkdir -p "$corpus"
-  if [ -d "corpus/$target" ]; then
-    cp -r "corpus/$target/." "$corpus/"
-  fi
+  [ -d "corpus/$target" ] && cp -r "corpus/$target/." "$corpus/"
+  [ -d "../testdata/fuzz-regressions/$target" ] && cp -r "../testdata/fuzz-regressions/$target/." "$corpus/"
+  seed_from_testdata "$target" "$corpus"
   echo "fuzz-smoke: $target for ${seconds}s"
   # -jobs=1 makes libFuzzer write its log to fuzz-0.log in the working directory.
   if (cd "$work" && cargo +nightly fuzz run --fuzz-dir "$fuzz_dir" "$target" "$corpus" -- \
