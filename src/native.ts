@@ -13,6 +13,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 
+import { REQUIRED_X64_FEATURES, missingCpuFeatures } from './cpu.js'
 import { PaliGemmaError } from './errors.js'
 
 /** A failed native operation, delivered as a value (see crates/paligemma-node/src/error.rs). @internal */
@@ -221,6 +222,18 @@ export function native(): NativeBinding {
   const candidates: string[] = []
   const override = process.env.PALIGEMMA_NATIVE_LIBRARY_PATH
   if (override) candidates.push(override)
+  else {
+    // The prebuilt x64 addons would die with SIGILL on a CPU without these instructions.
+    const missing = missingCpuFeatures()
+    if (missing && missing.length > 0) {
+      throw new PaliGemmaError(
+        'ERR_DEVICE_UNAVAILABLE',
+        `this CPU lacks ${missing.map((f) => f.toUpperCase()).join(', ')}, which paligemma's x64 builds need ` +
+          `(${REQUIRED_X64_FEATURES.map((f) => f.toUpperCase()).join(', ')}: Intel Haswell, AMD Excavator or Zen, and later). ` +
+          'A build for this CPU: drop the target-feature line of .cargo/config.toml, `npm run build:native`, and point PALIGEMMA_NATIVE_LIBRARY_PATH at it (much slower kernels).',
+      )
+    }
+  }
   candidates.push(...cudaCandidates, `paligemma-${suffix}`, local(suffix))
   const failures: string[] = []
   const cudaFailures: string[] = []
