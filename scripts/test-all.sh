@@ -29,6 +29,9 @@ npm test 2>&1 | tee "$LOGS/ava.log"
 test "${PIPESTATUS[0]}" -eq 0 || exit 1
 grep -Eq '[0-9]+ tests? passed' "$LOGS/ava.log" || { echo "ava reported no passing tests"; exit 1; }
 
+echo "== the release and CI workflows (actionlint)"
+bash scripts/lint-workflows.sh
+
 echo "== pack, install into an empty folder without Rust, run the CLI there"
 SKIP_BUILD=1 bash scripts/test-pack-install.sh 2>&1 | tee "$LOGS/pack.log"
 test "${PIPESTATUS[0]}" -eq 0 || { echo "the pack/install test failed"; exit 1; }
