@@ -33,7 +33,7 @@ need=()
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || need+=(libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross)
 if [ "${#need[@]}" -gt 0 ]; then $sudo apt-get install -y -qq "${need[@]}" >/dev/null; fi
-echo "zig $(python3 -m ziglang version), $(cargo zigbuild --version 2>/dev/null | head -1), $(qemu-aarch64 --version | head -1)"
+echo "zig $(python3 -m ziglang version), $(cargo-zigbuild --version 2>&1 | head -1), $(qemu-aarch64 --version | head -1)"
 
 for target in $TARGETS; do
   step "build $target"

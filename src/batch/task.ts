@@ -161,7 +161,7 @@ export async function runTask(
 /**
  * A task result as JSON: the fields of the job contract, masks as COCO RLE.
  *
- * @param result - from `model.batch` or {@link runTask}.
+ * @param result - from `model.batch` or `model.runTask`.
  * @returns what `JSON.stringify` can carry.
  */
 export function taskResultJson(result: TaskResult): TaskResultJson {

@@ -18,7 +18,19 @@ import { decodeBase64, fetchImage } from '../serve/images.js'
 import type { SegmentOptions } from '../tasks.js'
 
 /** Where a job's image is: a file the worker can read, inline base64, or a URL. */
-export type JobImage = { path: string } | { base64: string } | { url: string }
+export type JobImage =
+  | {
+      /** A file the worker can read (see `imageRoots`). */
+      path: string
+    }
+  | {
+      /** The encoded image (JPEG, PNG, WebP, GIF, BMP) in base64. */
+      base64: string
+    }
+  | {
+      /** An `http(s)` URL, fetched only by workers started with `--allow-remote-images`. */
+      url: string
+    }
 
 /** A job's data: the task, its words, the image, and generation options. */
 export interface JobData extends TaskSpec {

@@ -102,7 +102,12 @@ export type CollectedJob =
       /** Absent on failure. */
       result?: undefined
       /** Why it failed for good: the code (`ERR_INVALID_IMAGE`, …, or `ERR_JOB_FAILED`) and message. */
-      error: { code: string; message: string }
+      error: {
+        /** The library's error code (`ERR_INVALID_IMAGE`, …), or `ERR_JOB_FAILED` for other failures. */
+        code: string
+        /** What went wrong. */
+        message: string
+      }
     }
 
 /** Options of {@link collectResults}. */

@@ -58,7 +58,14 @@ export interface ServeOptions {
    * server then makes requests wherever its clients point it, internal addresses included: turn
    * it on only for trusted clients or behind an egress filter. Default: such URLs get a 400.
    */
-  remoteImages?: boolean | { maxBytes?: number; timeoutMs?: number }
+  remoteImages?:
+    | boolean
+    | {
+        /** Largest image in bytes. Default: `maxBodyBytes`. */
+        maxBytes?: number
+        /** Time for the whole fetch, redirects and body included. Default 10 000 ms. */
+        timeoutMs?: number
+      }
   /** Serve the page at `/` (drop an image, pick a task, see the answer and the boxes). Default true. */
   ui?: boolean
 }
