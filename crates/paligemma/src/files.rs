@@ -122,7 +122,7 @@ pub fn read_text_capped(path: &Path, cap: u64) -> Result<String> {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("pgm-files-{name}-{}", std::process::id()));
@@ -142,9 +142,12 @@ mod tests {
         let dir = temp_dir("fifo");
         let fifo = dir.join("config.json");
         mkfifo(&fifo);
-        let started = Instant::now();
-        let err = read_text_capped(&fifo, MAX_CONFIG_BYTES).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(2));
+        // A blocking open would never return (no writer ever comes): run it on a thread and
+        // give it far longer than it needs, so that a hang fails the test instead of stalling it.
+        let (sent, received) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || sent.send(read_text_capped(&path, MAX_CONFIG_BYTES).map(|_| ())));
+        let err = received.recv_timeout(Duration::from_secs(60)).expect("opening a FIFO blocked").unwrap_err();
         assert!(err.to_string().contains("a FIFO"), "{err}");
         assert!(err.to_string().contains("config.json"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
