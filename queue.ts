@@ -14,7 +14,7 @@
  * @packageDocumentation
  */
 
-export { createWorker } from './src/queue/worker.js'
+export { cancelJob, cancelTopicOf, createWorker } from './src/queue/worker.js'
 export type { CreateWorkerOptions, JobProgress } from './src/queue/worker.js'
 export { collectResults, enqueueJobs, jobId } from './src/queue/producer.js'
 export type { CollectOptions, CollectedJob, EnqueueOptions, EnqueueReport, QueueTarget } from './src/queue/producer.js'

@@ -14,7 +14,7 @@ import { writeNpz } from './helpers/npz.mjs'
 import { runCli } from './helpers/run-cli.mjs'
 import { readSafetensors } from './helpers/safetensors.mjs'
 
-const COMMANDS = ['caption', 'ask', 'ocr', 'detect', 'segment', 'generate', 'batch', 'worker', 'enqueue', 'results', 'serve', 'info', 'convert', 'convert-vae', 'quantize', 'bench']
+const COMMANDS = ['caption', 'ask', 'ocr', 'detect', 'segment', 'generate', 'batch', 'worker', 'enqueue', 'results', 'cancel', 'serve', 'info', 'convert', 'convert-vae', 'quantize', 'bench']
 const tmp = mkdtempSync(join(tmpdir(), 'paligemma-cli-'))
 test.after.always(() => rmSync(tmp, { recursive: true, force: true }))
 

@@ -131,9 +131,11 @@ test('bad job data fails at once, not retried, with the library error code; enqu
   }
 })
 
-test('worker.cancelJob aborts the running generation: the job fails with ABORT_ERR, unretried', async (t) => {
+test('worker.cancelJob, and cancelJob from another process, abort the running generation: ABORT_ERR, unretried', async (t) => {
   const { redis } = await ready
-  const model = await PaliGemma.load(longContextFixture('pg1-tiny-a'))
+  // Long enough that a cancellation from another process (a node start, a Redis round trip)
+  // surely arrives mid-generation.
+  const model = await PaliGemma.load(longContextFixture('pg1-tiny-a', 65536))
   const queueName = 'cancel'
   const worker = await createWorker(model, { connection: redis.url, queue: queueName, progressEveryTokens: 8 })
   const queue = new Queue(queueName, { connection: { host: '127.0.0.1', port: redis.port } })
@@ -147,6 +149,18 @@ test('worker.cancelJob aborts the running generation: the job fails with ABORT_E
     t.regex(failed.failedReason, /^ABORT_ERR/)
     t.is(failed.attemptsMade, 1)
     t.true(failed.progress.tokens < 7000, 'it stopped early')
+    // From another process: cancelJob publishes on the queue's relay topic.
+    const other = await queue.add('long2', { image: { path: imagePath(0) }, options: { maxNewTokens: 60000 } }, { attempts: 3 })
+    for (let tries = 0; tries < 500 && !(await queue.getJob(other.id)).progress?.tokens; tries++) await sleep(10)
+    // `paligemma cancel` is cancelJob from the command line.
+    const args = [CLI, 'cancel', '--redis', redis.url, '--queue', queueName, '--reason', 'from afar', other.id]
+    await new Promise((resolve, reject) => spawn(process.execPath, args, { stdio: 'inherit' }).once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`paligemma cancel exited ${code}`)))))
+    for (let tries = 0; tries < 500 && (await other.getState()) !== 'failed'; tries++) await sleep(10)
+    const remote = await queue.getJob(other.id)
+    t.is(await remote.getState(), 'failed', JSON.stringify({ reason: remote.returnvalue?.finishReason, tokens: remote.returnvalue?.tokenIds?.length }))
+    t.regex(remote.failedReason, /^ABORT_ERR/)
+    t.is(remote.attemptsMade, 1)
+    t.true(remote.progress.tokens > 0 && remote.progress.tokens < 60000, `${remote.progress.tokens} tokens`)
   } finally {
     await queue.close()
     await worker.close()

@@ -212,7 +212,7 @@ QUEUE=$(run_clean node --input-type=module -e "
   const queue = await import('paligemma/queue')
   const error = await queue.enqueueJobs({ connection: 'redis://127.0.0.1:9' }, []).then(() => undefined, (e) => e)
   console.log(Object.keys(queue).sort().join(','), error?.code, error?.message)") || fail "import paligemma/queue"
-grep -q '^collectResults,connectionOptions,createWorker,enqueueJobs,jobId ERR_INVALID_ARGUMENT .*npm install bullmq ioredis' <<<"$QUEUE" || fail "paligemma/queue without bullmq: $QUEUE"
+grep -q '^cancelJob,cancelTopicOf,collectResults,connectionOptions,createWorker,enqueueJobs,jobId ERR_INVALID_ARGUMENT .*npm install bullmq ioredis' <<<"$QUEUE" || fail "paligemma/queue without bullmq: $QUEUE"
 echo "ok: the subpath loads, and using it says to install bullmq and ioredis"
 
 echo "pack/install test passed"

@@ -1,5 +1,5 @@
 /**
- * `paligemma worker`, `enqueue` and `results`: a collection of images spread over machines
+ * `paligemma worker`, `enqueue`, `results` and `cancel`: a collection of images spread over machines
  * through a BullMQ queue on Redis.
  *
  * @internal
@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises'
 
 import { listImages } from '../batch/inputs.js'
 import { JsonlWriter } from '../batch/jsonl.js'
-import { createWorker } from '../queue/worker.js'
+import { cancelJob, createWorker } from '../queue/worker.js'
 import { collectResults, enqueueJobs } from '../queue/producer.js'
 import type { JobData } from '../queue/jobs.js'
 import { MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS, UsageError, err, flag, numberOption, out, required, samplingOptions, str } from './args.js'
@@ -103,7 +103,15 @@ async function runResults(args: Parsed): Promise<number> {
   return interrupt.signal.aborted ? 130 : failed > 0 ? 1 : 0
 }
 
-/** `paligemma worker`, `enqueue` and `results`. */
+async function runCancel(args: Parsed): Promise<number> {
+  if (args.positionals.length === 0) throw new UsageError('cancel needs the ids of the jobs to cancel')
+  const where = target(args.values)
+  for (const id of args.positionals) await cancelJob(where, id, str(args.values, 'reason') ?? 'cancelled from the command line')
+  out.write(`paligemma: asked the workers of ${where.queue} to cancel ${args.positionals.length} job(s)\n`)
+  return 0
+}
+
+/** `paligemma worker`, `enqueue`, `results` and `cancel`. */
 export const queueCommands: Record<string, Command> = {
   worker: {
     summary: 'Run jobs from a BullMQ queue on Redis (needs npm install bullmq ioredis)',
@@ -157,5 +165,17 @@ export const queueCommands: Record<string, Command> = {
     options: { ...QUEUE_OPTIONS, out: { type: 'string', short: 'o' }, wait: { type: 'boolean' }, remove: { type: 'boolean' }, ...OUTPUT_OPTIONS },
     positionals: false,
     run: runResults,
+  },
+  cancel: {
+    summary: 'Cancel running jobs of a BullMQ queue, on whichever worker runs them',
+    usage: 'cancel [--redis <url>] [--queue paligemma] [--reason <text>] <jobId>...',
+    details:
+      'Publishes on the queue\'s relay topic (paligemma.<queue>.cancel); the worker running a job aborts its generation and\n' +
+      '  the job fails with ABORT_ERR, not retried. Jobs that are not running are not affected.\n' +
+      QUEUE_HELP +
+      '      --reason <text>         kept in the job\'s failedReason',
+    options: { ...QUEUE_OPTIONS, reason: { type: 'string' }, ...OUTPUT_OPTIONS },
+    positionals: true,
+    run: runCancel,
   },
 }

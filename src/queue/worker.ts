@@ -30,6 +30,11 @@ export interface CreateWorkerOptions extends JobImageLimits {
   vaePath?: string
   /** Report progress every this many tokens. Default 8. */
   progressEveryTokens?: number
+  /**
+   * Listen for cancellations from other processes on this BullMQ Relay topic (see
+   * {@link cancelJob}); `false` to not listen. Default `paligemma.<queue>.cancel`.
+   */
+  cancelTopic?: string | false
   /** Further BullMQ worker options (`lockDuration`, `stalledInterval`, `limiter`, …). */
   workerOptions?: Omit<WorkerOptions, 'connection' | 'concurrency' | 'autorun'>
 }
@@ -45,8 +50,9 @@ export interface JobProgress {
  * job's data names a task and an image, and its return value is a {@link TaskResultJson}.
  * Invalid job data fails the job at once with BullMQ's `UnrecoverableError`, whose message
  * starts with the library's error code (`ERR_INVALID_IMAGE: …`); other failures are retried as
- * the job's `attempts` allow. `worker.cancelJob(id)` aborts a running job's generation (it then
- * fails, unretried, with `ABORT_ERR`). `await worker.close()` lets running jobs finish.
+ * the job's `attempts` allow. `worker.cancelJob(id)`, or {@link cancelJob} from any process,
+ * aborts a running job's generation (it then fails, unretried, with `ABORT_ERR`).
+ * `await worker.close()` lets running jobs finish.
  *
  * Needs the optional packages `bullmq` and `ioredis`.
  *
@@ -55,7 +61,7 @@ export interface JobProgress {
  * @returns the running BullMQ worker.
  */
 export async function createWorker(model: PaliGemma, options: CreateWorkerOptions): Promise<Worker<JobData, TaskResultJson>> {
-  const { Worker, UnrecoverableError } = await bullmq()
+  const { Worker, UnrecoverableError, Relay } = await bullmq()
   const limits: JobImageLimits = {
     ...(options.imageRoots ? { imageRoots: options.imageRoots } : {}),
     ...(options.maxImageBytes === undefined ? {} : { maxImageBytes: options.maxImageBytes }),
@@ -85,9 +91,52 @@ export async function createWorker(model: PaliGemma, options: CreateWorkerOption
       throw error
     }
   }
-  return new Worker<JobData, TaskResultJson>(options.queue ?? 'paligemma', processor, {
+  const queue = options.queue ?? 'paligemma'
+  const connection = connectionOptions(options.connection)
+  const worker = new Worker<JobData, TaskResultJson>(queue, processor, {
     ...options.workerOptions,
-    connection: connectionOptions(options.connection),
+    connection,
     concurrency: options.concurrency ?? model.info.maxBatch,
   })
+  // worker.cancelJob only reaches jobs of this process; a cancellation published on the relay
+  // topic reaches whichever worker runs the job (BullMQ's "cancelling jobs on other workers").
+  const topic = options.cancelTopic ?? cancelTopicOf(queue)
+  if (topic !== false) {
+    const relay = new Relay({ connection, name: `paligemma worker ${worker.id}` })
+    worker.once('closed', () => void relay.close().catch(() => undefined))
+    await relay.subscribe<CancelMessage>(topic, (message) => {
+      if (typeof message.data?.jobId === 'string') worker.cancelJob(message.data.jobId, message.data.reason ?? 'cancelled')
+    })
+  }
+  return worker
+}
+
+/** What {@link cancelJob} publishes. */
+interface CancelMessage {
+  jobId: string
+  reason?: string
+}
+
+/** The default relay topic for cancelling jobs of `queue`. */
+export function cancelTopicOf(queue: string): string {
+  return `paligemma.${queue}.cancel`
+}
+
+/**
+ * Cancels a running job from any process: publishes on the queue's relay topic, and the worker
+ * running the job aborts its generation (the job fails with `ABORT_ERR`, not retried). A job
+ * that is not running is not affected; remove it with BullMQ's `job.remove()`.
+ *
+ * @param target - Redis and the queue (and the topic, if the workers use another).
+ * @param jobId - the job's id.
+ * @param reason - why, shown in the job's `failedReason`.
+ */
+export async function cancelJob(target: { connection: RedisConnection; queue?: string; cancelTopic?: string }, jobId: string, reason = 'cancelled'): Promise<void> {
+  const { Relay } = await bullmq()
+  const relay = new Relay({ connection: connectionOptions(target.connection) })
+  try {
+    await relay.publish(target.cancelTopic ?? cancelTopicOf(target.queue ?? 'paligemma'), { jobId, reason } satisfies CancelMessage)
+  } finally {
+    await relay.close()
+  }
 }
