@@ -10,6 +10,9 @@
 
 import { readFileSync } from 'node:fs'
 import type { ServerResponse } from 'node:http'
+import { fileURLToPath } from 'node:url'
+
+import { PaliGemmaError } from '../errors.js'
 
 /** URL path → file in `src/serve/ui/`, and its media type. */
 const FILES: Record<string, [string, string]> = {
@@ -32,7 +35,13 @@ export function uiFiles(): Record<string, (res: ServerResponse) => void> {
   const folder = new URL('./ui/', import.meta.url)
   return Object.fromEntries(
     Object.entries(FILES).map(([path, [file, type]]) => {
-      const body = readFileSync(new URL(file, folder))
+      let body: Buffer
+      try {
+        body = readFileSync(new URL(file, folder))
+      } catch (error) {
+        // Only a broken install or a build without `npm run build:ts` lacks them.
+        throw new PaliGemmaError('ERR_INTERNAL', `the page's file ${file} is missing from ${fileURLToPath(folder)} (${(error as Error).message}); rebuild with \`npm run build:ts\`, or serve with --no-ui`)
+      }
       return [path, (res: ServerResponse) => void res.writeHead(200, { 'content-type': type, 'content-length': body.length, ...HEADERS }).end(body)]
     }),
   )
