@@ -138,15 +138,18 @@ test('OpenAI client: segment prompts on the chat route carry segmentations', asy
   }
 })
 
-test('remote image URLs: fetched with --allow-remote-images within size and time limits, refused without it', async (t) => {
+test('remote image URLs (OpenAI client): fetched with --allow-remote-images within size and time limits, refused without it', async (t) => {
   const { withVae, plain, imagesUrl } = await ready
   const chat = (url, server) =>
-    post(server.url, '/v1/chat/completions', { model: modelId, max_tokens: 6, messages: [{ role: 'user', content: [{ type: 'text', text: 'caption en' }, { type: 'image_url', image_url: { url } }] }] })
+    new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 }).chat.completions.create({
+      model: modelId,
+      max_tokens: 6,
+      messages: [{ role: 'user', content: [{ type: 'text', text: 'caption en' }, { type: 'image_url', image_url: { url } }] }],
+    })
   const want = await expected('caption en', { maxNewTokens: 6 })
   for (const path of ['/cat.png', '/redirect']) {
     const ok = await chat(`${imagesUrl}${path}`, withVae)
-    t.is(ok.status, 200, path)
-    t.is((await ok.json()).choices[0].message.content, want.text, path)
+    t.is(ok.choices[0].message.content, want.text, path)
   }
   const cases = [
     ['/missing', 400, 'image_fetch_failed', /HTTP 404/],
@@ -154,20 +157,18 @@ test('remote image URLs: fetched with --allow-remote-images within size and time
     ['/huge', 413, 'image_too_large', /200000-byte limit/],
   ]
   for (const [path, status, code, message] of cases) {
-    const res = await chat(`${imagesUrl}${path}`, withVae)
-    t.is(res.status, status, path)
-    const { error } = await res.json()
+    const error = await t.throwsAsync(chat(`${imagesUrl}${path}`, withVae))
+    t.is(error.status, status, path)
     t.is(error.code, code, path)
     t.regex(error.message, message)
   }
-  const unreachable = await chat('http://127.0.0.1:1/cat.png', withVae)
+  const unreachable = await t.throwsAsync(chat('http://127.0.0.1:1/cat.png', withVae))
   t.is(unreachable.status, 400)
-  t.is((await unreachable.json()).error.code, 'image_fetch_failed')
-  const refused = await chat(`${imagesUrl}/cat.png`, plain)
+  t.is(unreachable.code, 'image_fetch_failed')
+  const refused = await t.throwsAsync(chat(`${imagesUrl}/cat.png`, plain))
   t.is(refused.status, 400)
-  const { error } = await refused.json()
-  t.is(error.code, 'remote_image_refused')
-  t.regex(error.message, /--allow-remote-images/)
+  t.is(refused.code, 'remote_image_refused')
+  t.regex(refused.message, /--allow-remote-images/)
   const detect = await post(withVae.url, '/v1/detect', { image: `${imagesUrl}/cat.png`, labels: 'cat', max_tokens: 6 })
   t.is(detect.status, 200, '/v1/detect takes a remote URL too')
 })

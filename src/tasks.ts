@@ -97,7 +97,8 @@ function split(options: unknown, keys: readonly string[]): { own: Record<string,
   return { own, rest }
 }
 
-function sizeOf(result: GenerateResult): ImageSize {
+/** The original image's size a `{ image, prompt }` generation reports. @internal */
+export function sizeOf(result: GenerateResult): ImageSize {
   if (!result.image) throw new PaliGemmaError('ERR_INTERNAL', 'internal error: the generation did not report the image size')
   return result.image
 }
@@ -144,8 +145,12 @@ export async function runSegment(
   // Checked before generating, so a missing file does not cost a whole generation.
   const vaePath = requireVaePath(own.vaePath ?? defaultVaePath, true)
   const result = await run({ ...rest, image, prompt: taskPrompt.segment(labels) })
-  const size = sizeOf(result)
-  const decode: { width: number; height: number; vaePath: string; maxPixels?: number } = { ...size, vaePath }
-  if (rest.maxPixels !== undefined) decode.maxPixels = rest.maxPixels
+  return segmentationsOf(result, vaePath, rest.maxPixels)
+}
+
+/** The masks of a segment generation, at the image's size (within `maxPixels`). @internal */
+export function segmentationsOf(result: GenerateResult, vaePath: string, maxPixels: number | undefined): Promise<Segmentation[]> {
+  const decode: { width: number; height: number; vaePath: string; maxPixels?: number } = { ...sizeOf(result), vaePath }
+  if (maxPixels !== undefined) decode.maxPixels = maxPixels
   return decodeSegmentations(result.text, decode)
 }

@@ -38,7 +38,7 @@ export async function listImages(args: readonly string[]): Promise<string[]> {
   for (const arg of args) {
     const info = await stat(arg).catch(() => undefined)
     if (info?.isDirectory()) {
-      const found = await walk(arg)
+      const found = await walk(arg, isImageName)
       if (found.length === 0) throw missing(`the folder ${arg} has no images (${IMAGE_EXTENSIONS.join(', ')})`)
       found.forEach(add)
     } else if (info?.isFile() && arg.toLowerCase().endsWith('.txt')) {
@@ -62,8 +62,11 @@ function missing(message: string): PaliGemmaError {
   return new PaliGemmaError('ERR_INVALID_ARGUMENT', message)
 }
 
-/** Every image file under `dir`, sorted; symbolic links to folders are not followed. */
-async function walk(dir: string): Promise<string[]> {
+/**
+ * The files under `dir` whose names `keep` accepts, in sorted order. Hidden entries are skipped,
+ * as shells skip them in globs, and symbolic links to folders are not followed.
+ */
+async function walk(dir: string, keep: (name: string) => boolean): Promise<string[]> {
   const entries = await readdir(dir, { withFileTypes: true }).catch((error: Error) => {
     throw missing(`cannot read the folder ${dir}: ${error.message}`)
   })
@@ -72,8 +75,8 @@ async function walk(dir: string): Promise<string[]> {
   for (const entry of entries) {
     if (entry.name.startsWith('.')) continue
     const path = join(dir, entry.name)
-    if (entry.isDirectory()) out.push(...(await walk(path)))
-    else if ((entry.isFile() || entry.isSymbolicLink()) && isImageName(entry.name)) out.push(path)
+    if (entry.isDirectory()) out.push(...(await walk(path, keep)))
+    else if ((entry.isFile() || entry.isSymbolicLink()) && keep(entry.name)) out.push(path)
   }
   return out
 }
@@ -84,19 +87,8 @@ async function glob(pattern: string): Promise<string[]> {
   const fixed = parts.findIndex((p) => /[*?[{]/.test(p))
   const root = fixed === 0 ? '.' : parts.slice(0, fixed).join('/') || '/'
   const matcher = globRegExp(parts.slice(fixed).join('/'))
-  const files = await walkAll(root)
+  const files = await walk(root, () => true)
   return files.filter((f) => matcher.test(relative(root, f).split(sep).join('/'))).sort()
-}
-
-async function walkAll(dir: string): Promise<string[]> {
-  const entries = await readdir(dir, { withFileTypes: true }).catch(() => [])
-  const out: string[] = []
-  for (const entry of entries) {
-    const path = join(dir, entry.name)
-    if (entry.isDirectory()) out.push(...(await walkAll(path)))
-    else out.push(path)
-  }
-  return out
 }
 
 /** A glob pattern (with `/` separators) as an anchored regular expression. */

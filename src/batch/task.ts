@@ -7,13 +7,13 @@
  */
 
 import { PaliGemmaError } from '../errors.js'
-import { decodeSegmentations, requireVaePath } from '../image.js'
-import { checkKeys, describe, invalid, isRecord } from '../options.js'
+import { requireVaePath } from '../image.js'
+import { describe, invalid, isRecord } from '../options.js'
 import { parseDetections } from '../parse.js'
 import { segmentationsToRle } from '../rle.js'
 import type { RleSegmentation } from '../rle.js'
 import type { TokenStream } from '../stream.js'
-import { taskPrompt } from '../tasks.js'
+import { segmentationsOf, sizeOf, taskPrompt } from '../tasks.js'
 import type { SegmentOptions } from '../tasks.js'
 import type { Detection, FinishReason, GenerateResult, ImageInput, ImageRequest, ImageSize, Segmentation, Timings } from '../types.js'
 
@@ -147,14 +147,8 @@ export async function runTask(
   let tokens = 0
   for await (const _ of stream) onChunk?.(++tokens)
   const result: TaskResult = await stream.result
-  const size = result.image
-  if (!size) throw new PaliGemmaError('ERR_INTERNAL', 'internal error: the generation did not report the image size')
-  if (spec.task === 'detect') result.detections = parseDetections(result.text, size)
-  if (vaePath !== undefined) {
-    const decode: { width: number; height: number; vaePath: string; maxPixels?: number } = { ...size, vaePath }
-    if (rest.maxPixels !== undefined) decode.maxPixels = rest.maxPixels
-    result.segmentations = await decodeSegmentations(result.text, decode)
-  }
+  if (spec.task === 'detect') result.detections = parseDetections(result.text, sizeOf(result))
+  if (vaePath !== undefined) result.segmentations = await segmentationsOf(result, vaePath, rest.maxPixels)
   return result
 }
 
@@ -170,9 +164,4 @@ export function taskResultJson(result: TaskResult): TaskResultJson {
   if (result.segmentations) json.segmentations = segmentationsToRle(result.segmentations)
   if (result.image) json.image = result.image
   return json
-}
-
-/** Checks that an options object has only the keys `runTask` takes. @internal */
-export function checkTaskOptions(where: string, options: Record<string, unknown>, sampling: readonly string[]): void {
-  checkKeys(where, options, [...sampling, 'applyExifOrientation', 'maxPixels', 'vaePath'])
 }

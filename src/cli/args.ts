@@ -160,6 +160,13 @@ export function numberOption(values: Parsed['values'], name: string, integer: bo
   return value
 }
 
+/** An integer option of at least `min`, if given; a usage error naming the bound otherwise. */
+export function integerAtLeast(values: Parsed['values'], name: string, min: number): number | undefined {
+  const value = numberOption(values, name, true)
+  if (value !== undefined && (value < min || !Number.isSafeInteger(value))) throw new UsageError(`--${name} must be at least ${min}, got ${value}`)
+  return value
+}
+
 /** An option whose value must be one of `allowed`; a usage error otherwise. */
 export function choice<T extends string>(values: Parsed['values'], name: string, allowed: readonly T[]): T | undefined {
   const text = str(values, name)
@@ -173,14 +180,13 @@ export function choice<T extends string>(values: Parsed['values'], name: string,
 /** The sampling options of a generating command, as the API takes them. */
 export function samplingOptions(values: Parsed['values']): SamplingOptions {
   const options: SamplingOptions = {}
-  const maxNewTokens = numberOption(values, 'max-new-tokens', true)
+  const maxNewTokens = integerAtLeast(values, 'max-new-tokens', 1)
   const temperature = numberOption(values, 'temperature', false)
   const topK = numberOption(values, 'top-k', true)
   const topP = numberOption(values, 'top-p', false)
   const repetitionPenalty = numberOption(values, 'repetition-penalty', false)
   const seed = numberOption(values, 'seed', true)
   // Checked here, before any model loads, so that a malformed value is a usage error (exit 2).
-  if (maxNewTokens !== undefined && maxNewTokens < 1) throw new UsageError(`--max-new-tokens must be at least 1, got ${maxNewTokens}`)
   if (temperature !== undefined && temperature < 0) throw new UsageError(`--temperature must be 0 (greedy) or more, got ${temperature}`)
   if (topK !== undefined && topK < 0) throw new UsageError(`--top-k must be 0 (off) or more, got ${topK}`)
   if (topP !== undefined && !(topP > 0 && topP <= 1)) throw new UsageError(`--top-p must be in (0, 1], got ${topP}`)

@@ -13,7 +13,7 @@ import { JsonlWriter } from '../batch/jsonl.js'
 import { TASK_NAMES, taskResultJson, taskSpecPrompt } from '../batch/task.js'
 import type { TaskName, TaskSpec } from '../batch/task.js'
 import { AbortError } from '../errors.js'
-import { MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS, UsageError, choice, err, flag, numberOption, required, samplingOptions, str } from './args.js'
+import { MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS, UsageError, choice, err, flag, integerAtLeast, required, samplingOptions, str } from './args.js'
 import type { Command, Parsed } from './args.js'
 import { interrupt, openModel } from './loading.js'
 import { CountProgress, showProgress } from './progress.js'
@@ -55,8 +55,7 @@ async function runBatchCommand(args: Parsed): Promise<number> {
   const spec = taskFromOptions(values)
   const vaePath = vaeFromOptions(values, spec.task)
   const outPath = required(str(values, 'out'), 'option --out <results.jsonl>')
-  const concurrency = numberOption(values, 'concurrency', true)
-  if (concurrency !== undefined && concurrency < 1) throw new UsageError('--concurrency must be at least 1')
+  const concurrency = integerAtLeast(values, 'concurrency', 1)
   if (positionals.length === 0) throw new UsageError('batch needs the images: <folder|glob|list.txt|image>...')
   const sampling = samplingOptions(values)
 

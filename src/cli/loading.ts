@@ -10,7 +10,7 @@ import { resolveModel } from '../hub.js'
 import type { DownloadProgress } from '../hub.js'
 import { PaliGemma } from '../model.js'
 import type { DType, DeviceKind, LoadProgress } from '../types.js'
-import { MODEL_DTYPES, UsageError, choice, numberOption, required, str } from './args.js'
+import { MODEL_DTYPES, UsageError, choice, integerAtLeast, required, str } from './args.js'
 import type { Parsed } from './args.js'
 import { ProgressBar, showProgress } from './progress.js'
 
@@ -46,15 +46,8 @@ export function checkModelOptions(values: Parsed['values']): void {
   modelArgument(values)
   choice<DeviceKind>(values, 'device', ['auto', 'cpu', 'cuda'])
   choice<DType>(values, 'dtype', MODEL_DTYPES)
-  threadsOption(values)
+  integerAtLeast(values, 'threads', 1)
   required(str(values, 'image'), 'option --image <path> (use - for stdin)')
-}
-
-/** `--threads`: a positive integer, if given. */
-function threadsOption(values: Parsed['values']): number | undefined {
-  const threads = numberOption(values, 'threads', true)
-  if (threads !== undefined && threads < 1) throw new UsageError(`--threads must be at least 1, got ${threads}`)
-  return threads
 }
 
 /** The model folder for `--model`: a local folder, or a Hub id resolved (and downloaded) first. */
@@ -77,7 +70,7 @@ export async function modelDir(values: Parsed['values']): Promise<string> {
 export async function openModel(values: Parsed['values']): Promise<PaliGemma> {
   const device = choice<DeviceKind>(values, 'device', ['auto', 'cpu', 'cuda'])
   const dtype = choice<DType>(values, 'dtype', MODEL_DTYPES)
-  const threads = threadsOption(values)
+  const threads = integerAtLeast(values, 'threads', 1)
   const dir = await modelDir(values)
   const bar = new ProgressBar('loading', showProgress(values))
   try {

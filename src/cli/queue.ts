@@ -13,7 +13,7 @@ import { JsonlWriter } from '../batch/jsonl.js'
 import { cancelJob, createWorker } from '../queue/worker.js'
 import { collectResults, enqueueJobs } from '../queue/producer.js'
 import type { JobData } from '../queue/jobs.js'
-import { MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS, UsageError, err, flag, numberOption, out, required, samplingOptions, str } from './args.js'
+import { MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS, UsageError, err, flag, integerAtLeast, out, required, samplingOptions, str } from './args.js'
 import type { Command, Parsed } from './args.js'
 import { TASK_HELP, TASK_OPTIONS, taskFromOptions } from './batch.js'
 import { interrupt, openModel, stopRequested } from './loading.js'
@@ -27,19 +27,13 @@ function target(values: Parsed['values']): { connection: string; queue: string }
   return { connection: str(values, 'redis') ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', queue: str(values, 'queue') ?? 'paligemma' }
 }
 
-function positive(values: Parsed['values'], name: string): number | undefined {
-  const n = numberOption(values, name, true)
-  if (n !== undefined && n < 1) throw new UsageError(`--${name} must be at least 1`)
-  return n
-}
-
 async function runWorker(args: Parsed): Promise<number> {
   const { values } = args
   const { connection, queue } = target(values)
-  const concurrency = positive(values, 'concurrency')
-  const lockDuration = positive(values, 'lock-duration')
+  const concurrency = integerAtLeast(values, 'concurrency', 1)
+  const lockDuration = integerAtLeast(values, 'lock-duration', 1)
   const roots = str(values, 'image-roots')
-  const remoteTimeout = positive(values, 'remote-image-timeout')
+  const remoteTimeout = integerAtLeast(values, 'remote-image-timeout', 1)
   if (remoteTimeout !== undefined && !flag(values, 'allow-remote-images')) throw new UsageError('--remote-image-timeout needs --allow-remote-images')
   const vaePath = str(values, 'vae') ?? (process.env.PALIGEMMA_VAE || undefined)
   const model = await openModel(values)

@@ -10,7 +10,7 @@ import { basename, resolve } from 'node:path'
 
 import { serve } from '../serve/server.js'
 import type { Parsed } from './args.js'
-import { UsageError, err, out, str } from './args.js'
+import { UsageError, err, integerAtLeast, out, str } from './args.js'
 import { openModel, stopRequested } from './loading.js'
 
 /** The model's id: a hub id as given, or a folder's name. */
@@ -25,38 +25,22 @@ function port(values: Parsed['values']): number {
   return n
 }
 
-function bytes(values: Parsed['values'], name: string): number | undefined {
-  const text = str(values, name)
-  if (text === undefined) return undefined
-  const n = Number(text)
-  if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`--${name} must be a positive integer of bytes, got ${JSON.stringify(text)}`)
-  return n
-}
-
-function count(values: Parsed['values'], name: string): number | undefined {
-  const text = str(values, name)
-  if (text === undefined) return undefined
-  const n = Number(text)
-  if (!Number.isSafeInteger(n) || n < 0) throw new UsageError(`--${name} must be a non-negative integer, got ${JSON.stringify(text)}`)
-  return n
-}
-
 /** Runs the server until interrupted; resolves with the exit status. */
 export async function runServe(args: Parsed): Promise<number> {
   const { values } = args
   const model = str(values, 'model') ?? process.env.PALIGEMMA_MODEL
   if (!model) throw new UsageError('missing required option --model <dir|hub id> (or set PALIGEMMA_MODEL)')
   const listenPort = port(values)
-  const maxBodyBytes = bytes(values, 'max-body')
+  const maxBodyBytes = integerAtLeast(values, 'max-body', 1)
   const apiKey = str(values, 'api-key') ?? process.env.PALIGEMMA_API_KEY
-  const maxQueue = count(values, 'max-queue')
-  const shutdownMs = (count(values, 'shutdown-timeout') ?? 10) * 1000
+  const maxQueue = integerAtLeast(values, 'max-queue', 0)
+  const shutdownMs = (integerAtLeast(values, 'shutdown-timeout', 0) ?? 10) * 1000
   const cors = str(values, 'cors')
   const vaePath = str(values, 'vae') ?? (process.env.PALIGEMMA_VAE || undefined)
   if (vaePath !== undefined && !statSync(vaePath, { throwIfNoEntry: false })?.isFile()) {
     throw new UsageError(`--vae: no file at ${vaePath} (convert vae-oid.npz with convert-vae)`)
   }
-  const remoteTimeout = count(values, 'remote-image-timeout')
+  const remoteTimeout = integerAtLeast(values, 'remote-image-timeout', 0)
   if (remoteTimeout !== undefined && values['allow-remote-images'] !== true) throw new UsageError('--remote-image-timeout needs --allow-remote-images')
   const remoteImages = values['allow-remote-images'] === true ? { timeoutMs: (remoteTimeout ?? 10) * 1000 } : undefined
   const loaded = await openModel(values)

@@ -8,24 +8,19 @@
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
 
+import { taskPrompt } from '../tasks.js'
+
 import { optionalNumber, sampling, start, structured } from './generation.js'
 import type { Generation, RouteContext } from './generation.js'
 import { HttpError } from './http.js'
 import { imageField } from './images.js'
 import { checkModel, usage } from './openai.js'
 
-/** `labels` as `"cat ; dog"` or `["cat", "dog"]`, each non-empty and without `;` or line breaks. */
-function labelList(value: unknown): string[] {
-  const labels = typeof value === 'string' ? value.split(';') : value
-  if (!Array.isArray(labels) || labels.length === 0 || !labels.every((l) => typeof l === 'string' && l.trim().length > 0 && !/[;\n]/.test(l))) {
-    throw new HttpError(400, 'labels must be a non-empty string ("cat ; dog") or a list of labels without ";" or line breaks', { param: 'labels' })
-  }
-  return labels.map((l: string) => l.trim())
-}
-
 async function run(task: 'detect' | 'segment', body: Record<string, unknown>, ctx: RouteContext, req: IncomingMessage, res: ServerResponse) {
   checkModel(body, ctx)
-  const prompt = `${task} ${labelList(body.labels).join(' ; ')}`
+  // The library's prompt builder checks the labels: its ERR_INVALID_ARGUMENT names `labels`,
+  // which toHttpError turns into a 400 with that param.
+  const prompt = taskPrompt[task](body.labels as string | string[])
   const generation: Generation = {
     image: await imageField(body.image, 'image', ctx.remoteImages),
     prompt,

@@ -45,19 +45,9 @@ export function drawAnnotations(canvas, objects, highlight = -1) {
   const line = Math.max(2, Math.round(Math.min(width, height) / 200))
   for (const object of objects) {
     if (!object.mask) continue
-    const mask = decodeRle(object.mask)
-    const pixels = ctx.createImageData(mask.width, mask.height)
-    const [r, g, b] = hexToRgb(object.colour)
-    for (let i = 0; i < mask.data.length; i++) {
-      if (!mask.data[i]) continue
-      pixels.data.set([r, g, b, 115], i * 4)
-    }
-    // putImageData ignores compositing, so masks go through a scratch canvas and drawImage.
-    const scratch = document.createElement('canvas')
-    scratch.width = mask.width
-    scratch.height = mask.height
-    scratch.getContext('2d').putImageData(pixels, 0, 0)
-    ctx.drawImage(scratch, 0, 0, width, height)
+    // Decoded once per object: a hover redraws everything, and only the boxes change.
+    object.maskCanvas ??= maskCanvas(object.mask, object.colour)
+    ctx.drawImage(object.maskCanvas, 0, 0, width, height)
   }
   const fontSize = Math.max(12, Math.round(Math.min(width, height) / 28))
   ctx.font = `${fontSize}px system-ui, sans-serif`
@@ -78,6 +68,20 @@ export function drawAnnotations(canvas, objects, highlight = -1) {
     ctx.fillStyle = labelInk(object.colour)
     ctx.fillText(text, x + 4, labelY + 3)
   })
+}
+
+/** A mask as a canvas of its own, 45 % opaque in `colour` (putImageData ignores compositing). */
+function maskCanvas(rle, colour) {
+  const mask = decodeRle(rle)
+  const canvas = document.createElement('canvas')
+  canvas.width = mask.width
+  canvas.height = mask.height
+  const ctx = canvas.getContext('2d')
+  const pixels = ctx.createImageData(mask.width, mask.height)
+  const [r, g, b] = hexToRgb(colour)
+  for (let i = 0; i < mask.data.length; i++) if (mask.data[i]) pixels.data.set([r, g, b, 115], i * 4)
+  ctx.putImageData(pixels, 0, 0)
+  return canvas
 }
 
 /**
