@@ -1,43 +1,48 @@
-//! Rows through the f32 few-row kernels (`cpu::matvec`), on PaliGemma-3B's decoder shapes: the
-//! cost of a continuous batch's decode step per matrix as the row count grows. Prints ms per
-//! product and the weights' read rate.
+//! Rows through the panel kernel (`cpu::panels`) on PaliGemma-3B's decoder shapes, beside
+//! candle's matmul (gemm) on the same `[in, out]` operands: the cost of a continuous batch's
+//! decode step per matrix as the row count grows, and of a prompt (262 rows). Prints ms per
+//! product, GFLOP/s, the weights' read rate, and the time relative to one row.
 //!
 //!   RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 cargo run --release --example rows_bench
+//!   ROWS=1,16 PALIGEMMA_NO_AVX512=1 cargo run --release --example rows_bench   # AVX2 kernels
 use candle_core::{Device, Tensor};
+use paligemma::cpu::panels;
 use std::time::Instant;
 
 fn main() {
-    // [k, n] transposed (the CPU layout of dense projections): qkv, o, gate|up, down; then the
-    // [n, k] tied LM head.
-    let transposed = [(2048usize, 2560usize), (2048, 2048), (2048, 32768), (16384, 2048)];
-    for (k, n) in transposed {
+    let rows: Vec<usize> = match std::env::var("ROWS") {
+        Ok(list) => list.split(',').map(|v| v.trim().parse().expect("ROWS: a comma-separated list of row counts")).collect(),
+        Err(_) => vec![1, 2, 4, 8, 16, 262],
+    };
+    println!("kernels: {:?}", panels::Isa::detect());
+    // [in, out]: qkv, o, gate|up, down, and the tied LM head.
+    for (k, n) in [(2048usize, 2560usize), (2048, 2048), (2048, 32768), (16384, 2048), (2048, 257_152)] {
         let wt = Tensor::randn(0f32, 0.05, (k, n), &Device::Cpu).unwrap();
-        report(&format!("Wt [{k}, {n}]"), k * n, |x| paligemma::cpu::matvec::small_matmul_t(x, &wt).unwrap().unwrap(), k);
-        // candle's matmul (gemm, with its AVX-512 kernels where the CPU has them) on the same
-        // operands: what the rows would cost without the batch-invariant kernel.
-        report(&format!("Wt [{k}, {n}] gemm"), k * n, |x| x.matmul(&wt).unwrap(), k);
+        let packed = panels::pack(&wt.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k, n);
+        let mut one = f64::NAN;
+        for &m in &rows {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ours = time(|| drop(panels::matmul(&xs, m, &packed, k, n)));
+            // gemm is far slower on the LM head's many columns at 2–16 rows; one run of it there.
+            let gemm = if n > 100_000 && m > 1 && m < 262 { f64::NAN } else { time(|| drop(x.matmul(&wt).unwrap())) };
+            if m == 1 {
+                one = ours;
+            }
+            let gflops = 2.0 * (m * k * n) as f64 / ours / 1e6;
+            let gbs = (k * n * 4) as f64 / ours / 1e6;
+            println!("[{k}, {n}] m={m}: {ours:.2} ms ({gflops:.0} GFLOP/s, {gbs:.1} GB/s, {:.2}x one row); gemm {gemm:.2} ms", ours / one);
+        }
     }
-    let w = Tensor::randn(0f32, 0.05, (257_152, 2048), &Device::Cpu).unwrap();
-    report("W [257152, 2048]", 257_152 * 2048, |x| paligemma::cpu::matvec::small_matmul(x, &w).unwrap().unwrap(), 2048);
-    let wt = w.t().unwrap();
-    report("W [257152, 2048] gemm", 257_152 * 2048, |x| x.matmul(&wt).unwrap(), 2048);
 }
 
-fn report(name: &str, elems: usize, product: impl Fn(&Tensor) -> Tensor, k: usize) {
-    let mut one = 0.0;
-    for m in [1usize, 2, 4, 8, 16] {
-        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-        product(&x);
-        let runs = 5;
-        let t = Instant::now();
-        for _ in 0..runs {
-            product(&x);
-        }
-        let ms = t.elapsed().as_secs_f64() / runs as f64 * 1e3;
-        if m == 1 {
-            one = ms;
-        }
-        let gbs = elems as f64 * 4.0 / (ms / 1e3) / 1e9;
-        println!("{name} m={m}: {ms:.2} ms ({gbs:.1} GB/s of weights, {:.2}x one row's time)", ms / one);
+/// Mean ms of a few runs after a warm-up.
+fn time(f: impl Fn()) -> f64 {
+    f();
+    let runs = 5;
+    let t = Instant::now();
+    for _ in 0..runs {
+        f();
     }
+    t.elapsed().as_secs_f64() / runs as f64 * 1e3
 }

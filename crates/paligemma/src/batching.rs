@@ -23,8 +23,8 @@
 //!
 //! **Batch invariance.** A row's arithmetic is that of the same sequence decoded alone (see
 //! [`crate::decoder::Decoder::step_ragged`]): on the CPU in f32 its logits and tokens are
-//! bitwise the same whatever else shares the batch, as long as the batch stays within
-//! [`crate::cpu::matvec::MAX_ROWS`] rows.
+//! bitwise the same whatever else shares the batch, at any batch size: the projections' panel
+//! kernel gives every output one fixed chain of multiply-adds ([`crate::cpu::panels`]).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -59,17 +59,21 @@ pub struct BatchLimits {
 }
 
 impl BatchLimits {
-    /// Defaults for a device. CPU: 16 rows (the few-row f32 kernels cover them, so batch
-    /// invariance holds). CUDA: 1 row, so that every request keeps its captured decode graph;
+    /// Defaults for a device. CPU: 16 rows, where a PaliGemma-3B step has turned compute-bound
+    /// (benches/RESULTS.md, "Continuous batching"): more rows add latency, little throughput.
+    /// CUDA: 1 row, so that every request keeps its captured decode graph;
     /// ragged steps on a GPU run kernel by kernel until they get graphs of their own. Both with
     /// a 4 GiB KV budget (PaliGemma-3B: 36 KB a position in f32; PaliGemma 2 3B: 213 KB).
     pub fn default_for(device: &candle_core::Device) -> BatchLimits {
         BatchLimits {
-            max_batch: if device.is_cuda() { 1 } else { crate::cpu::matvec::MAX_ROWS },
+            max_batch: if device.is_cuda() { 1 } else { CPU_MAX_BATCH },
             kv_cache_bytes: 4 << 30,
         }
     }
 }
+
+/// The CPU's default `max_batch` (see [`BatchLimits::default_for`]).
+pub const CPU_MAX_BATCH: usize = 16;
 
 struct Waiting<H> {
     handler: H,

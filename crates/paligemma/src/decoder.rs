@@ -11,7 +11,10 @@ use crate::layers::{Linear, Quantization, RmsNorm};
 use crate::rotary::RotaryEmbedding;
 use crate::weights::Scope;
 
+mod embedding;
 mod layer;
+
+use embedding::TokenEmbedding;
 
 use layer::{maybe_quantize, DecoderLayer, Pass, Rows};
 
@@ -88,7 +91,7 @@ pub enum LogitsFor<'a> {
 }
 
 pub struct Decoder {
-    embed_tokens: Tensor,
+    embed_tokens: TokenEmbedding,
     /// The tied embedding as a projection: the same storage, or a quantized copy in quantized
     /// mode (the dense table is still needed for the lookup).
     lm_head: Linear,
@@ -105,7 +108,7 @@ pub struct Decoder {
 impl Decoder {
     pub fn load(scope: &Scope, cfg: &TextConfig, arch: Architecture, quant: Option<Quantization>) -> Result<Self> {
         let d = cfg.hidden_size;
-        let embed_tokens = scope.pp("embed_tokens").get(&[cfg.vocab_size, d], "weight")?;
+        let embed_tokens = TokenEmbedding::load(scope, cfg.vocab_size, d, quant.is_some())?;
         let mut report = QuantizationReport::default();
         let layers = cfg
             .layer_types
@@ -113,7 +116,7 @@ impl Decoder {
             .enumerate()
             .map(|(i, &lt)| DecoderLayer::load(&scope.pp("layers").pp(i), cfg, arch, lt, quant, &mut report))
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = maybe_quantize(Linear::from_parts(embed_tokens.clone(), None), quant, &mut report)?;
+        let lm_head = maybe_quantize(embed_tokens.lm_head(), quant, &mut report)?;
         let norm = RmsNorm::load(&scope.pp("norm"), d, cfg.rms_norm_eps)?;
         // +2: positions are 1-indexed and the last token written may sit at max_positions.
         let rope = RotaryEmbedding::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings + 2, scope.dtype(), scope.device())?;
@@ -141,7 +144,7 @@ impl Decoder {
 
     /// Scaled embeddings of the ids in `idx` (u32, on the model's device).
     fn embed_index(&self, idx: &Tensor) -> Result<Tensor> {
-        Ok((self.embed_tokens.index_select(idx, 0)? * self.embed_scale)?)
+        Ok((self.embed_tokens.lookup(idx)? * self.embed_scale)?)
     }
 
     /// Runs `embeds: [B, T, D]` through the layers, appending to `cache`, and returns logits
@@ -166,8 +169,8 @@ impl Decoder {
     /// `[B, 1, vocab]` and advances each row's cache by one.
     ///
     /// Each row's arithmetic is that of a batch-1 step on its own cache (the rotation, cache
-    /// write, attention and norms run per row; the few-row matmul kernels give each row the
-    /// same sums whatever the row count, [`crate::cpu::matvec`]), so on the CPU in f32 a row's
+    /// write, attention and norms run per row; the panel matmul kernel gives each row the
+    /// same sums whatever the row count, [`crate::cpu::panels`]), so on the CPU in f32 a row's
     /// logits are bitwise those of the same sequence decoded alone.
     pub fn step_ragged(&self, tokens: &[u32], rows: &mut [RaggedRow<'_>]) -> Result<Tensor> {
         if tokens.len() != rows.len() || rows.is_empty() {

@@ -87,8 +87,8 @@ fn quantize_in_bands(weight: &Tensor, q: Quantization) -> Result<QMatMul> {
 enum Weight {
     /// `[out, in]`.
     Dense(Tensor),
-    /// `[in, out]` (see [`Layout::InOut`]).
-    Transposed(Tensor),
+    /// Panel-major `[in, out]`, flat (see [`Layout::Panels`]), with its input width.
+    Panels(Tensor, usize),
     Quantized(QMatMul),
 }
 
@@ -98,17 +98,18 @@ pub enum Layout {
     /// `[out, in]`, as checkpoints store it: on the GPU, in half precision, and for matrices that
     /// are about to be quantized.
     OutIn,
-    /// `[in, out]`, for f32 on the CPU. gemm packs an `[out, in]` weight with a scalar gather
-    /// (21 % of the prefill's samples on PaliGemma-3B); from `[in, out]` it reads contiguous
-    /// rows, and the big prefill matmuls ran 15–25 % faster in isolation. Decode streams its rows.
-    InOut,
+    /// Panel-major `[in, out]` for f32 on the CPU ([`cpu::panels`]): packed once at load the
+    /// way a GEMM packs its right operand, so the prompt's products pack nothing (gemm packed
+    /// an `[out, in]` weight with a scalar gather, 21 % of the prefill's samples), and a decode
+    /// step of 1 to 16 rows keeps its outputs in registers while the weights stream.
+    Panels,
 }
 
 impl Layout {
-    /// [`Layout::InOut`] for f32 weights on the CPU that stay dense, else [`Layout::OutIn`].
+    /// [`Layout::Panels`] for f32 weights on the CPU that stay dense, else [`Layout::OutIn`].
     pub fn for_scope(scope: &Scope, stays_dense: bool) -> Layout {
         if stays_dense && scope.device().is_cpu() && scope.dtype() == DType::F32 {
-            Layout::InOut
+            Layout::Panels
         } else {
             Layout::OutIn
         }
@@ -149,6 +150,11 @@ impl Linear {
         Ok(Linear { weight: Weight::Dense(weight), bias, out_dim })
     }
 
+    /// A projection over a panel-major `[in_dim, out_dim]` matrix ([`cpu::panels`]), flat.
+    pub fn from_panels(matrix: Tensor, in_dim: usize, out_dim: usize) -> Self {
+        Linear { weight: Weight::Panels(matrix, in_dim), bias: None, out_dim }
+    }
+
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
         let out_dim = weight.dims().first().copied().unwrap_or(0);
         Linear { weight: Weight::Dense(weight), bias, out_dim }
@@ -169,7 +175,7 @@ impl Linear {
             };
         }
         let out_dim = parts.iter().map(|p| p.out_dim).sum();
-        let mut stack = cpu::huge_pages::TransposedStack::new(in_dim, out_dim);
+        let mut stack = cpu::huge_pages::PanelStack::new(in_dim, out_dim);
         for p in parts {
             p.scope.with_raw(&[p.out_dim, in_dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, p.out_dim, p.factor as f32))?;
         }
@@ -179,13 +185,13 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight: Weight::Transposed(stack.finish()?), bias, out_dim })
+        Ok(Linear { weight: Weight::Panels(stack.finish()?, in_dim), bias, out_dim })
     }
 
     fn dense(&self) -> Result<&Tensor> {
         match &self.weight {
             Weight::Dense(w) => Ok(w),
-            Weight::Transposed(_) | Weight::Quantized(_) => {
+            Weight::Panels(..) | Weight::Quantized(_) => {
                 Err(Error::Internal("only an [out, in] dense projection can be rescaled, fused or quantized".into()))
             }
         }
@@ -236,8 +242,9 @@ impl Linear {
         };
         let flat = x.reshape((rows, in_dim))?;
         // One position per sequence (a decode step, a batch's ragged step) takes the few-row
-        // kernels up to `MAX_ROWS` rows, so that each row's sums are the same at every batch
+        // kernel up to `MAX_ROWS` rows, so that each row's sums are the same at every batch
         // size; a block of positions of one sequence (a prompt) only up to `MAX_BLOCK_ROWS`.
+        // The panel kernel gives every row the same sums at any row count.
         let one_position = dims.len() >= 2 && dims[dims.len() - 2] == 1;
         let few = rows <= if one_position { cpu::matvec::MAX_ROWS } else { cpu::matvec::MAX_BLOCK_ROWS };
         let mut y = match &self.weight {
@@ -245,10 +252,7 @@ impl Linear {
                 Some(y) => y,
                 None => flat.matmul(&w.t()?)?,
             },
-            Weight::Transposed(wt) => match few.then(|| cpu::matvec::small_matmul_t(&flat, wt)).transpose()?.flatten() {
-                Some(y) => y,
-                None => flat.matmul(wt)?,
-            },
+            Weight::Panels(wp, k) => cpu::panels::matmul_tensor(&flat, wp, *k, self.out_dim)?,
             Weight::Quantized(q) => match cpu::q8_0::matmul(q, &flat)? {
                 Some(y) => y,
                 None => q.forward(&flat.contiguous()?)?,

@@ -125,22 +125,21 @@ fn cat_typed<T: WithDType>(parts: &[&Tensor], rows: usize, width: usize) -> Resu
     Ok(Tensor::from_vec(v, (rows, width), &Device::Cpu)?)
 }
 
-/// Builds `[in, Σ rows]` f32: the transposes of several `[rows, in]` stored matrices side by
-/// side, each multiplied by its own factor, written once into an advised buffer. This is the
-/// CPU layout of dense projections (see `layers::Layout::InOut`): the fused q/k/v or gate/up
-/// matrices come straight from the mapped checkpoint without an intermediate copy.
-pub struct TransposedStack {
+/// Builds the panel-major f32 matrix ([`super::panels`]) of several `[rows, in]` stored
+/// matrices stacked along their output rows, each multiplied by its own factor, written once
+/// into an advised buffer. This is the CPU layout of dense f32 projections (see
+/// `layers::Layout::Panels`): the fused q/k/v or gate/up matrices come straight from the mapped
+/// checkpoint without an intermediate copy.
+pub struct PanelStack {
     data: Vec<f32>,
     in_dim: usize,
     total_rows: usize,
     filled_rows: usize,
 }
 
-/// Rows decoded per block before scattering them as columns: one cache line of output per
-/// input column.
-const BLOCK_ROWS: usize = 16;
-/// Output rows (input columns) per parallel task of [`TransposedStack::push`].
-const OUT_ROWS: usize = 128;
+/// Inputs decoded per stored row before they are interleaved into a panel: one panel's block
+/// (16 rows of it) stays in L1.
+const BLOCK_INPUTS: usize = 256;
 
 /// A zero-filled advised buffer, first touched by every thread of the pool at once: on a VM
 /// the page faults of a fresh multi-gigabyte buffer are a large part of loading, and they
@@ -157,33 +156,42 @@ fn zeroed_in_parallel(len: usize) -> Vec<f32> {
     v
 }
 
-impl TransposedStack {
+impl PanelStack {
     pub fn new(in_dim: usize, total_rows: usize) -> Self {
-        TransposedStack { data: zeroed_in_parallel(in_dim * total_rows), in_dim, total_rows, filled_rows: 0 }
+        PanelStack { data: zeroed_in_parallel(super::panels::packed_len(in_dim, total_rows)), in_dim, total_rows, filled_rows: 0 }
     }
 
-    /// Appends the columns of one stored `[rows, in]` matrix (f32, bf16 or f16 bytes).
+    /// Appends the output rows of one stored `[rows, in]` matrix (f32, bf16 or f16 bytes).
     pub fn push(&mut self, bytes: &[u8], dtype: DType, rows: usize, factor: f32) -> Result<()> {
-        let (k, n) = (self.in_dim, self.total_rows);
-        if bytes.len() != rows * k * dtype.size_in_bytes() || self.filled_rows + rows > n {
-            return Err(Error::Internal(format!("transposed stack: {} bytes of {dtype:?} for {rows}×{k}", bytes.len())));
+        use super::panels::PANEL;
+        let k = self.in_dim;
+        if bytes.len() != rows * k * dtype.size_in_bytes() || self.filled_rows + rows > self.total_rows {
+            return Err(Error::Internal(format!("panel stack: {} bytes of {dtype:?} for {rows}×{k}", bytes.len())));
         }
-        let (elem, col0) = (dtype.size_in_bytes(), self.filled_rows);
-        // Each task owns OUT_ROWS output rows (input columns c0..c0 + width), so the tasks write
-        // disjoint memory; each reads its column band of 16 input rows at a time.
-        self.data.par_chunks_mut(OUT_ROWS * n).enumerate().try_for_each(|(task, out)| {
-            let (c0, width) = (task * OUT_ROWS, out.len() / n);
-            let mut block = [0f32; BLOCK_ROWS * OUT_ROWS];
-            for first in (0..rows).step_by(BLOCK_ROWS) {
-                let count = BLOCK_ROWS.min(rows - first);
-                for r in 0..count {
-                    let src = &bytes[((first + r) * k + c0) * elem..][..width * elem];
-                    decode_into(src, dtype, &mut block[r * width..][..width])?;
+        let (elem, first_row) = (dtype.size_in_bytes(), self.filled_rows);
+        if k == 0 || rows == 0 {
+            self.filled_rows += rows;
+            return Ok(());
+        }
+        // Each task owns one panel (16 output rows, contiguous over every input), so the tasks
+        // write disjoint memory; only the panels this matrix overlaps have work.
+        self.data.par_chunks_mut(k * PANEL).enumerate().try_for_each(|(panel, out)| {
+            let lo = (panel * PANEL).max(first_row);
+            let hi = ((panel + 1) * PANEL).min(first_row + rows);
+            if lo >= hi {
+                return Ok(());
+            }
+            let mut block = [[0f32; BLOCK_INPUTS]; PANEL];
+            for c0 in (0..k).step_by(BLOCK_INPUTS) {
+                let depth = BLOCK_INPUTS.min(k - c0);
+                for j in lo..hi {
+                    let src = &bytes[((j - first_row) * k + c0) * elem..][..depth * elem];
+                    decode_into(src, dtype, &mut block[j % PANEL][..depth])?;
                 }
-                for c in 0..width {
-                    let out_row = &mut out[c * n + col0 + first..][..count];
-                    for (r, o) in out_row.iter_mut().enumerate() {
-                        *o = block[r * width + c] * factor;
+                for c in 0..depth {
+                    let lanes = &mut out[(c0 + c) * PANEL..][..PANEL];
+                    for j in lo..hi {
+                        lanes[j % PANEL] = block[j % PANEL][c] * factor;
                     }
                 }
             }
@@ -193,12 +201,13 @@ impl TransposedStack {
         Ok(())
     }
 
-    /// The `[in, Σ rows]` tensor; every column must have been pushed.
+    /// The panel-major matrix as a flat tensor; every output row must have been pushed.
     pub fn finish(self) -> Result<Tensor> {
         if self.filled_rows != self.total_rows {
-            return Err(Error::Internal(format!("transposed stack: {} of {} columns filled", self.filled_rows, self.total_rows)));
+            return Err(Error::Internal(format!("panel stack: {} of {} output rows filled", self.filled_rows, self.total_rows)));
         }
-        Ok(Tensor::from_vec(self.data, (self.in_dim, self.total_rows), &Device::Cpu)?)
+        let len = self.data.len();
+        Ok(Tensor::from_vec(self.data, len, &Device::Cpu)?)
     }
 }
 
@@ -220,7 +229,7 @@ fn decode_into(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<()> {
         DType::F32 => widen(f32_from_le, 4),
         DType::BF16 => widen(bf16_le_to_f32, 2),
         DType::F16 => widen(f16_le_to_f32, 2),
-        other => return Err(Error::Internal(format!("transposed stack: unsupported stored dtype {other:?}"))),
+        other => return Err(Error::Internal(format!("panel stack: unsupported stored dtype {other:?}"))),
     }
     Ok(())
 }
@@ -271,31 +280,32 @@ mod tests {
     }
 
     #[test]
-    fn transposed_stack_matches_candle_transpose_and_cat() -> Result<()> {
-        // Two parts with row counts that are not multiples of the 16-row block, bf16 and f32;
-        // widths below and above one parallel task's 128 columns.
+    fn panel_stack_matches_candle_transpose_and_cat() -> Result<()> {
+        // Two parts with row counts that straddle a 16-row panel, bf16 and f32; input widths
+        // below and above one 256-input block.
         for k in [5, 300] {
-            check_transposed_stack(k)?;
+            check_panel_stack(k)?;
         }
         Ok(())
     }
 
-    fn check_transposed_stack(k: usize) -> Result<()> {
+    fn check_panel_stack(k: usize) -> Result<()> {
         let (r1, r2) = (19, 3);
         let a = Tensor::arange(0f32, (r1 * k) as f32, &Device::Cpu)?.reshape((r1, k))?;
         let b = (Tensor::arange(0f32, (r2 * k) as f32, &Device::Cpu)?.reshape((r2, k))? * 0.5)?;
         let a_bytes: Vec<u8> = a.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
         let b_bf16: Vec<u8> = b.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
-        let mut stack = TransposedStack::new(k, r1 + r2);
+        let mut stack = PanelStack::new(k, r1 + r2);
         stack.push(&a_bytes, DType::F32, r1, 2.0)?;
         stack.push(&b_bf16, DType::BF16, r2, 1.0)?;
-        let ours = stack.finish()?;
+        let ours = stack.finish()?.to_vec1::<f32>()?;
         // b went through bf16, which rounds values above 256 (k = 300) to steps of 2.
         let b_stored = b.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
-        let want = Tensor::cat(&[&(a * 2.0)?, &b_stored], 0)?.t()?;
-        assert_eq!(ours.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
-        // Too many rows, or unfilled columns, are errors rather than silent garbage.
-        let mut short = TransposedStack::new(k, r1 + r2);
+        let want = Tensor::cat(&[&(a * 2.0)?, &b_stored], 0)?.t()?.contiguous()?;
+        let want = crate::cpu::panels::pack(&want.flatten_all()?.to_vec1::<f32>()?, k, r1 + r2);
+        assert_eq!(ours, want);
+        // Too many rows, or unfilled rows, are errors rather than silent garbage.
+        let mut short = PanelStack::new(k, r1 + r2);
         assert!(short.push(&a_bytes, DType::F32, r1 + 1, 1.0).is_err());
         short.push(&a_bytes, DType::F32, r1, 1.0)?;
         assert!(short.finish().is_err());

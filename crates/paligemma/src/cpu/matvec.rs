@@ -1,4 +1,6 @@
-//! `y = x·Wᵀ` in f32 on the CPU for a handful of rows: the decode step's matmuls.
+//! `y = x·Wᵀ` in f32 on the CPU for a handful of rows, for matrices that stay `[out, in]` on
+//! the CPU in f32 (those a quantized model could not quantize); the dense projections of an f32
+//! model are panel-major and go through [`super::panels`].
 //!
 //! Why not candle's matmul: for M = 1 it goes through `gemm`, which runs the product on one
 //! thread (measured 9 GB/s of weights, a single core's share of the bandwidth; benches/RESULTS.md).
@@ -10,14 +12,12 @@
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::{fmadd, with_f32_slice};
+use super::with_f32_slice;
 use crate::error::Result;
 
 /// Up to this many input rows take this path; beyond it the product is compute-bound and
 /// gemm's packed kernels win. Every row's sums here are the same whatever the row count (each
-/// output is one dot product of one row, or one band-wise accumulation per row), which is what
-/// makes a continuous batch of up to this many rows bitwise invariant ([`crate::batching`]);
-/// so the default CPU batch is this size.
+/// output is one dot product of one row).
 pub const MAX_ROWS: usize = 16;
 
 /// Rows of a block of positions of one sequence (a prompt) that take this path: past 8, gemm's
@@ -35,15 +35,6 @@ pub fn small_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     with_operands(x, w, k, n, |xs, ws, m| matmul_rows(xs, ws, m, k, n))
 }
 
-/// `x·Wt` for `x: [m, k]` and a transposed weight `wt: [k, n]` (the CPU layout of dense
-/// projections), both f32 on the CPU with `m ≤ MAX_ROWS`; `None` when they do not qualify.
-/// Each task streams a contiguous band of Wt's rows (four at a time) and accumulates a partial
-/// `[m, n]`; the partials are summed at the end.
-pub fn small_matmul_t(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
-    let (k, n) = wt.dims2()?;
-    with_operands(x, wt, k, n, |xs, ws, m| matmul_cols(xs, ws, m, k, n))
-}
-
 /// Runs `product(x, w, m)` on the f32 CPU data of `x: [m, k]` (made contiguous) and of a
 /// contiguous `w`, giving `[m, n]`; `None` when either does not qualify.
 fn with_operands(x: &Tensor, w: &Tensor, k: usize, n: usize, product: impl FnOnce(&[f32], &[f32], usize) -> Vec<f32>) -> Result<Option<Tensor>> {
@@ -54,67 +45,6 @@ fn with_operands(x: &Tensor, w: &Tensor, k: usize, n: usize, product: impl FnOnc
     let x = x.contiguous()?;
     let y = with_f32_slice(&x, |xs| with_f32_slice(w, |ws| Ok(product(xs, ws, m))))?.flatten();
     y.map(|y| Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)).transpose()
-}
-
-/// `y[i, j] = Σ_c x[i, c] · wt[c, j]`, row-major slices; y is `[m, n]`.
-fn matmul_cols(x: &[f32], wt: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    // One band per thread (rounded to whole groups of four rows): each band is one long
-    // contiguous read, and there are only as many partials to add up as threads.
-    let threads = rayon::current_num_threads().max(1);
-    let band = k.div_ceil(threads).div_ceil(4) * 4;
-    let partials: Vec<Vec<f32>> = (0..k.div_ceil(band))
-        .into_par_iter()
-        .map(|b| {
-            let (c0, c1) = (b * band, ((b + 1) * band).min(k));
-            let mut y = vec![0f32; m * n];
-            let mut c = c0;
-            while c + 4 <= c1 {
-                let rows = [&wt[c * n..][..n], &wt[(c + 1) * n..][..n], &wt[(c + 2) * n..][..n], &wt[(c + 3) * n..][..n]];
-                for i in 0..m {
-                    let xi = &x[i * k + c..][..4];
-                    axpy4(&mut y[i * n..][..n], [xi[0], xi[1], xi[2], xi[3]], rows);
-                }
-                c += 4;
-            }
-            for c in c..c1 {
-                for i in 0..m {
-                    let a = x[i * k + c];
-                    y[i * n..][..n].iter_mut().zip(&wt[c * n..][..n]).for_each(|(yv, w)| *yv = fmadd(a, *w, *yv));
-                }
-            }
-            y
-        })
-        .collect();
-    let mut parts = partials.into_iter();
-    let mut y = parts.next().unwrap_or_else(|| vec![0f32; m * n]);
-    for p in parts {
-        y.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
-    y
-}
-
-/// `y += a[0]·rows[0] + … + a[3]·rows[3]`: four rows of Wt read together (four streams in
-/// flight), y loaded and stored once per four rows.
-fn axpy4(y: &mut [f32], a: [f32; 4], rows: [&[f32]; 4]) {
-    const LANES: usize = 16;
-    let n = rows.iter().fold(y.len(), |l, r| l.min(r.len()));
-    let (y_blocks, y_tail) = y[..n].as_chunks_mut::<LANES>();
-    let blocks: [(&[[f32; LANES]], &[f32]); 4] = rows.map(|r| r[..n].as_chunks::<LANES>());
-    for (j, yb) in y_blocks.iter_mut().enumerate() {
-        let (r0, r1, r2, r3) = (&blocks[0].0[j], &blocks[1].0[j], &blocks[2].0[j], &blocks[3].0[j]);
-        for l in 0..LANES {
-            let s = fmadd(a[0], r0[l], yb[l]);
-            let s = fmadd(a[1], r1[l], s);
-            let s = fmadd(a[2], r2[l], s);
-            yb[l] = fmadd(a[3], r3[l], s);
-        }
-    }
-    for (t, yv) in y_tail.iter_mut().enumerate() {
-        let s = fmadd(a[0], blocks[0].1[t], *yv);
-        let s = fmadd(a[1], blocks[1].1[t], s);
-        let s = fmadd(a[2], blocks[2].1[t], s);
-        *yv = fmadd(a[3], blocks[3].1[t], s);
-    }
 }
 
 /// `y[i, j] = Σ_c x[i, c] · w[j, c]`, row-major slices; y is `[m, n]`.

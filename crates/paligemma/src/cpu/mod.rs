@@ -7,6 +7,7 @@ pub mod activation;
 pub mod attention;
 pub mod huge_pages;
 pub mod matvec;
+pub mod panels;
 pub mod q8_0;
 pub mod repacked;
 

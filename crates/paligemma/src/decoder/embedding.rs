@@ -1,0 +1,74 @@
+//! The token embedding, which is also the LM head (PaliGemma ties them, spec §2.3).
+//!
+//! On the CPU in f32 the table is held once, in the panel-major layout of the dense projections
+//! ([`crate::cpu::panels`]): the LM head is the largest matrix of a decode step (21 % of its
+//! bytes), and in that layout a batch's rows share each read of it. A lookup then gathers a
+//! token's row from its panel, sixteen floats apart, which costs nothing beside a step.
+//! Elsewhere the table stays `[vocab, D]`, and the LM head is the same storage or a quantized
+//! copy of it.
+
+use candle_core::{Device, Tensor};
+
+use crate::cpu::panels;
+use crate::error::{Error, Result};
+use crate::layers::{Layout, Linear};
+use crate::weights::Scope;
+
+pub(super) enum TokenEmbedding {
+    /// `[vocab, D]`.
+    Table(Tensor),
+    /// The panel-major `[D, vocab]` matrix, flat.
+    Panels { matrix: Tensor, dim: usize, vocab: usize },
+}
+
+impl TokenEmbedding {
+    /// Loads the table in the layout the LM head wants: `quantized` heads quantize the
+    /// `[vocab, D]` table.
+    pub fn load(scope: &Scope, vocab: usize, dim: usize, quantized: bool) -> Result<Self> {
+        let scope = scope.pp("embed_tokens");
+        if Layout::for_scope(&scope, !quantized) == Layout::Panels {
+            let mut stack = crate::cpu::huge_pages::PanelStack::new(dim, vocab);
+            scope.with_raw(&[vocab, dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, vocab, 1.0))?;
+            return Ok(TokenEmbedding::Panels { matrix: stack.finish()?, dim, vocab });
+        }
+        Ok(TokenEmbedding::Table(scope.get(&[vocab, dim], "weight")?))
+    }
+
+    /// The LM head over the same storage (quantized later by the caller if asked).
+    pub fn lm_head(&self) -> Linear {
+        match self {
+            TokenEmbedding::Table(table) => Linear::from_parts(table.clone(), None),
+            TokenEmbedding::Panels { matrix, dim, vocab } => Linear::from_panels(matrix.clone(), *dim, *vocab),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match self {
+            TokenEmbedding::Table(table) => table.device(),
+            TokenEmbedding::Panels { matrix, .. } => matrix.device(),
+        }
+    }
+
+    /// `[ids.len(), D]`: the embeddings of `ids` (u32, on the model's device), unscaled.
+    pub fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            TokenEmbedding::Table(table) => Ok(table.index_select(ids, 0)?),
+            TokenEmbedding::Panels { matrix, dim, vocab } => {
+                let ids = ids.to_vec1::<u32>()?;
+                let rows = crate::cpu::with_f32_slice(matrix, |w| {
+                    let mut rows = Vec::with_capacity(ids.len() * dim);
+                    for &id in &ids {
+                        let id = id as usize;
+                        if id >= *vocab {
+                            return Err(Error::Internal(format!("token id {id} outside the vocabulary of {vocab}")));
+                        }
+                        rows.extend((0..*dim).map(|c| w[panels::packed_index(*dim, c, id)]));
+                    }
+                    Ok(rows)
+                })?
+                .ok_or_else(|| Error::Internal("the panel-major embedding is not contiguous f32".into()))?;
+                Ok(Tensor::from_vec(rows, (ids.len(), *dim), &Device::Cpu)?)
+            }
+        }
+    }
+}
