@@ -236,7 +236,11 @@ export interface Timings {
    * needed no decode step).
    */
   batchSize: number
-  /** Vision tower and prompt prefill, up to choosing the first token (≈ time to first token). */
+  /**
+   * Vision tower and prompt prefill, from admission up to choosing the first token (with
+   * `queuedMs`, the time to first token). When other requests are running, the prefill runs in
+   * stages between their decode steps, and those steps are included.
+   */
   prefillMs: number
   /** All decode steps after the first token. */
   decodeMs: number

@@ -227,6 +227,7 @@ pub fn load_model<'env>(
             let limits = BatchLimits {
                 max_batch: options.max_batch.map_or(defaults.max_batch, |n| n as usize),
                 kv_cache_bytes: options.kv_cache_bytes.map_or(defaults.kv_cache_bytes, |b| b.min(usize::MAX as f64) as usize),
+                ..defaults
             };
             Ok(Loaded { model, tokenizer, device_fallback: fallback, limits })
         });

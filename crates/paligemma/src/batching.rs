@@ -2,14 +2,19 @@
 //!
 //! A [`Scheduler`] holds a FIFO of waiting requests and the running rows. At every step boundary
 //! ([`Scheduler::step`]) it
-//! 1. drops waiting and running requests whose caller cancelled;
+//! 1. drops waiting, admitting and running requests whose caller cancelled;
 //! 2. admits the first waiting request if the batch has room (`max_batch` rows) and its KV cache
 //!    fits the budget beside the running ones. It is prefilled alone and chooses its first
-//!    token, then joins the batch. One admission per boundary bounds the stall a prefill
-//!    imposes on the running rows to one prompt's prefill (admitting a burst of 16 at once would
-//!    hold the first row for 16 of them). A request that does not fit waits, and so does
-//!    everything behind it; one that would not fit even alone runs when nothing else does, so a
-//!    budget never turns into a refusal;
+//!    token, then joins the batch. One admission at a time bounds the stall a prefill imposes
+//!    on the running rows (admitting a burst of 16 at once would hold the first row for 16
+//!    prefills). While rows are running, the prefill itself runs in stages, one per boundary,
+//!    each a few layers of the vision tower or the decoder taking about one decode step's time
+//!    (`prefill_stage_share`), so the running rows wait for one stage rather than one whole
+//!    prompt (4–8 s for PaliGemma-3B-224 on 2 cores). A prompt is one bidirectional block
+//!    (spec §2.6), so it cannot be cut by positions, as vLLM's chunked prefill cuts causal
+//!    prompts; cutting it by layers gives the same arithmetic. A request that does not fit waits, and so does everything behind it; one
+//!    that would not fit even alone runs when nothing else does, so a budget never turns into
+//!    a refusal;
 //! 3. runs one ragged decode step for every running row ([`PaliGemma::step_rows`]) and hands
 //!    each row its next token. Rows that finish (EOS, stop, `max_new_tokens`) leave at once and
 //!    stop costing compute.
@@ -27,12 +32,16 @@
 //! kernel gives every output one fixed chain of multiply-adds ([`crate::cpu::panels`]).
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::generate::{choose, Control, FinishReason, GenerateOutput, GenerateRequest, Timings};
-use crate::model::{PaliGemma, Session};
+use crate::generate::{choose, Control, GenerateOutput, GenerateRequest, Timings};
+use crate::model::{PaliGemma, Session, StagedPrefill};
 use crate::sampler::Sampler;
+
+mod row;
+
+use row::{begin_row, finish_row};
 
 /// What the caller of one batched generation sees: it supplies the request when it is admitted
 /// and receives its tokens and its outcome.
@@ -50,24 +59,33 @@ pub trait RowHandler {
 }
 
 /// How many rows may share a step and how much KV memory they may hold together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchLimits {
     /// Rows per decode step, at least 1.
     pub max_batch: usize,
     /// Bytes of KV cache the running rows may hold together.
     pub kv_cache_bytes: usize,
+    /// While rows are running, an admitted request's prefill runs in stages between their
+    /// decode steps, each stage running layers (of the vision tower, then of the decoder)
+    /// until it has taken this share of the last decode step's time, and at least one layer.
+    /// `None` prefills at once.
+    pub prefill_stage_share: Option<f64>,
 }
 
 impl BatchLimits {
     /// Defaults for a device. CPU: 16 rows, where a PaliGemma-3B step has turned compute-bound
-    /// (benches/RESULTS.md, "Continuous batching"): more rows add latency, little throughput.
-    /// CUDA: 1 row, so that every request keeps its captured decode graph;
+    /// (benches/RESULTS.md, "Continuous batching"): more rows add latency, little throughput;
+    /// prefills in stages that each take about one decode step's time, so the running rows'
+    /// inter-token time stays about twice a step instead of one whole prefill (4–8 s for
+    /// PaliGemma-3B-224 on 2 cores), and a joining request's prefill takes about twice as
+    /// long. CUDA: 1 row, so that every request keeps its captured decode graph;
     /// ragged steps on a GPU run kernel by kernel until they get graphs of their own. Both with
     /// a 4 GiB KV budget (PaliGemma-3B: 36 KB a position in f32; PaliGemma 2 3B: 213 KB).
     pub fn default_for(device: &candle_core::Device) -> BatchLimits {
         BatchLimits {
             max_batch: if device.is_cuda() { 1 } else { CPU_MAX_BATCH },
             kv_cache_bytes: 4 << 30,
+            prefill_stage_share: if device.is_cuda() { None } else { Some(1.0) },
         }
     }
 }
@@ -98,18 +116,33 @@ struct Running<H> {
     decode_started: Instant,
 }
 
+/// A request whose prefill runs in stages between the running rows' decode steps.
+struct Admitting<H> {
+    handler: H,
+    request: GenerateRequest,
+    session: Session,
+    staged: StagedPrefill,
+    sampler: Sampler,
+    kv_bytes: usize,
+    queue_ms: f64,
+    started: Instant,
+}
+
 /// See the module documentation.
 pub struct Scheduler<H: RowHandler> {
     limits: BatchLimits,
     waiting: VecDeque<Waiting<H>>,
+    admitting: Option<Box<Admitting<H>>>,
     running: Vec<Running<H>>,
+    /// How long the last decode step took: what a prefill stage may take.
+    last_step: Duration,
 }
 
 impl<H: RowHandler> Scheduler<H> {
     /// An empty scheduler; `max_batch` is raised to 1 if it is 0.
     pub fn new(limits: BatchLimits) -> Self {
         let limits = BatchLimits { max_batch: limits.max_batch.max(1), ..limits };
-        Scheduler { limits, waiting: VecDeque::new(), running: Vec::new() }
+        Scheduler { limits, waiting: VecDeque::new(), admitting: None, running: Vec::new(), last_step: Duration::ZERO }
     }
 
     pub fn limits(&self) -> BatchLimits {
@@ -131,28 +164,38 @@ impl<H: RowHandler> Scheduler<H> {
         self.waiting.len()
     }
 
-    /// Nothing running and nothing waiting.
+    /// Whether a request's prefill is in progress between decode steps.
+    pub fn is_admitting(&self) -> bool {
+        self.admitting.is_some()
+    }
+
+    /// Nothing running, admitting or waiting.
     pub fn is_idle(&self) -> bool {
-        self.running.is_empty() && self.waiting.is_empty()
+        self.running.is_empty() && self.admitting.is_none() && self.waiting.is_empty()
     }
 
-    /// KV bytes the running rows hold.
+    /// KV bytes the running rows, and a request being admitted, hold.
     pub fn kv_bytes(&self) -> usize {
-        self.running.iter().map(|r| r.kv_bytes).sum()
+        self.running.iter().map(|r| r.kv_bytes).sum::<usize>() + self.admitting.as_ref().map_or(0, |a| a.kv_bytes)
     }
 
-    /// One step boundary: cancellations, admissions (with their prefills), then one decode step
-    /// of the running batch. Does nothing when idle.
+    /// One step boundary: cancellations, an admission (a whole prefill, or one stage of it
+    /// while rows are running), then one decode step of the running batch. Does nothing when
+    /// idle.
     pub fn step(&mut self, model: &PaliGemma) {
         self.drop_cancelled();
         self.admit(model);
         self.decode(model);
     }
 
-    /// Ends every request, waiting or running, with `error()` (a model being disposed).
+    /// Ends every request, waiting, admitting or running, with `error()` (a model being
+    /// disposed).
     pub fn fail_all(&mut self, error: impl Fn() -> Error) {
         for mut w in self.waiting.drain(..) {
             w.handler.finish(Err(error()));
+        }
+        if let Some(mut a) = self.admitting.take() {
+            a.handler.finish(Err(error()));
         }
         for mut r in self.running.drain(..) {
             r.handler.finish(Err(error()));
@@ -165,6 +208,9 @@ impl<H: RowHandler> Scheduler<H> {
         for mut w in gone {
             w.handler.finish(Err(Error::Aborted));
         }
+        if let Some(mut a) = self.admitting.take_if(|a| a.handler.is_cancelled()) {
+            a.handler.finish(Err(Error::Aborted));
+        }
         let (gone, kept): (Vec<_>, Vec<_>) = self.running.drain(..).partition(|r| r.handler.is_cancelled());
         self.running = kept;
         for mut r in gone {
@@ -172,11 +218,46 @@ impl<H: RowHandler> Scheduler<H> {
         }
     }
 
+    /// Advances the admission in progress, or starts the next one; a request that ends during
+    /// its prefill (EOS first, an error) makes room for the next at once.
     fn admit(&mut self, model: &PaliGemma) {
-        // Requests that end during their prefill (EOS first, an error) do not count: the next
-        // one is tried at once.
+        loop {
+            let admitting = match self.admitting.take() {
+                Some(admitting) => admitting,
+                None => match self.next_admission(model) {
+                    Some(admitting) => admitting,
+                    None => return,
+                },
+            };
+            match finish_row(model, admitting, &mut self.stage_budget()) {
+                Ok(Some(row)) => {
+                    self.running.push(row);
+                    return;
+                }
+                Ok(None) => continue,
+                Err(unfinished) => {
+                    self.admitting = Some(unfinished);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether a stage of the prefill in progress may run another layer: always when no row is
+    /// waiting for it, or stages are off.
+    fn stage_budget(&self) -> impl FnMut() -> bool + use<H> {
+        let started = Instant::now();
+        let budget = match self.limits.prefill_stage_share {
+            Some(share) if !self.running.is_empty() => Some(self.last_step.mul_f64(share.max(0.0))),
+            _ => None,
+        };
+        move || budget.is_none_or(|b| started.elapsed() < b)
+    }
+
+    /// The first waiting request that fits, begun; `None` when none may start now.
+    fn next_admission(&mut self, model: &PaliGemma) -> Option<Box<Admitting<H>>> {
         while self.running.len() < self.limits.max_batch {
-            let Some(mut front) = self.waiting.pop_front() else { return };
+            let mut front = self.waiting.pop_front()?;
             let request = match front.request.take() {
                 Some(request) => request,
                 None => match front.handler.prepare(model) {
@@ -193,18 +274,14 @@ impl<H: RowHandler> Scheduler<H> {
                 // FIFO: it waits at the front, prepared, until enough rows have left.
                 front.request = Some(request);
                 self.waiting.push_front(front);
-                return;
+                return None;
             }
             let queue_ms = front.queued_at.elapsed().as_secs_f64() * 1e3;
-            let ragged = self.limits.max_batch > 1;
-            match start_row(model, front.handler, request, kv_bytes, queue_ms, ragged) {
-                Some(row) => {
-                    self.running.push(row);
-                    return;
-                }
-                None => continue,
+            if let Some(admitting) = begin_row(model, front.handler, request, kv_bytes, queue_ms, self.limits.max_batch > 1) {
+                return Some(admitting);
             }
         }
+        None
     }
 
     fn decode(&mut self, model: &PaliGemma) {
@@ -212,6 +289,7 @@ impl<H: RowHandler> Scheduler<H> {
             return;
         }
         let rows = self.running.len();
+        let started = Instant::now();
         let tokens: Vec<u32> = self.running.iter().map(|r| r.next).collect();
         let stepped = match self.running.as_mut_slice() {
             // A row alone steps as `generate` does (replaying its CUDA graph on a GPU); on the
@@ -222,6 +300,7 @@ impl<H: RowHandler> Scheduler<H> {
                 model.step_rows(&mut sessions, &tokens)
             }
         };
+        self.last_step = started.elapsed();
         let logits = match stepped {
             Ok(logits) => logits,
             Err(e) => {
@@ -247,84 +326,6 @@ impl<H: RowHandler> Scheduler<H> {
             }
         }
         self.running = kept;
-    }
-}
-
-/// Prefills a request alone and chooses its first token; `None` when it already ended.
-fn start_row<H: RowHandler>(model: &PaliGemma, mut handler: H, request: GenerateRequest, kv_bytes: usize, queue_ms: f64, ragged: bool) -> Option<Running<H>> {
-    let started = Instant::now();
-    let prefilled = (|| {
-        if request.max_new_tokens == 0 {
-            return Err(Error::invalid("maxNewTokens", "must be at least 1"));
-        }
-        let sampler = Sampler::new(request.sampling.clone())?;
-        model.check_input_ids(&request.input_ids)?;
-        let mut session = model.new_row_session(request.input_ids.len() + request.max_new_tokens, request.sliding_window, ragged)?;
-        let logits = model.prefill(&mut session, &request.input_ids, &request.pixel_values)?;
-        Ok((session, sampler, logits))
-    })();
-    let (session, mut sampler, logits) = match prefilled {
-        Ok(p) => p,
-        Err(e) => {
-            handler.finish(Err(e));
-            return None;
-        }
-    };
-    let history = request.input_ids.clone();
-    let first = choose(&logits, &mut sampler, &history);
-    let timings = Timings {
-        prefill_ms: started.elapsed().as_secs_f64() * 1e3,
-        prompt_tokens: request.input_ids.len(),
-        queue_ms,
-        batch_size: 1,
-        ..Default::default()
-    };
-    let eos = if request.ignore_eos { Vec::new() } else { model.config().eos_token_ids.clone() };
-    let mut row = Running { handler, session, sampler, request, history, token_ids: Vec::new(), eos, next: 0, kv_bytes, timings, decode_started: Instant::now() };
-    match first {
-        Ok(id) => match row.accept(id) {
-            Some(reason) => {
-                row.end(reason);
-                None
-            }
-            None => Some(row),
-        },
-        Err(e) => {
-            row.handler.finish(Err(e));
-            None
-        }
-    }
-}
-
-impl<H: RowHandler> Running<H> {
-    /// Takes a chosen token the way [`crate::generate`] does: EOS (or a stop id) ends the row
-    /// without being emitted; otherwise the token is emitted, and the row ends on a stop from
-    /// the handler or at `max_new_tokens`. `None`: it goes on with `id` as its next input.
-    fn accept(&mut self, id: u32) -> Option<FinishReason> {
-        if self.eos.contains(&id) || self.request.stop_token_ids.contains(&id) {
-            return Some(FinishReason::Eos);
-        }
-        self.token_ids.push(id);
-        self.history.push(id);
-        if self.handler.on_token(id) == Control::Stop {
-            return Some(FinishReason::Stop);
-        }
-        if self.token_ids.len() >= self.request.max_new_tokens {
-            return Some(FinishReason::Length);
-        }
-        self.next = id;
-        None
-    }
-
-    fn end(mut self, reason: FinishReason) {
-        let mut timings = std::mem::take(&mut self.timings);
-        timings.decode_ms = self.decode_started.elapsed().as_secs_f64() * 1e3;
-        timings.generated_tokens = self.token_ids.len();
-        timings.decode_graph = self.session.graph_captured();
-        let output = GenerateOutput { token_ids: std::mem::take(&mut self.token_ids), finish_reason: reason, timings };
-        // The cache is freed before the caller hears of the end.
-        drop(self.session);
-        self.handler.finish(Ok(output));
     }
 }
 

@@ -90,6 +90,21 @@ pub enum LogitsFor<'a> {
     At(&'a [u32]),
 }
 
+/// The hidden state between layers: the residual stream, its norm for the next layer, and
+/// which layer that is.
+struct Hidden {
+    x: Tensor,
+    normed: Tensor,
+    next_layer: usize,
+}
+
+/// A prefill in progress ([`Decoder::begin_prefill`]).
+pub struct Prefill {
+    hidden: Hidden,
+    masks: [Option<Tensor>; 2],
+    t: usize,
+}
+
 pub struct Decoder {
     embed_tokens: TokenEmbedding,
     /// The tied embedding as a projection: the same storage, or a quantized copy in quantized
@@ -150,16 +165,43 @@ impl Decoder {
     /// Runs `embeds: [B, T, D]` through the layers, appending to `cache`, and returns logits
     /// `[B, T or 1, vocab]`.
     pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache, step: Step, logits_for: LogitsFor<'_>) -> Result<Tensor> {
+        let mut prefill = self.begin_prefill(embeds, step)?;
+        self.prefill_layers(&mut prefill, cache, usize::MAX, logits_for)?;
+        self.finish_prefill(prefill, cache, logits_for)
+    }
+
+    /// Starts a block of `embeds: [B, T, D]` that [`prefill_layers`](Self::prefill_layers) takes
+    /// through the layers a few at a time and [`finish_prefill`](Self::finish_prefill) ends: a
+    /// continuous batch takes its decode steps in between ([`crate::batching`]), so a prompt's
+    /// prefill stalls the running rows a few layers at a time rather than all at once. The
+    /// arithmetic is that of [`forward`](Self::forward), which is these three calls.
+    pub fn begin_prefill(&self, embeds: &Tensor, step: Step) -> Result<Prefill> {
         let (_, t, _) = embeds.dims3()?;
         let device = embeds.device();
         let base = MaskSpec { offset: step.offset, t, prefix_len: step.prefix_len, window: None };
-        let full_mask = base.build(self.dtype, device)?;
-        let sliding_mask = match (step.sliding_window, self.sliding_window) {
+        let full = base.build(self.dtype, device)?;
+        let sliding = match (step.sliding_window, self.sliding_window) {
             (true, Some(w)) => MaskSpec { window: Some(w), ..base }.build(self.dtype, device)?,
-            _ => full_mask.clone(),
+            _ => full.clone(),
         };
-        let logits = self.run(embeds, Positions::Host(cache), [full_mask.as_ref(), sliding_mask.as_ref()], logits_for)?;
-        cache.advance(t);
+        Ok(Prefill { hidden: self.hidden_start(embeds)?, masks: [full, sliding], t })
+    }
+
+    /// Runs up to `layers` more layers of `prefill`; true when none is left.
+    pub fn prefill_layers(&self, prefill: &mut Prefill, cache: &KvCache, layers: usize, logits_for: LogitsFor<'_>) -> Result<bool> {
+        let pass = Pass { rope: &self.rope, at: Positions::Host(cache), masks: [prefill.masks[0].as_ref(), prefill.masks[1].as_ref()] };
+        let prune_last = logits_for == LogitsFor::Last && prefill.t > 1;
+        self.run_layers(&mut prefill.hidden, &pass, layers, prune_last)?;
+        Ok(prefill.hidden.next_layer == self.layers.len())
+    }
+
+    /// The logits of a prefill whose layers have all run; commits its positions to `cache`.
+    pub fn finish_prefill(&self, prefill: Prefill, cache: &mut KvCache, logits_for: LogitsFor<'_>) -> Result<Tensor> {
+        if prefill.hidden.next_layer != self.layers.len() {
+            return Err(crate::error::Error::Internal(format!("a prefill finished after {} of {} layers", prefill.hidden.next_layer, self.layers.len())));
+        }
+        let logits = self.head(prefill.hidden.normed, logits_for)?;
+        cache.advance(prefill.t);
         Ok(logits)
     }
 
@@ -222,25 +264,41 @@ impl Decoder {
     /// The layers, final norm and LM head. `masks`: for full and for sliding layers.
     fn run(&self, embeds: &Tensor, at: Positions, masks: [Option<&Tensor>; 2], logits_for: LogitsFor<'_>) -> Result<Tensor> {
         let (_, t, _) = embeds.dims3()?;
+        let mut hidden = self.hidden_start(embeds)?;
+        let pass = Pass { rope: &self.rope, at, masks };
+        self.run_layers(&mut hidden, &pass, usize::MAX, logits_for == LogitsFor::Last && t > 1)?;
+        self.head(hidden.normed, logits_for)
+    }
+
+    /// The hidden state before the first layer: the embeddings and their first norm.
+    fn hidden_start(&self, embeds: &Tensor) -> Result<Hidden> {
+        let normed = match self.layers.first() {
+            Some(first) => first.input_norm.forward(embeds)?,
+            None => self.norm.forward(embeds)?,
+        };
+        Ok(Hidden { x: embeds.clone(), normed, next_layer: 0 })
+    }
+
+    /// Runs up to `count` layers from `hidden.next_layer` on. `prune_last`: the last layer runs
+    /// for the last position only.
+    fn run_layers(&self, hidden: &mut Hidden, pass: &Pass, count: usize, prune_last: bool) -> Result<()> {
         // Narrowing the last layer to the last position skips 5 % of the decoder's FLOPs in a
         // prefill (PaliGemma-3B: that layer's o_proj and feed-forward for 265 of 266 positions),
-        // which on the CPU is compute-bound. The last position's row then goes through the
-        // one-row matmul kernels instead of the batched ones: the same sums in another order,
-        // within rounding (checked in f32 by the tests and in bf16 by `scripts/gpu-check.sh`).
-        let prune_last = logits_for == LogitsFor::Last && t > 1;
+        // which on the CPU is compute-bound.
         let last = self.layers.len().saturating_sub(1);
-        let pass = Pass { rope: &self.rope, at, masks };
-        let mut x = embeds.clone();
-        let mut normed = match self.layers.first() {
-            Some(first) => first.input_norm.forward(&x)?,
-            None => self.norm.forward(&x)?,
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
+        let end = hidden.next_layer.saturating_add(count).min(self.layers.len());
+        for i in hidden.next_layer..end {
             let rows = if prune_last && i == last { Rows::Last } else { Rows::All };
             let next_norm = self.layers.get(i + 1).map_or(&self.norm, |next| &next.input_norm);
-            (x, normed) = layer.forward(&x, &normed, &pass, i, rows, next_norm)?;
+            let (x, normed) = self.layers[i].forward(&hidden.x, &hidden.normed, pass, i, rows, next_norm)?;
+            *hidden = Hidden { x, normed, next_layer: i + 1 };
         }
-        // The last layer's output is already through the final norm, which works row by row.
+        Ok(())
+    }
+
+    /// Logits from the last layer's output, which is already through the final norm (it works
+    /// row by row).
+    fn head(&self, normed: Tensor, logits_for: LogitsFor<'_>) -> Result<Tensor> {
         let mut h = normed;
         match logits_for {
             LogitsFor::All => {}

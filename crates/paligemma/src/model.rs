@@ -19,8 +19,10 @@ use crate::vision::VisionTower;
 use crate::weights::{LoadMonitor, Scope, Weights};
 
 mod inputs;
+mod prefill;
 
 pub use inputs::MAX_PIXEL_MAGNITUDE;
+pub use prefill::StagedPrefill;
 
 /// How to load a model.
 pub struct LoadOptions<'a> {
@@ -209,7 +211,11 @@ impl PaliGemma {
 
     /// Embeds a batch of equally long prompts, `[B, T, D]`.
     fn embed_batch(&self, prompts: &[&[u32]], pixels: &Tensor) -> Result<Tensor> {
-        let features = self.image_features(pixels)?;
+        self.embed_with_features(prompts, &self.image_features(pixels)?)
+    }
+
+    /// Embeds a batch of equally long prompts with their projected image features, `[B, T, D]`.
+    fn embed_with_features(&self, prompts: &[&[u32]], features: &Tensor) -> Result<Tensor> {
         let rows = prompts
             .iter()
             .enumerate()
@@ -287,36 +293,6 @@ impl PaliGemma {
     /// How many ended sessions' decode steps (and caches) are kept for reuse.
     pub fn pooled_decode_steps(&self) -> usize {
         self.steps.len()
-    }
-
-    /// Runs the prompt (vision tower, projector, decoder) into an empty session and returns the
-    /// logits of its last position, `[vocab]`.
-    pub fn prefill(&self, session: &mut Session, input_ids: &[u32], pixel_values: &[f32]) -> Result<Tensor> {
-        Ok(self.prefill_batch(session, &[input_ids], &[pixel_values])?.squeeze(0)?)
-    }
-
-    /// Batched prefill: one image and one prompt per sequence, all prompts of equal length
-    /// (true for one checkpoint and one task prefix). Returns `[B, vocab]`.
-    pub fn prefill_batch(&self, session: &mut Session, prompts: &[&[u32]], images: &[&[f32]]) -> Result<Tensor> {
-        if prompts.len() != session.batch || images.len() != session.batch {
-            return Err(Error::invalid("batch", format!("session holds {} sequences; got {} prompts and {} images", session.batch, prompts.len(), images.len())));
-        }
-        let len = prompts[0].len();
-        for ids in prompts {
-            self.check_input_ids(ids)?;
-            if ids.len() != len {
-                return Err(Error::invalid("inputIds", "batched prompts must all have the same length"));
-            }
-        }
-        if !session.is_empty() {
-            return Err(Error::invalid("session", "prefill needs an empty session"));
-        }
-        let pixels = self.pixel_batch(images)?;
-        let embeds = self.embed_batch(prompts, &pixels)?;
-        session.prefix_len = len;
-        let step = Step { offset: 0, prefix_len: len, sliding_window: session.sliding_window };
-        let logits = self.decoder.forward(&embeds, &mut session.cache, step, LogitsFor::Last)?;
-        Ok(logits.squeeze(1)?)
     }
 
     /// A single-sequence session for a batch's row. With `ragged`, its decode steps can join

@@ -114,11 +114,35 @@ impl VisionTower {
 
     /// `[B, 3, R, R]` pixels in [-1, 1] → `[B, P, D_vision]`.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(pixels)?;
-        for layer in &self.layers {
-            x = layer.forward(&x)?;
+        let mut x = self.embed_patches(pixels)?;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x)?;
         }
         self.post_layernorm.forward(&x)
+    }
+
+    /// The tower in steps, for a prefill that runs in stages ([`crate::model::StagedPrefill`]):
+    /// the patch embeddings, then [`layer`](Self::layer) for each layer in order, then
+    /// [`finish`](Self::finish). Together they are [`forward`](Self::forward).
+    pub fn embed_patches(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.embeddings.forward(pixels)
+    }
+
+    /// Encoder layer `i` on the hidden state.
+    pub fn layer(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        match self.layers.get(i) {
+            Some(layer) => layer.forward(x),
+            None => Err(crate::error::Error::Internal(format!("vision layer {i} of {}", self.layers.len()))),
+        }
+    }
+
+    /// The last layer's output through the post-norm: `last_hidden_state`.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        self.post_layernorm.forward(x)
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
     pub fn image_size(&self) -> usize {

@@ -116,10 +116,14 @@ struct TestRow {
     stop_after: Option<usize>,
     /// Cancel once this many tokens were seen.
     cancel_after: Option<usize>,
+    /// Cancel as soon as the scheduler has prepared it (during its prefill).
+    cancel_once_prepared: bool,
+    prepared: bool,
 }
 
 impl RowHandler for TestRow {
     fn prepare(&mut self, _model: &PaliGemma) -> paligemma::Result<GenerateRequest> {
+        self.prepared = true;
         Ok(self.request.clone())
     }
     fn on_token(&mut self, id: u32) -> Control {
@@ -128,7 +132,7 @@ impl RowHandler for TestRow {
         if self.stop_after == Some(seen.tokens.len()) { Control::Stop } else { Control::Continue }
     }
     fn is_cancelled(&self) -> bool {
-        self.cancel_after.is_some_and(|n| self.seen.borrow().tokens.len() >= n)
+        self.cancel_after.is_some_and(|n| self.seen.borrow().tokens.len() >= n) || (self.cancel_once_prepared && self.prepared)
     }
     fn finish(&mut self, result: paligemma::Result<GenerateOutput>) {
         let mut seen = self.seen.borrow_mut();
@@ -155,8 +159,10 @@ fn scheduler_outputs_equal_solo_generation() {
             requests.push(request(p.clone(), px.clone(), 4 + 3 * i, sampling.clone(), sliding));
             requests.push(request(p, px, 9, SamplingParams { temperature: 1.2, seed: 100 + i as u64, ..Default::default() }, sliding));
         }
-        for max_batch in [1usize, 3, 16] {
-            let mut scheduler = Scheduler::new(BatchLimits { max_batch, kv_cache_bytes: usize::MAX });
+        // Prefills at once, in stages of one layer (a share of 0), and in stages of a step's time.
+        for (max_batch, prefill_stage_share) in [(1usize, None), (3, Some(0.0)), (16, None), (16, Some(0.0)), (5, Some(1.0))] {
+            let mut scheduler = Scheduler::new(BatchLimits { max_batch, kv_cache_bytes: usize::MAX, prefill_stage_share });
+            let mut staged = false;
             let mut seen = Vec::new();
             let mut most_rows = 0;
             for (i, r) in requests.iter().enumerate() {
@@ -164,18 +170,26 @@ fn scheduler_outputs_equal_solo_generation() {
                 seen.push(s.clone());
                 let stop_after = (i == 3).then_some(2);
                 let cancel_after = (i == 4).then_some(3);
-                scheduler.submit(TestRow { request: r.clone(), seen: s, stop_after, cancel_after });
+                scheduler.submit(TestRow { request: r.clone(), seen: s, stop_after, cancel_after, cancel_once_prepared: false, prepared: false });
                 // Two arrivals per step boundary, so rows join a batch already running.
                 if i % 2 == 1 {
                     scheduler.step(&model);
                     most_rows = most_rows.max(scheduler.running());
+                    staged |= scheduler.is_admitting();
                 }
             }
             while !scheduler.is_idle() {
                 scheduler.step(&model);
                 most_rows = most_rows.max(scheduler.running());
+                staged |= scheduler.is_admitting();
             }
             assert!(most_rows <= max_batch);
+            if prefill_stage_share == Some(0.0) || max_batch == 1 {
+                assert_eq!(staged, max_batch > 1, "{name}: prefills ran in stages between steps");
+            }
+            if prefill_stage_share.is_none() {
+                assert!(!staged, "{name}: prefills ran at once");
+            }
             if max_batch > 1 {
                 assert!(most_rows > 1, "{name}: rows shared steps");
             }
@@ -187,7 +201,7 @@ fn scheduler_outputs_equal_solo_generation() {
                     if i == 3 && stopped == 2 { Control::Stop } else { Control::Continue }
                 }, &|| false)
                 .unwrap();
-                let what = format!("{name} max_batch={max_batch} request {i}");
+                let what = format!("{name} max_batch={max_batch} share={prefill_stage_share:?} request {i}");
                 match seen.outcome.as_ref().expect("finished") {
                     Ok(out) if i == 4 => panic!("{what}: a cancelled request finished: {out:?}"),
                     Err(e) if i == 4 => {
@@ -216,13 +230,13 @@ fn scheduler_outputs_equal_solo_generation() {
 fn kv_budget_queues_instead_of_failing() {
     let (model, prompt, pixels) = load("pg1-tiny-a");
     let one = paligemma::batching::kv_bytes(&model, prompt.len() + 6);
-    let mut scheduler = Scheduler::new(BatchLimits { max_batch: 8, kv_cache_bytes: one });
+    let mut scheduler = Scheduler::new(BatchLimits { max_batch: 8, kv_cache_bytes: one, prefill_stage_share: Some(0.0) });
     let mut seen = Vec::new();
     let big = request(prompt.clone(), pixels.clone(), 40, SamplingParams::default(), false);
     for r in [request(prompt.clone(), pixels.clone(), 6, SamplingParams::default(), false), big.clone(), request(prompt.clone(), pixels.clone(), 6, SamplingParams::default(), false)] {
         let s = Rc::new(RefCell::new(Seen::default()));
         seen.push(s.clone());
-        scheduler.submit(TestRow { request: r, seen: s, stop_after: None, cancel_after: None });
+        scheduler.submit(TestRow { request: r, seen: s, stop_after: None, cancel_after: None, cancel_once_prepared: false, prepared: false });
     }
     let mut most_rows = 0;
     while !scheduler.is_idle() {
@@ -236,4 +250,33 @@ fn kv_budget_queues_instead_of_failing() {
     let Some(Ok(out)) = out.outcome.as_ref() else { panic!("the request larger than the budget ran alone") };
     assert_eq!(out.token_ids, alone.token_ids);
     assert!(seen.iter().all(|s| matches!(s.borrow().outcome, Some(Ok(_)))));
+}
+
+/// A request cancelled while its prefill runs in stages leaves without a token, frees its
+/// place, and disturbs neither the running row nor the request admitted after it.
+#[test]
+fn a_request_cancelled_during_its_staged_prefill_leaves_cleanly() {
+    let (model, prompt, pixels) = load("pg1-tiny-a");
+    let mut scheduler = Scheduler::new(BatchLimits { max_batch: 4, kv_cache_bytes: usize::MAX, prefill_stage_share: Some(0.0) });
+    let long = request(prompt.clone(), pixels.clone(), 12, SamplingParams::default(), false);
+    let short = request(prompt.clone(), pixels.clone(), 5, SamplingParams { temperature: 0.8, seed: 3, ..Default::default() }, false);
+    let seen: Vec<Rc<RefCell<Seen>>> = (0..3).map(|_| Rc::new(RefCell::new(Seen::default()))).collect();
+    let row = |r: &GenerateRequest, s: &Rc<RefCell<Seen>>, cancel: bool| TestRow { request: r.clone(), seen: s.clone(), stop_after: None, cancel_after: None, cancel_once_prepared: cancel, prepared: false };
+    scheduler.submit(row(&long, &seen[0], false));
+    scheduler.step(&model);
+    assert_eq!(scheduler.running(), 1, "alone, the first request prefilled at once");
+    scheduler.submit(row(&short, &seen[1], true));
+    scheduler.submit(row(&short, &seen[2], false));
+    scheduler.step(&model);
+    assert!(scheduler.is_admitting(), "the second request's prefill runs in stages");
+    while !scheduler.is_idle() {
+        scheduler.step(&model);
+    }
+    let outcome = |i: usize| seen[i].borrow().outcome.clone().expect("finished");
+    assert!(outcome(1).is_err_and(|e| e.contains("aborted")), "{:?}", outcome(1));
+    assert!(seen[1].borrow().tokens.is_empty());
+    for (i, r) in [(0, &long), (2, &short)] {
+        let alone = generate(&model, r, &mut |_| Control::Continue, &|| false).unwrap();
+        assert_eq!(outcome(i).unwrap().token_ids, alone.token_ids, "request {i}");
+    }
 }
