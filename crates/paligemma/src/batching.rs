@@ -8,11 +8,12 @@
 //!    token, then joins the batch. One admission at a time bounds the stall a prefill imposes
 //!    on the running rows (admitting a burst of 16 at once would hold the first row for 16
 //!    prefills). While rows are running, the prefill itself runs in stages, one per boundary,
-//!    each a few layers of the vision tower or the decoder taking about one decode step's time
-//!    (`prefill_stage_share`), so the running rows wait for one stage rather than one whole
-//!    prompt (4–8 s for PaliGemma-3B-224 on 2 cores). A prompt is one bidirectional block
-//!    (spec §2.6), so it cannot be cut by positions, as vLLM's chunked prefill cuts causal
-//!    prompts; cutting it by layers gives the same arithmetic. A request that does not fit waits, and so does everything behind it; one
+//!    each a few layers of the vision tower or the decoder, sized to the waiting requests' fair
+//!    share of the machine (`Scheduler::stage_budget`), so the running rows wait for one stage
+//!    rather than one whole prompt (4–8 s for PaliGemma-3B-224 on 2 cores). A prompt is one
+//!    bidirectional block (spec §2.6), so it cannot be cut by positions, as vLLM's chunked
+//!    prefill cuts causal prompts; cutting it by layers gives the same arithmetic. A request
+//!    that does not fit waits, and so does everything behind it; one
 //!    that would not fit even alone runs when nothing else does, so a budget never turns into
 //!    a refusal;
 //! 3. runs one ragged decode step for every running row ([`PaliGemma::step_rows`]) and hands
@@ -66,19 +67,18 @@ pub struct BatchLimits {
     /// Bytes of KV cache the running rows may hold together.
     pub kv_cache_bytes: usize,
     /// While rows are running, an admitted request's prefill runs in stages between their
-    /// decode steps, each stage running layers (of the vision tower, then of the decoder)
-    /// until it has taken this share of the last decode step's time, and at least one layer.
-    /// `None` prefills at once.
+    /// decode steps, each stage running layers (of the vision tower, then of the decoder) for
+    /// this multiple of the waiting requests' fair share of a step (`Scheduler::stage_budget`),
+    /// and at least one layer. `None` prefills at once.
     pub prefill_stage_share: Option<f64>,
 }
 
 impl BatchLimits {
     /// Defaults for a device. CPU: 16 rows, where a PaliGemma-3B step has turned compute-bound
     /// (benches/RESULTS.md, "Continuous batching"): more rows add latency, little throughput;
-    /// prefills in stages that each take about one decode step's time, so the running rows'
-    /// inter-token time stays about twice a step instead of one whole prefill (4–8 s for
-    /// PaliGemma-3B-224 on 2 cores), and a joining request's prefill takes about twice as
-    /// long. CUDA: 1 row, so that every request keeps its captured decode graph;
+    /// prefills in stages of the waiting requests' fair share of the machine, so a request
+    /// joining a running batch costs its rows a fraction of a step per token instead of one
+    /// whole prefill (4–8 s for PaliGemma-3B-224 on 2 cores). CUDA: 1 row, so that every request keeps its captured decode graph;
     /// ragged steps on a GPU run kernel by kernel until they get graphs of their own. Both with
     /// a 4 GiB KV budget (PaliGemma-3B: 36 KB a position in f32; PaliGemma 2 3B: 213 KB).
     pub fn default_for(device: &candle_core::Device) -> BatchLimits {
@@ -244,14 +244,29 @@ impl<H: RowHandler> Scheduler<H> {
     }
 
     /// Whether a stage of the prefill in progress may run another layer: always when no row is
-    /// waiting for it, or stages are off.
+    /// waiting for it, or stages are off. Otherwise the stage gets the waiting requests' share
+    /// of the machine, counting each request, running or waiting, once: `(waiting + 1) /
+    /// running` of a decode step (times `prefill_stage_share`). So a lone joiner costs the
+    /// running rows a small fraction of a step each, and a burst of waiting requests is
+    /// admitted nearly at once rather than trickling in while the first rows finish. A layer
+    /// starts only if the last one would still have fitted.
     fn stage_budget(&self) -> impl FnMut() -> bool + use<H> {
         let started = Instant::now();
         let budget = match self.limits.prefill_stage_share {
-            Some(share) if !self.running.is_empty() => Some(self.last_step.mul_f64(share.max(0.0))),
+            Some(share) if !self.running.is_empty() => {
+                let requests = (self.waiting.len() + 1) as f64 / self.running.len() as f64;
+                Some(self.last_step.mul_f64((share * requests).max(0.0)))
+            }
             _ => None,
         };
-        move || budget.is_none_or(|b| started.elapsed() < b)
+        let mut last_layer_ended = started;
+        move || {
+            let Some(budget) = budget else { return true };
+            let now = Instant::now();
+            let layer = now - last_layer_ended;
+            last_layer_ended = now;
+            now - started + layer <= budget
+        }
     }
 
     /// The first waiting request that fits, begun; `None` when none may start now.
