@@ -18,7 +18,7 @@ export { TokenStream } from './src/stream.js'
 export { AbortError, PaliGemmaError, isErrorCode } from './src/errors.js'
 export { downloadModel, hubCacheDir, isHubModelId, resolveModel } from './src/hub.js'
 export type { DownloadProgress, ResolveModelOptions } from './src/hub.js'
-export { convertCheckpoint, convertVae, inspectModel } from './src/tools.js'
+export { convertCheckpoint, convertVae, inspectModel, prepareModel } from './src/tools.js'
 export type {
   BytesPerDType,
   CheckpointFiles,

@@ -140,3 +140,23 @@ test('maxBatch and kvCacheBytes are validated, reported, and bound the batch', a
     await small.dispose()
   }
 })
+
+test('prefillShare stages joining prefills between decode steps with the same outputs, and is validated', async (t) => {
+  for (const value of [-1, Number.NaN, '1', 2000]) {
+    const error = await t.throwsAsync(PaliGemma.load(f.dir, { prefillShare: value }))
+    t.is(error.code, 'ERR_INVALID_ARGUMENT', `prefillShare: ${value}`)
+    t.regex(error.message, /`prefillShare`/)
+  }
+  // 0: one layer per stage, so every joining request's prefill spans several steps.
+  const model = await PaliGemma.load(dir, { prefillShare: 0 })
+  try {
+    const requests = Array.from({ length: 8 }, (_, i) => ({ ...base, maxNewTokens: 10 + i, ...(i % 2 ? { temperature: 0.9, seed: 40 + i } : {}) }))
+    const sequential = []
+    for (const r of requests) sequential.push(await model.generate(r))
+    const concurrent = await Promise.all(requests.map((r) => model.generate(r)))
+    concurrent.forEach((got, i) => t.deepEqual(Array.from(got.tokenIds), Array.from(sequential[i].tokenIds), `request ${i}`))
+    t.true(Math.max(...concurrent.map((r) => r.timings.batchSize)) > 1, 'requests shared decode steps')
+  } finally {
+    await model.dispose()
+  }
+})

@@ -217,11 +217,30 @@ test('convert-vae converts a synthetic vae-oid.npz into the same tensors', async
   t.regex(wrong.stderr, /^paligemma: ERR_MODEL_LOAD: .*_vq_vae\._embedding/m)
 })
 
-test('quantize is not available in this version (exit 2) and points to --dtype q8_0|q4k', async (t) => {
-  const { code, stderr } = await runCli(['quantize', fixtureDir('pg1-tiny-a')])
-  t.is(code, 2)
-  t.regex(stderr, /^paligemma: ERR_NOT_AVAILABLE: quantize is not available in this version/m)
-  t.regex(stderr, /--dtype q8_0 or --dtype q4k/)
+test('quantize writes a prepared folder that captions like the original; refusals are clear', async (t) => {
+  const dir = fixtureWithTokenizer('pg1-tiny-a')
+  const out = join(tmp, 'prepared')
+  const { code, stdout, stderr } = await runCli(['quantize', dir, out])
+  t.is(code, 0, stderr)
+  t.regex(stdout, /^wrote .*prepared: \d+ tensors, .*config\.json/m)
+  t.true(existsSync(join(out, 'paligemma-prepared.json')))
+  t.true(existsSync(join(out, 'tokenizer.json')), 'the tokenizer came along')
+  const caption = async (model) => JSON.parse((await runCli(['caption', '--json', '--model', model, '--image', image, '-n', '6'])).stdout).tokenIds
+  t.deepEqual(await caption(out), await caption(dir))
+  // A prepared f32 folder loads on the CPU in f32 only.
+  const q8 = await runCli(['caption', '--model', out, '--image', image, '--dtype', 'q8_0'])
+  t.is(q8.code, 1)
+  t.regex(q8.stderr, /^paligemma: ERR_MODEL_LOAD: .*prepared for the CPU/m)
+  // A non-empty target, a dtype not available yet, and a missing argument.
+  const again = await runCli(['quantize', dir, out])
+  t.is(again.code, 1)
+  t.regex(again.stderr, /ERR_INVALID_ARGUMENT: .*is not empty/)
+  const q4 = await runCli(['quantize', dir, join(tmp, 'prepared-q4k'), '--dtype', 'q4k'])
+  t.is(q4.code, 2)
+  t.regex(q4.stderr, /--dtype must be one of f32/)
+  const usage = await runCli(['quantize', dir])
+  t.is(usage.code, 2)
+  t.regex(usage.stderr, /quantize takes <model-dir> <out-dir>/)
 })
 
 test('--dtype q8_0 and q4k quantize on load; an unknown dtype is a usage error', async (t) => {

@@ -35,6 +35,7 @@ export interface NativeLoadOptions {
   threads?: number
   maxBatch?: number
   kvCacheBytes?: number
+  prefillShare?: number
 }
 
 /** @internal */

@@ -91,7 +91,7 @@ function finite(name: string, value: unknown, ok: (v: number) => boolean, range:
   return value
 }
 
-const LOAD_KEYS = ['device', 'dtype', 'threads', 'maxBatch', 'kvCacheBytes', 'onProgress', 'signal', 'vaePath'] as const
+const LOAD_KEYS = ['device', 'dtype', 'threads', 'maxBatch', 'kvCacheBytes', 'prefillShare', 'onProgress', 'signal', 'vaePath'] as const
 
 /** Validated arguments of `PaliGemma.load`. @internal */
 export interface LoadArgs {
@@ -122,6 +122,10 @@ export function validateLoadArgs(modelDir: unknown, options: unknown): LoadArgs 
   const threads = options.threads === undefined ? undefined : integer('threads', options.threads, 1, 1024)
   const maxBatch = options.maxBatch === undefined ? undefined : integer('maxBatch', options.maxBatch, 1, 4096)
   const kvCacheBytes = options.kvCacheBytes === undefined ? undefined : integer('kvCacheBytes', options.kvCacheBytes, 1, Number.MAX_SAFE_INTEGER)
+  const prefillShare = options.prefillShare
+  if (prefillShare !== undefined && (typeof prefillShare !== 'number' || !Number.isFinite(prefillShare) || prefillShare < 0 || prefillShare > 1000)) {
+    throw invalid('prefillShare', `must be a number from 0 to 1000, got ${describe(prefillShare)}`)
+  }
   const onProgress = options.onProgress
   if (onProgress !== undefined && typeof onProgress !== 'function') {
     throw invalid('onProgress', `must be a function, got ${describe(onProgress)}`)
@@ -137,6 +141,7 @@ export function validateLoadArgs(modelDir: unknown, options: unknown): LoadArgs 
   if (threads !== undefined) native.threads = threads
   if (maxBatch !== undefined) native.maxBatch = maxBatch
   if (kvCacheBytes !== undefined) native.kvCacheBytes = kvCacheBytes
+  if (typeof prefillShare === 'number') native.prefillShare = prefillShare
   return {
     dir: modelDir,
     native,

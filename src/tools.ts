@@ -9,4 +9,6 @@
 export { inspectModel } from './tools/inspect.js'
 export type { BytesPerDType, CheckpointFiles, ModelSummary, TextSummary, VisionSummary } from './tools/inspect.js'
 export { convertCheckpoint, convertVae } from './tools/convert.js'
+export { prepareModel } from './tools/prepare.js'
+export type { PrepareOptions, PrepareReport } from './tools/prepare.js'
 export type { ConvertCheckpointOptions, ConvertReport, VaeReport } from './tools/convert.js'

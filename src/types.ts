@@ -70,6 +70,18 @@ export interface LoadOptions {
    */
   kvCacheBytes?: number
   /**
+   * Interleave a joining request's prefill with the running requests' decode steps (CPU). By
+   * default a request that joins is prefilled at once, and the running requests wait for that
+   * prefill between two tokens (PaliGemma-3B-224 on 2 cores: 4–8 s): the best throughput,
+   * since every request soon decodes in one batch. With `prefillShare` the prefill runs a few
+   * layers at a time between their steps, each stage taking this multiple of the waiting
+   * requests' fair share of the machine (`(waiting + 1) / running` of a decode step; 0 means
+   * one layer per stage): the running requests' inter-token time stays near two steps, and
+   * joining requests take longer to start. The outputs are the same bits either way. See
+   * docs/guarantees.md, "Batching".
+   */
+  prefillShare?: number
+  /**
    * Called on the JS thread as tensors load (at most every ~50 ms, and always with
    * `loadedBytes === totalBytes` before `load` resolves). If it throws, loading stops and `load`
    * rejects with that exception.

@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { downloadModel, isHubModelId } from '../hub.js'
-import { convertCheckpoint, convertVae, inspectModel } from '../tools.js'
+import { convertCheckpoint, convertVae, inspectModel, prepareModel } from '../tools.js'
 import type { ModelSummary } from '../tools.js'
 import { CliError, UsageError, choice, err, flag, numberOption, out, str } from './args.js'
 import type { Parsed } from './args.js'
@@ -112,6 +112,22 @@ export async function runConvertVae(args: Parsed): Promise<number> {
     out.write(`${JSON.stringify(report)}\n`)
   } else {
     out.write(`wrote ${report.path}: ${report.tensors} tensors, ${formatBytes(report.bytes)}, codebook ${report.codebook.join('×')}\n`)
+  }
+  return 0
+}
+
+/** `paligemma quantize <model-dir> <out-dir>`: writes a prepared folder (docs/prepared.md). */
+export async function runQuantize(args: Parsed): Promise<number> {
+  const { values, positionals } = args
+  if (positionals.length !== 2) throw new UsageError('quantize takes <model-dir> <out-dir>')
+  const [modelDir = '', outDir = ''] = positionals
+  const dtype = choice(values, 'dtype', ['f32'] as const)
+  if (!existsSync(modelDir)) throw new CliError('ERR_MODEL_LOAD', `no such model folder: ${modelDir}`)
+  const report = await prepareModel(modelDir, outDir, dtype === undefined ? {} : { dtype })
+  if (flag(values, 'json')) {
+    out.write(`${JSON.stringify(report)}\n`)
+  } else {
+    out.write(`wrote ${outDir}: ${report.tensors} tensors, ${formatBytes(report.bytes)}, and ${report.filesCopied.join(', ')}\n`)
   }
   return 0
 }

@@ -9,10 +9,10 @@ import { mkdir, writeFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { drawDetections, drawMasks } from '../render.js'
 import type { Detection, GenerateResult, Segmentation } from '../types.js'
-import { CliError, IMAGE_OPTION, MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS, UsageError, err, flag, out, required, samplingOptions, str } from './args.js'
+import { IMAGE_OPTION, MODEL_OPTIONS, OUTPUT_OPTIONS, SAMPLING_OPTIONS, UsageError, err, flag, out, required, samplingOptions, str } from './args.js'
 import type { Command, Parsed } from './args.js'
 import { checkModelOptions, interrupt, openModel, readImage } from './loading.js'
-import { runConvert, runConvertVae, runInfo } from './checkpoints.js'
+import { runConvert, runConvertVae, runInfo, runQuantize } from './checkpoints.js'
 import { batchCommand, vaeFromOptions } from './batch.js'
 import { queueCommands } from './queue.js'
 import { runServe } from './serve.js'
@@ -297,19 +297,15 @@ export const COMMANDS: Record<string, Command> = {
     run: runConvertVae,
   },
   quantize: {
-    summary: 'Quantize weights ahead of time (not available: quantize on load with --dtype q8_0|q4k)',
-    usage: 'quantize',
-    details: 'The model commands quantize the text decoder while loading with --dtype q8_0 or --dtype q4k (CPU only); no quantized file format is written.',
-    options: { ...OUTPUT_OPTIONS },
+    summary: 'Prepare a model folder whose weights load in place, in about a second (CPU, f32)',
+    usage: 'quantize <model-dir> <out-dir> [--dtype f32]',
+    details:
+      '      --dtype f32             weight format (only f32 so far; q8_0 and q4k quantize while loading)\n' +
+      'Writes the weights in the layout the CPU kernels read; load <out-dir> with --dtype f32 on the CPU.\n' +
+      'Its outputs are bitwise those of <model-dir>. See docs/prepared.md.',
+    options: { dtype: { type: 'string' }, ...OUTPUT_OPTIONS },
     positionals: true,
-    run: () => {
-      throw new CliError(
-        'ERR_NOT_AVAILABLE',
-        'quantize is not available in this version: ahead-of-time quantized files are not implemented. ' +
-          'The model commands quantize the text decoder as they load with --dtype q8_0 or --dtype q4k (CPU only).',
-        2,
-      )
-    },
+    run: runQuantize,
   },
   bench: {
     summary: 'Run the benchmark harness (repository checkouts only)',

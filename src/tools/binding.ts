@@ -61,11 +61,19 @@ export interface NativeVaeReport {
   codebook: number[]
 }
 
+/** @internal */
+export interface NativePrepareReport {
+  tensors: number
+  bytes: number
+  filesCopied: string[]
+}
+
 /** The tooling half of the addon; absent from addons built before it existed. @internal */
 interface ToolsBinding {
   inspectModel(dir: string): NativeModelSummary
   convertCheckpoint(npz: string, outDir: string, options?: NativeConvertOptions): Promise<NativeConvertReport | NativeFailure>
   convertVae(npz: string, out: string): Promise<NativeVaeReport | NativeFailure>
+  prepareModel(source: string, outDir: string, dtype: string): Promise<NativePrepareReport | NativeFailure>
 }
 
 /** @internal */
@@ -76,11 +84,11 @@ export function tools(): ToolsBinding {
   } catch (error) {
     throw errorFromThrown(error)
   }
-  const { inspectModel, convertCheckpoint, convertVae } = binding
-  if (typeof inspectModel !== 'function' || typeof convertCheckpoint !== 'function' || typeof convertVae !== 'function') {
+  const { inspectModel, convertCheckpoint, convertVae, prepareModel } = binding
+  if (typeof inspectModel !== 'function' || typeof convertCheckpoint !== 'function' || typeof convertVae !== 'function' || typeof prepareModel !== 'function') {
     throw new PaliGemmaError(
       'ERR_MODEL_LOAD',
-      'this build of the paligemma native addon has no model tools (inspectModel, convertCheckpoint, convertVae); ' +
+      'this build of the paligemma native addon has no model tools (inspectModel, convertCheckpoint, convertVae, prepareModel); ' +
         'rebuild it with `npm run build:native` or install a matching paligemma-<platform> package',
     )
   }
@@ -88,5 +96,6 @@ export function tools(): ToolsBinding {
     inspectModel: inspectModel.bind(binding),
     convertCheckpoint: convertCheckpoint.bind(binding),
     convertVae: convertVae.bind(binding),
+    prepareModel: prepareModel.bind(binding),
   }
 }

@@ -22,6 +22,7 @@ mod error;
 mod jobs;
 mod processor;
 mod text;
+mod prepare;
 mod tools;
 mod worker;
 
@@ -91,6 +92,9 @@ pub struct NativeLoadOptions {
     pub max_batch: Option<u32>,
     /// Bytes of KV cache the running generations may hold together; absent = 4 GiB.
     pub kv_cache_bytes: Option<f64>,
+    /// A joining request's prefill runs in stages of this multiple of its fair share of the
+    /// machine between the running rows' steps; absent = at once.
+    pub prefill_share: Option<f64>,
 }
 
 #[napi(object)]
@@ -186,6 +190,11 @@ pub fn load_model<'env>(
                 return Err(NativeFailure::invalid("kvCacheBytes", format!("{bytes} must be a positive integer")).into_napi());
             }
         }
+        if let Some(share) = options.prefill_share {
+            if !(share.is_finite() && (0.0..=1000.0).contains(&share)) {
+                return Err(NativeFailure::invalid("prefillShare", format!("{share} must be a number from 0 to 1000")).into_napi());
+            }
+        }
         let (settle, promise) = Settle::<NativeModel>::new(env)?;
         let model_id = NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue::default());
@@ -227,7 +236,7 @@ pub fn load_model<'env>(
             let limits = BatchLimits {
                 max_batch: options.max_batch.map_or(defaults.max_batch, |n| n as usize),
                 kv_cache_bytes: options.kv_cache_bytes.map_or(defaults.kv_cache_bytes, |b| b.min(usize::MAX as f64) as usize),
-                ..defaults
+                prefill_stage_share: options.prefill_share.or(defaults.prefill_stage_share),
             };
             Ok(Loaded { model, tokenizer, device_fallback: fallback, limits })
         });

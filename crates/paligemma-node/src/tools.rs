@@ -168,7 +168,7 @@ fn display(path: &std::path::Path) -> String {
 }
 
 /// Runs `f`, turning a panic into ERR_INTERNAL and an error into its code.
-fn run_guarded<T>(f: impl FnOnce() -> Result<T, NativeFailure>) -> Either<T, NativeFailure> {
+pub(crate) fn run_guarded<T>(f: impl FnOnce() -> Result<T, NativeFailure>) -> Either<T, NativeFailure> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(value)) => Either::A(value),
         Ok(Err(failure)) => Either::B(failure),

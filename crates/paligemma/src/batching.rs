@@ -7,15 +7,15 @@
 //!    fits the budget beside the running ones. It is prefilled alone and chooses its first
 //!    token, then joins the batch. One admission at a time bounds the stall a prefill imposes
 //!    on the running rows (admitting a burst of 16 at once would hold the first row for 16
-//!    prefills). While rows are running, the prefill itself runs in stages, one per boundary,
-//!    each a few layers of the vision tower or the decoder, sized to the waiting requests' fair
-//!    share of the machine (`Scheduler::stage_budget`), so the running rows wait for one stage
-//!    rather than one whole prompt (4–8 s for PaliGemma-3B-224 on 2 cores). A prompt is one
-//!    bidirectional block (spec §2.6), so it cannot be cut by positions, as vLLM's chunked
-//!    prefill cuts causal prompts; cutting it by layers gives the same arithmetic. A request
-//!    that does not fit waits, and so does everything behind it; one
-//!    that would not fit even alone runs when nothing else does, so a budget never turns into
-//!    a refusal;
+//!    prefills). With `prefill_stage_share`, while rows are running, the prefill itself runs
+//!    in stages, one per boundary, each a few layers of the vision tower or the decoder sized
+//!    to the waiting requests' fair share of the machine (`Scheduler::stage_budget`), so the
+//!    running rows wait for one stage rather than one whole prompt (4–8 s for
+//!    PaliGemma-3B-224 on 2 cores). A prompt is one bidirectional block (spec §2.6), so it
+//!    cannot be cut by positions, as vLLM's chunked prefill cuts causal prompts; cutting it by
+//!    layers gives the same arithmetic. A request that does not fit waits, and so does
+//!    everything behind it; one that would not fit even alone runs when nothing else does, so
+//!    a budget never turns into a refusal;
 //! 3. runs one ragged decode step for every running row ([`PaliGemma::step_rows`]) and hands
 //!    each row its next token. Rows that finish (EOS, stop, `max_new_tokens`) leave at once and
 //!    stop costing compute.
@@ -76,16 +76,16 @@ pub struct BatchLimits {
 impl BatchLimits {
     /// Defaults for a device. CPU: 16 rows, where a PaliGemma-3B step has turned compute-bound
     /// (benches/RESULTS.md, "Continuous batching"): more rows add latency, little throughput;
-    /// prefills in stages of the waiting requests' fair share of the machine, so a request
-    /// joining a running batch costs its rows a fraction of a step per token instead of one
-    /// whole prefill (4–8 s for PaliGemma-3B-224 on 2 cores). CUDA: 1 row, so that every request keeps its captured decode graph;
+    /// prefills at once, which gives the most throughput (every request soon decodes in one
+    /// batch), at the cost of one prefill between two tokens of the running rows; staged
+    /// prefills trade that back (`prefill_stage_share`, benches/RESULTS.md). CUDA: 1 row, so that every request keeps its captured decode graph;
     /// ragged steps on a GPU run kernel by kernel until they get graphs of their own. Both with
     /// a 4 GiB KV budget (PaliGemma-3B: 36 KB a position in f32; PaliGemma 2 3B: 213 KB).
     pub fn default_for(device: &candle_core::Device) -> BatchLimits {
         BatchLimits {
             max_batch: if device.is_cuda() { 1 } else { CPU_MAX_BATCH },
             kv_cache_bytes: 4 << 30,
-            prefill_stage_share: if device.is_cuda() { None } else { Some(1.0) },
+            prefill_stage_share: None,
         }
     }
 }

@@ -87,8 +87,8 @@ fn quantize_in_bands(weight: &Tensor, q: Quantization) -> Result<QMatMul> {
 enum Weight {
     /// `[out, in]`.
     Dense(Tensor),
-    /// Panel-major `[in, out]`, flat (see [`Layout::Panels`]), with its input width.
-    Panels(Tensor, usize),
+    /// Panel-major `[in, out]` (see [`Layout::Panels`]), with its input width.
+    Panels(cpu::panels::PanelBuffer, usize),
     Quantized(QMatMul),
 }
 
@@ -114,6 +114,28 @@ impl Layout {
             Layout::OutIn
         }
     }
+}
+
+/// The name of a stacked projection's panel-major matrix in a prepared folder
+/// ([`crate::prepared`]): the parts' common parent, their own names joined by `+`, then
+/// `.panels` (`language_model.layers.0.self_attn.q_proj+k_proj+v_proj.panels`).
+pub fn panels_name(parts: &[Projection]) -> String {
+    let split = |p: &Projection| -> (String, String) {
+        let prefix = p.scope.prefix();
+        match prefix.rsplit_once('.') {
+            Some((parent, leaf)) => (parent.to_string(), leaf.to_string()),
+            None => (String::new(), prefix.to_string()),
+        }
+    };
+    let names: Vec<(String, String)> = parts.iter().map(split).collect();
+    let parent = names.first().map(|(p, _)| p.clone()).unwrap_or_default();
+    let joined = if names.iter().all(|(p, _)| *p == parent) {
+        let leaves: Vec<&str> = names.iter().map(|(_, l)| l.as_str()).collect();
+        if parent.is_empty() { leaves.join("+") } else { format!("{parent}.{}", leaves.join("+")) }
+    } else {
+        parts.iter().map(|p| p.scope.prefix()).collect::<Vec<_>>().join("+")
+    };
+    format!("{joined}.panels")
 }
 
 /// One matrix of a (possibly stacked) projection: where it is stored, its output width, and a
@@ -150,8 +172,8 @@ impl Linear {
         Ok(Linear { weight: Weight::Dense(weight), bias, out_dim })
     }
 
-    /// A projection over a panel-major `[in_dim, out_dim]` matrix ([`cpu::panels`]), flat.
-    pub fn from_panels(matrix: Tensor, in_dim: usize, out_dim: usize) -> Self {
+    /// A projection over a panel-major `[in_dim, out_dim]` matrix ([`cpu::panels`]).
+    pub fn from_panels(matrix: cpu::panels::PanelBuffer, in_dim: usize, out_dim: usize) -> Self {
         Linear { weight: Weight::Panels(matrix, in_dim), bias: None, out_dim }
     }
 
@@ -175,17 +197,27 @@ impl Linear {
             };
         }
         let out_dim = parts.iter().map(|p| p.out_dim).sum();
-        let mut stack = cpu::huge_pages::PanelStack::new(in_dim, out_dim);
-        for p in parts {
-            p.scope.with_raw(&[p.out_dim, in_dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, p.out_dim, p.factor as f32))?;
-        }
+        let Some(first) = parts.first() else { return Err(Error::Internal("a projection of no parts".into())) };
+        let name = panels_name(parts);
+        let matrix = match first.scope.mapped_f32(&name, cpu::panels::packed_len(in_dim, out_dim))? {
+            // A prepared folder: used in place, factors already folded in (crate::prepared).
+            Some(mapped) => cpu::panels::PanelBuffer::Mapped(mapped),
+            None => {
+                let mut stack = cpu::huge_pages::PanelStack::new(in_dim, out_dim);
+                for p in parts {
+                    p.scope.with_raw(&[p.out_dim, in_dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, p.out_dim, p.factor as f32))?;
+                }
+                cpu::panels::PanelBuffer::Owned(std::sync::Arc::new(stack.finish()?))
+            }
+        };
+        first.scope.record(&name, || crate::weights::Recorded::Panels(matrix.clone()));
         let bias = if bias {
             let parts = parts.iter().map(|p| Ok((p.scope.get(&[p.out_dim], "bias")? * p.factor)?)).collect::<Result<Vec<_>>>()?;
             Some(Tensor::cat(&parts, 0)?)
         } else {
             None
         };
-        Ok(Linear { weight: Weight::Panels(stack.finish()?, in_dim), bias, out_dim })
+        Ok(Linear { weight: Weight::Panels(matrix, in_dim), bias, out_dim })
     }
 
     fn dense(&self) -> Result<&Tensor> {
@@ -252,7 +284,7 @@ impl Linear {
                 Some(y) => y,
                 None => flat.matmul(&w.t()?)?,
             },
-            Weight::Panels(wp, k) => cpu::panels::matmul_tensor(&flat, wp, *k, self.out_dim)?,
+            Weight::Panels(wp, k) => cpu::panels::matmul_tensor(&flat, wp.as_slice(), *k, self.out_dim)?,
             Weight::Quantized(q) => match cpu::q8_0::matmul(q, &flat)? {
                 Some(y) => y,
                 None => q.forward(&flat.contiguous()?)?,

@@ -25,6 +25,7 @@ pub mod image;
 pub mod kv_cache;
 pub mod layers;
 pub mod model;
+pub mod prepared;
 pub mod prompt;
 pub mod render;
 pub mod rotary;

@@ -115,8 +115,10 @@ pub struct PaliGemma {
 }
 
 impl PaliGemma {
-    /// Loads `config.json` and the safetensors weights of a Hugging Face-layout folder.
+    /// Loads `config.json` and the safetensors weights of a Hugging Face-layout folder, or of a
+    /// prepared folder ([`crate::prepared`]).
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        crate::prepared::check(dir, options)?;
         let config = Config::from_dir(dir)?;
         let weights = Weights::open(dir)?;
         Self::from_weights(config, &weights, options)

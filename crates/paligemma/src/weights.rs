@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
@@ -15,7 +16,8 @@ use crate::error::{Error, Result};
 /// One memory-mapped `.safetensors` file with its parsed header.
 struct MappedFile {
     path: PathBuf,
-    mmap: Mmap,
+    /// Shared with the tensors of a prepared folder used in place ([`MappedF32`]).
+    mmap: Arc<Mmap>,
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
 }
@@ -46,6 +48,9 @@ pub struct Weights {
     index: HashMap<String, Location>,
     total_bytes: u64,
     loaded_bytes: AtomicU64,
+    /// What a load produced, tensor by tensor, when it is being recorded for a prepared
+    /// folder ([`crate::prepared`]).
+    recording: Option<Mutex<Vec<(String, Recorded)>>>,
 }
 
 /// Maps any known tensor name to the canonical one, or `None` for tensors we ignore.
@@ -121,7 +126,7 @@ impl Weights {
             }
             files.push(file);
         }
-        Ok(Weights { files, index, total_bytes, loaded_bytes: AtomicU64::new(0) })
+        Ok(Weights { files, index, total_bytes, loaded_bytes: AtomicU64::new(0), recording: None })
     }
 
     /// Bytes of tensor data across all files.
@@ -141,6 +146,12 @@ impl Weights {
 
     /// Loads a tensor, checks its shape and converts it to `dtype` on `device`.
     pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device, monitor: &LoadMonitor) -> Result<Tensor> {
+        let tensor = self.convert(name, shape, dtype, device, monitor)?;
+        self.record(name, || Recorded::Tensor(tensor.clone()));
+        Ok(tensor)
+    }
+
+    fn convert(&self, name: &str, shape: &[usize], dtype: DType, device: &Device, monitor: &LoadMonitor) -> Result<Tensor> {
         self.with_raw(name, shape, monitor, |raw| {
             if device.is_cpu() {
                 // Straight into a huge-page buffer where the conversion is covered (decode speed).
@@ -290,7 +301,7 @@ fn map_file(path: &Path) -> Result<MappedFile> {
     }
     // SAFETY: the file is opened read-only; like every mmap-based loader we rely on the user not
     // truncating the checkpoint while it is being loaded.
-    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let mmap = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?);
     let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap[..])
         .map_err(|e| Error::Weights(format!("{} is not a valid safetensors file: {e}", path.display())))?;
     let data_start = 8 + header_len;
@@ -358,6 +369,19 @@ impl<'a> Scope<'a> {
         let full = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
         self.weights.with_raw(&full, shape, self.monitor, convert)
     }
+    /// This scope's prefix (a canonical tensor name without its last part).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// The f32 tensor `name` (a full canonical name) of `len` values, mapped in place, if the
+    /// checkpoint has it (a prepared folder; see [`Weights::mapped_f32`]).
+    pub fn mapped_f32(&self, name: &str, len: usize) -> Result<Option<MappedF32>> {
+        self.weights.mapped_f32(name, len, self.monitor)
+    }
+    /// Adds a tensor the load produced to the record, when recording ([`Weights::record`]).
+    pub fn record(&self, name: &str, tensor: impl FnOnce() -> Recorded) {
+        self.weights.record(name, tensor)
+    }
     /// Loads `prefix.name` in an explicit dtype (e.g. norms kept in f32).
     pub fn get_as(&self, shape: &[usize], name: &str, dtype: DType) -> Result<Tensor> {
         WeightPath { dtype, ..self.path() }.get(shape, name)
@@ -382,3 +406,7 @@ impl<'a> WeightPath<'a> {
 
 #[cfg(test)]
 mod tests;
+
+mod mapped;
+
+pub use mapped::{MappedF32, Recorded};

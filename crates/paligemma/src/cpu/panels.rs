@@ -59,18 +59,18 @@ pub fn packed_index(k: usize, c: usize, j: usize) -> usize {
     (j / PANEL) * k * PANEL + c * PANEL + j % PANEL
 }
 
-/// `x · W` for `x: [m, k]` (f32 on the CPU, any layout) and the flat panel-major `W` of a
-/// `[k, n]` matrix.
-pub fn matmul_tensor(x: &Tensor, w: &Tensor, k: usize, n: usize) -> Result<Tensor> {
+/// `x · W` for `x: [m, k]` (f32 on the CPU, any layout) and the panel-major `W` of a `[k, n]`
+/// matrix.
+pub fn matmul_tensor(x: &Tensor, w: &[f32], k: usize, n: usize) -> Result<Tensor> {
     let (m, x_k) = x.dims2()?;
     if x_k != k || x.dtype() != DType::F32 || !x.device().is_cpu() {
         return Err(Error::Internal(format!("panel matmul: input {:?} {:?} for a [{k}, {n}] f32 CPU matrix", x.dims(), x.dtype())));
     }
     let x = x.contiguous()?;
-    let y = super::with_f32_slice(&x, |xs| {
-        super::with_f32_slice(w, |ws| Ok(matmul(xs, m, ws, k, n)))?.ok_or_else(|| Error::Internal("panel matmul: the matrix is not contiguous f32".into()))
-    })?
-    .ok_or_else(|| Error::Internal("panel matmul: the input is not contiguous f32".into()))?;
+    if w.len() < packed_len(k, n) {
+        return Err(Error::Internal(format!("panel matmul: {} values for a [{k}, {n}] matrix", w.len())));
+    }
+    let y = super::with_f32_slice(&x, |xs| Ok(matmul(xs, m, w, k, n)))?.ok_or_else(|| Error::Internal("panel matmul: the input is not contiguous f32".into()))?;
     Ok(Tensor::from_vec(y, (m, n), &Device::Cpu)?)
 }
 
@@ -224,3 +224,20 @@ pub fn pack(wt: &[f32], k: usize, n: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests;
+
+/// The storage of a panel-major matrix: built at load, or mapped in place from a prepared
+/// folder ([`crate::prepared`]).
+#[derive(Debug, Clone)]
+pub enum PanelBuffer {
+    Owned(std::sync::Arc<Vec<f32>>),
+    Mapped(crate::weights::MappedF32),
+}
+
+impl PanelBuffer {
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            PanelBuffer::Owned(v) => v,
+            PanelBuffer::Mapped(m) => m.as_slice(),
+        }
+    }
+}

@@ -9,7 +9,7 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::cpu::panels;
+use crate::cpu::panels::{self, PanelBuffer};
 use crate::error::{Error, Result};
 use crate::layers::{Layout, Linear};
 use crate::weights::Scope;
@@ -17,8 +17,8 @@ use crate::weights::Scope;
 pub(super) enum TokenEmbedding {
     /// `[vocab, D]`.
     Table(Tensor),
-    /// The panel-major `[D, vocab]` matrix, flat.
-    Panels { matrix: Tensor, dim: usize, vocab: usize },
+    /// The panel-major `[D, vocab]` matrix.
+    Panels { matrix: PanelBuffer, dim: usize, vocab: usize },
 }
 
 impl TokenEmbedding {
@@ -27,9 +27,17 @@ impl TokenEmbedding {
     pub fn load(scope: &Scope, vocab: usize, dim: usize, quantized: bool) -> Result<Self> {
         let scope = scope.pp("embed_tokens");
         if Layout::for_scope(&scope, !quantized) == Layout::Panels {
-            let mut stack = crate::cpu::huge_pages::PanelStack::new(dim, vocab);
-            scope.with_raw(&[vocab, dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, vocab, 1.0))?;
-            return Ok(TokenEmbedding::Panels { matrix: stack.finish()?, dim, vocab });
+            let name = format!("{}.panels", scope.prefix());
+            let matrix = match scope.mapped_f32(&name, panels::packed_len(dim, vocab))? {
+                Some(mapped) => PanelBuffer::Mapped(mapped),
+                None => {
+                    let mut stack = crate::cpu::huge_pages::PanelStack::new(dim, vocab);
+                    scope.with_raw(&[vocab, dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, vocab, 1.0))?;
+                    PanelBuffer::Owned(std::sync::Arc::new(stack.finish()?))
+                }
+            };
+            scope.record(&name, || crate::weights::Recorded::Panels(matrix.clone()));
+            return Ok(TokenEmbedding::Panels { matrix, dim, vocab });
         }
         Ok(TokenEmbedding::Table(scope.get(&[vocab, dim], "weight")?))
     }
@@ -45,7 +53,7 @@ impl TokenEmbedding {
     pub fn device(&self) -> &Device {
         match self {
             TokenEmbedding::Table(table) => table.device(),
-            TokenEmbedding::Panels { matrix, .. } => matrix.device(),
+            TokenEmbedding::Panels { .. } => &Device::Cpu,
         }
     }
 
@@ -55,18 +63,15 @@ impl TokenEmbedding {
             TokenEmbedding::Table(table) => Ok(table.index_select(ids, 0)?),
             TokenEmbedding::Panels { matrix, dim, vocab } => {
                 let ids = ids.to_vec1::<u32>()?;
-                let rows = crate::cpu::with_f32_slice(matrix, |w| {
-                    let mut rows = Vec::with_capacity(ids.len() * dim);
-                    for &id in &ids {
-                        let id = id as usize;
-                        if id >= *vocab {
-                            return Err(Error::Internal(format!("token id {id} outside the vocabulary of {vocab}")));
-                        }
-                        rows.extend((0..*dim).map(|c| w[panels::packed_index(*dim, c, id)]));
+                let w = matrix.as_slice();
+                let mut rows = Vec::with_capacity(ids.len() * dim);
+                for &id in &ids {
+                    let id = id as usize;
+                    if id >= *vocab {
+                        return Err(Error::Internal(format!("token id {id} outside the vocabulary of {vocab}")));
                     }
-                    Ok(rows)
-                })?
-                .ok_or_else(|| Error::Internal("the panel-major embedding is not contiguous f32".into()))?;
+                    rows.extend((0..*dim).map(|c| w[panels::packed_index(*dim, c, id)]));
+                }
                 Ok(Tensor::from_vec(rows, (ids.len(), *dim), &Device::Cpu)?)
             }
         }

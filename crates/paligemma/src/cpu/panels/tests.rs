@@ -87,13 +87,14 @@ fn the_tensor_entry_point_agrees_with_candle_and_refuses_mismatches() -> crate::
     let dev = Device::Cpu;
     let (m, k, n) = (3, 40, 70);
     let wt = Tensor::new(values(k * n, 2), &dev)?.reshape((k, n))?;
-    let w = Tensor::new(pack(&wt.flatten_all()?.to_vec1::<f32>()?, k, n), &dev)?;
+    let w = pack(&wt.flatten_all()?.to_vec1::<f32>()?, k, n);
     // A strided x (a transposed view) is made contiguous first.
     let x = Tensor::new(values(k * m, 3), &dev)?.reshape((k, m))?.t()?;
     let ours = matmul_tensor(&x, &w, k, n)?;
     let diff = (ours - x.matmul(&wt)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff < 1e-5, "{diff}");
     assert!(matmul_tensor(&x.to_dtype(DType::F16)?, &w, k, n).is_err());
+    assert!(matmul_tensor(&x, &w[1..], k, n).is_err());
     assert!(matmul_tensor(&Tensor::zeros((2, k + 1), DType::F32, &dev)?, &w, k, n).is_err());
     Ok(())
 }

@@ -1,0 +1,106 @@
+//! Tensors used in place from the mapped file, and the record of a load that
+//! [`crate::prepared`] writes out as a prepared folder.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::Tensor;
+use memmap2::Mmap;
+use safetensors::tensor::Dtype as StDtype;
+
+use super::{LoadMonitor, Weights};
+use crate::error::{Error, Result};
+
+/// f32 values read straight from a mapped file: a prepared folder's panel-major matrices, used
+/// in place for the model's lifetime instead of being copied into fresh memory (which fills
+/// pages at 1.4–2.6 GB/s on the bench VMs; benches/RESULTS.md, profile item 13).
+///
+/// Like every memory-mapped loader (llama.cpp, safetensors in Python), this relies on the file
+/// not being truncated or rewritten while the model is loaded: the process would fault on the
+/// missing pages. docs/guarantees.md says so.
+#[derive(Clone)]
+pub struct MappedF32 {
+    map: Arc<Mmap>,
+    offset: usize,
+    len: usize,
+}
+
+impl MappedF32 {
+    pub fn as_slice(&self) -> &[f32] {
+        // Checked in `Weights::mapped_f32`: the range lies inside the mapping, starts 4-byte
+        // aligned (the mapping is page-aligned) and the host is little-endian.
+        bytemuck::cast_slice(&self.map[self.offset..self.offset + self.len * 4])
+    }
+}
+
+impl std::fmt::Debug for MappedF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedF32").field("offset", &self.offset).field("len", &self.len).finish()
+    }
+}
+
+/// One tensor as a load produced it.
+#[derive(Clone)]
+pub enum Recorded {
+    /// As [`Weights::get`] returned it (norms, biases, embeddings of the vision tower…).
+    Tensor(Tensor),
+    /// A panel-major matrix ([`crate::cpu::panels`]) of `len` f32 values.
+    Panels(crate::cpu::panels::PanelBuffer),
+}
+
+impl Weights {
+    /// Records every tensor the next load produces ([`Weights::recorded`]).
+    pub fn start_recording(&mut self) {
+        self.recording = Some(Mutex::new(Vec::new()));
+    }
+
+    /// What the load produced, in order; empty unless [`Weights::start_recording`] was called.
+    pub fn recorded(&self) -> Vec<(String, Recorded)> {
+        self.recording.as_ref().map(|r| r.lock().map(|v| v.clone()).unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Adds a tensor to the record, when recording.
+    pub fn record(&self, name: &str, tensor: impl FnOnce() -> Recorded) {
+        if let Some(recording) = &self.recording {
+            if let Ok(mut v) = recording.lock() {
+                v.push((name.to_string(), tensor()));
+            }
+        }
+    }
+
+    /// The f32 tensor `name` of exactly `len` values (1-D), mapped in place; `None` when the
+    /// checkpoint has no such tensor. A tensor of another dtype, shape or alignment is an error
+    /// that names the file.
+    pub fn mapped_f32(&self, name: &str, len: usize, monitor: &LoadMonitor) -> Result<Option<MappedF32>> {
+        if monitor.is_cancelled.is_some_and(|c| c()) {
+            return Err(Error::Aborted);
+        }
+        let Some(loc) = self.index.get(name) else { return Ok(None) };
+        let file = &self.files[loc.file];
+        let info = &file.tensors[&loc.raw_name];
+        if info.dtype != StDtype::F32 || info.shape != [len] {
+            return Err(Error::Weights(format!(
+                "{}: tensor `{name}` is {:?} {:?}; a prepared folder for this config holds F32 [{len}]",
+                file.path.display(),
+                info.dtype,
+                info.shape
+            )));
+        }
+        let offset = file.data_start + info.data_offsets.0;
+        if offset % 4 != 0 || cfg!(target_endian = "big") {
+            return Err(Error::Weights(format!("{}: tensor `{name}` is not 4-byte aligned in the file; prepare the folder again", file.path.display())));
+        }
+        let loaded = self.loaded_bytes.fetch_add((len * 4) as u64, std::sync::atomic::Ordering::Relaxed) + (len * 4) as u64;
+        if let Some(progress) = monitor.on_progress {
+            progress(loaded, self.total_bytes);
+        }
+        Ok(Some(MappedF32 { map: file.mmap.clone(), offset, len }))
+    }
+}
+
+impl Weights {
+    /// Each file's path, safetensors header bytes and length (the prepared folder's
+    /// fingerprint of its source).
+    pub(crate) fn headers(&self) -> Vec<(&std::path::Path, &[u8], u64)> {
+        self.files.iter().map(|f| (f.path.as_path(), &f.mmap[8..f.data_start], f.mmap.len() as u64)).collect()
+    }
+}

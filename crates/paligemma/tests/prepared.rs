@@ -1,0 +1,122 @@
+//! Prepared folders (issue 27): written from both fixture architectures, loaded in place, and
+//! giving bitwise the outputs of the original folder; refused when their version, config or
+//! tensors do not match, or when loaded with options they were not prepared for.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use paligemma::prepared::{self, PreparedDtype, MANIFEST};
+use paligemma::weights::LoadMonitor;
+use paligemma::{ErrorCode, LoadOptions, PaliGemma, Quantization};
+
+const FIXTURES: [&str; 2] = ["pg1-tiny-a", "pg2-tiny-a"];
+
+fn monitor() -> LoadMonitor<'static> {
+    LoadMonitor { on_progress: None, is_cancelled: None }
+}
+
+/// A fresh folder under the target directory (removed first if a run left it).
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prepared-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Prepares fixture `name` into a folder of the calling test's own (`tag`: tests run in
+/// parallel).
+fn prepare(name: &str, tag: &str) -> (PathBuf, PathBuf) {
+    let source = testdata().join("reference").join(name);
+    let out = scratch(&format!("{name}-{tag}"));
+    let report = prepared::prepare(&source, &out, PreparedDtype::F32, monitor()).unwrap();
+    assert!(report.files_copied.contains(&"config.json".to_string()), "{:?}", report.files_copied);
+    (source, out)
+}
+
+fn bits(t: &candle_core::Tensor) -> Vec<u32> {
+    floats(t).into_iter().map(f32::to_bits).collect()
+}
+
+/// Prefill logits for every position, then eight greedy steps' logits.
+fn outputs(model: &PaliGemma, dir: &Path) -> Vec<Vec<u32>> {
+    let inputs = load_tensors(&dir.join("inputs.safetensors"));
+    let (prompt, pixels) = (ids(&inputs["input_ids"]), floats(&inputs["pixel_values"]));
+    let mut out = vec![bits(&model.forward(&prompt, &pixels).unwrap())];
+    let mut session = model.new_session(prompt.len() + 9).unwrap();
+    let mut logits = model.prefill(&mut session, &prompt, &pixels).unwrap();
+    for _ in 0..8 {
+        out.push(bits(&logits));
+        let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        logits = model.step(&mut session, next).unwrap();
+    }
+    out
+}
+
+#[test]
+fn a_prepared_folder_gives_the_original_folders_outputs_bitwise() {
+    for name in FIXTURES {
+        let (source, out) = prepare(name, "bitwise");
+        let original = PaliGemma::load(&source, &LoadOptions::default()).unwrap();
+        let loaded = PaliGemma::load(&out, &LoadOptions::default()).unwrap();
+        assert_eq!(outputs(&loaded, &source), outputs(&original, &source), "{name}");
+        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(manifest["version"], prepared::FORMAT_VERSION);
+        assert_eq!(manifest["dtype"], "f32");
+        // Documented names: the stacked q/k/v panels of the first decoder layer.
+        let header = load_tensors(&out.join("model.safetensors"));
+        assert!(header.contains_key("language_model.layers.0.self_attn.q_proj+k_proj+v_proj.panels"), "{:?}", header.keys().take(8).collect::<Vec<_>>());
+        assert!(header.contains_key("language_model.embed_tokens.panels"));
+        assert!(!header.contains_key("language_model.layers.0.self_attn.q_proj.weight"));
+    }
+}
+
+fn load_error(dir: &Path, options: &LoadOptions) -> paligemma::Error {
+    match PaliGemma::load(dir, options) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn mismatched_or_damaged_folders_are_refused_naming_the_file() {
+    let (source, out) = prepare("pg1-tiny-a", "refused");
+    let manifest_path = out.join(MANIFEST);
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+
+    // Another format version.
+    std::fs::write(&manifest_path, manifest.replace("\"version\": 1", "\"version\": 99")).unwrap();
+    let e = load_error(&out, &LoadOptions::default());
+    assert_eq!(e.code(), ErrorCode::ModelLoad);
+    assert!(e.to_string().contains(MANIFEST) && e.to_string().contains("99"), "{e}");
+    std::fs::write(&manifest_path, &manifest).unwrap();
+
+    // A config changed since (another architecture's, here).
+    let config_path = out.join("config.json");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::copy(testdata().join("reference/pg2-tiny-a/config.json"), &config_path).unwrap();
+    let e = load_error(&out, &LoadOptions::default());
+    assert_eq!(e.code(), ErrorCode::ModelLoad);
+    assert!(e.to_string().contains("config.json changed"), "{e}");
+    std::fs::write(&config_path, &config).unwrap();
+
+    // Options it was not prepared for.
+    let e = load_error(&out, &LoadOptions { quantization: Some(Quantization::Q8_0), ..Default::default() });
+    assert_eq!(e.code(), ErrorCode::ModelLoad);
+    assert!(e.to_string().contains("prepared for the CPU"), "{e}");
+
+    // A truncated weights file.
+    let weights = out.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 4096]).unwrap();
+    let e = load_error(&out, &LoadOptions::default());
+    assert_eq!(e.code(), ErrorCode::ModelLoad);
+    assert!(e.to_string().contains("model.safetensors"), "{e}");
+    std::fs::write(&weights, &bytes).unwrap();
+    PaliGemma::load(&out, &LoadOptions::default()).expect("restored, it loads again");
+
+    // Preparing into a non-empty folder, or from a prepared one.
+    assert!(prepared::prepare(&source, &out, PreparedDtype::F32, monitor()).is_err());
+    assert!(prepared::prepare(&out, &scratch("again"), PreparedDtype::F32, monitor()).is_err());
+    assert!("q8_0".parse::<PreparedDtype>().is_err());
+}
