@@ -194,6 +194,13 @@ fn write_tensors(recorded: &[(String, Recorded)], path: &Path) -> Result<u64> {
     metadata.insert("version".to_string(), FORMAT_VERSION.to_string());
     let partial = path.with_extension("safetensors.partial");
     safetensors::serialize_to_file(views, Some(metadata), &partial).map_err(st_error)?;
+    // The safetensors crate creates the file readable by its owner only; a model folder is
+    // usually shared like the files copied beside it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(&partial, e))?;
+    }
     std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))?;
     Ok(std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len())
 }
