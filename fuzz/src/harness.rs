@@ -53,8 +53,9 @@ fn clear_dir(dir: &Path) {
 ///   remainder `model.safetensors`, so the index can name `model.safetensors` (or itself, or a
 ///   missing shard).
 ///
-/// Then every tensor is loaded with its own shape as f32, plus a few deliberate misuses (wrong
-/// shape, missing name) that must fail cleanly.
+/// Then every tensor is loaded with its own shape as f32 and mapped in place as a prepared
+/// folder's tensor, plus a few deliberate misuses (wrong shape or length, missing name) that
+/// must fail cleanly; the index bytes are also tried as a prepared folder's manifest.
 pub fn safetensors_loader(data: &[u8]) {
     if data.is_empty() || data.len() > SAFETENSORS_MAX_INPUT {
         return;
@@ -105,6 +106,19 @@ pub fn safetensors_loader(data: &[u8]) {
         let mut wrong = shape.clone();
         wrong.push(1);
         assert!(weights.get(name, &wrong, DType::F32, &Device::Cpu, &quiet).is_err());
+        // Prepared folders use 1-D f32 tensors in place: a mapped tensor must read inside the
+        // file, and any other length is refused.
+        let len: usize = shape.iter().product();
+        if let Ok(Some(mapped)) = weights.mapped_f32(name, len, &quiet) {
+            assert_eq!(mapped.as_slice().len(), len);
+            let _ = mapped.as_slice().iter().fold(0f32, |a, v| a + v);
+        }
+        assert!(!matches!(weights.mapped_f32(name, len + 1, &quiet), Ok(Some(_))), "`{name}` mapped with another length");
+    }
+    // The same bytes as a prepared folder's manifest: refused or accepted, never a panic.
+    if let Some(index) = index {
+        std::fs::write(dir.join(paligemma::prepared::MANIFEST), index).expect("cannot write the fuzz manifest");
+        let _ = paligemma::prepared::check(&dir, &paligemma::LoadOptions::default());
     }
     if let Some(name) = names.first() {
         let shape = weights.shape_of(name).unwrap_or(&[]).to_vec();

@@ -201,7 +201,7 @@ impl Weights {
         release_pages(&file.mmap, begin, end - begin);
         let loaded = self.loaded_bytes.fetch_add((end - begin) as u64, Ordering::Relaxed) + (end - begin) as u64;
         if let Some(progress) = monitor.on_progress {
-            progress(loaded, self.total_bytes);
+            progress(loaded.min(self.total_bytes), self.total_bytes);
         }
         Ok(converted)
     }

@@ -92,7 +92,7 @@ impl Weights {
         populate(&file.mmap, offset, len * 4);
         let loaded = self.loaded_bytes.fetch_add((len * 4) as u64, std::sync::atomic::Ordering::Relaxed) + (len * 4) as u64;
         if let Some(progress) = monitor.on_progress {
-            progress(loaded, self.total_bytes);
+            progress(loaded.min(self.total_bytes), self.total_bytes);
         }
         Ok(Some(MappedF32 { map: file.mmap.clone(), offset, len }))
     }
