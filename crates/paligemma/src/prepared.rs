@@ -125,7 +125,8 @@ pub fn prepare(source: &Path, out: &Path, dtype: PreparedDtype, monitor: LoadMon
         written_by: env!("CARGO_PKG_VERSION").into(),
     };
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Internal(format!("manifest: {e}")))?;
-    std::fs::write(out.join(MANIFEST), text).map_err(|e| Error::io(&out.join(MANIFEST), e))?;
+    let manifest_path = out.join(MANIFEST);
+    std::fs::write(&manifest_path, text).map_err(|e| Error::io(&manifest_path, e))?;
     Ok(PrepareReport { tensors: recorded.len(), bytes, files_copied })
 }
 

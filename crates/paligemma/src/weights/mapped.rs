@@ -86,7 +86,7 @@ impl Weights {
             )));
         }
         let offset = file.data_start + info.data_offsets.0;
-        if offset % 4 != 0 || cfg!(target_endian = "big") {
+        if !offset.is_multiple_of(4) || cfg!(target_endian = "big") {
             return Err(Error::Weights(format!("{}: tensor `{name}` is not 4-byte aligned in the file; prepare the folder again", file.path.display())));
         }
         populate(&file.mmap, offset, len * 4);
