@@ -25,6 +25,8 @@ export type {
   ConvertCheckpointOptions,
   ConvertReport,
   ModelSummary,
+  PrepareOptions,
+  PrepareReport,
   TextSummary,
   VaeReport,
   VisionSummary,
