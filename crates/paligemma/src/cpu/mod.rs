@@ -16,6 +16,20 @@ use gemm::{gemm, Parallelism};
 
 use crate::error::Result;
 
+/// Deterministic values in [-1, 1) without a random-number dependency (the kernels' tests).
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// `a·b + c`, fused where the target has an FMA instruction (then it also vectorises);
 /// elsewhere `mul_add` would be a slow libm call, so it is a plain multiply-add.
 #[inline(always)]

@@ -14,18 +14,7 @@ fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
     y
 }
 
-/// Deterministic values in [-1, 1) without a random-number dependency.
-fn values(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use crate::cpu::test_values as values;
 
 #[test]
 fn matches_a_float64_reference_across_shapes() {
