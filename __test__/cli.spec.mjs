@@ -235,9 +235,15 @@ test('quantize writes a prepared folder that captions like the original; refusal
   const again = await runCli(['quantize', dir, out])
   t.is(again.code, 1)
   t.regex(again.stderr, /ERR_INVALID_ARGUMENT: .*is not empty/)
-  const q4 = await runCli(['quantize', dir, join(tmp, 'prepared-q4k'), '--dtype', 'q4k'])
-  t.is(q4.code, 2)
-  t.regex(q4.stderr, /--dtype must be one of f32/)
+  const bf16 = await runCli(['quantize', dir, join(tmp, 'prepared-bf16'), '--dtype', 'bf16'])
+  t.is(bf16.code, 2)
+  t.regex(bf16.stderr, /--dtype must be one of f32, q8_0, q4k/)
+  // A q8_0 folder captions like the original loaded with --dtype q8_0.
+  const q8dir = join(tmp, 'prepared-q8_0')
+  const prepared = await runCli(['quantize', '--dtype', 'q8_0', dir, q8dir])
+  t.is(prepared.code, 0, prepared.stderr)
+  const q8caption = async (model) => JSON.parse((await runCli(['caption', '--json', '--model', model, '--image', image, '-n', '6', '--dtype', 'q8_0'])).stdout).tokenIds
+  t.deepEqual(await q8caption(q8dir), await q8caption(dir))
   const usage = await runCli(['quantize', dir])
   t.is(usage.code, 2)
   t.regex(usage.stderr, /quantize takes <model-dir> <out-dir>/)

@@ -121,7 +121,7 @@ export async function runQuantize(args: Parsed): Promise<number> {
   const { values, positionals } = args
   if (positionals.length !== 2) throw new UsageError('quantize takes <model-dir> <out-dir>')
   const [modelDir = '', outDir = ''] = positionals
-  const dtype = choice(values, 'dtype', ['f32'] as const)
+  const dtype = choice(values, 'dtype', ['f32', 'q8_0', 'q4k'] as const)
   if (!existsSync(modelDir)) throw new CliError('ERR_MODEL_LOAD', `no such model folder: ${modelDir}`)
   const report = await prepareModel(modelDir, outDir, dtype === undefined ? {} : { dtype })
   if (flag(values, 'json')) {

@@ -297,12 +297,13 @@ export const COMMANDS: Record<string, Command> = {
     run: runConvertVae,
   },
   quantize: {
-    summary: 'Prepare a model folder whose weights load in place, in about a second (CPU, f32)',
-    usage: 'quantize <model-dir> <out-dir> [--dtype f32]',
+    summary: 'Prepare a model folder that loads without converting its weights (CPU: f32, q8_0, q4k)',
+    usage: 'quantize <model-dir> <out-dir> [--dtype f32|q8_0|q4k]',
     details:
-      '      --dtype f32             weight format (only f32 so far; q8_0 and q4k quantize while loading)\n' +
-      'Writes the weights in the layout the CPU kernels read; load <out-dir> with --dtype f32 on the CPU.\n' +
-      'Its outputs are bitwise those of <model-dir>. See docs/prepared.md.',
+      '      --dtype <f32|q8_0|q4k>  weight format (default f32; load <out-dir> with the same --dtype)\n' +
+      'Writes the weights in the layout the CPU kernels read: f32 is mapped in place, q8_0 and q4k\n' +
+      'need no quantization at load. Outputs are bitwise those of <model-dir> with that dtype.\n' +
+      'See docs/prepared.md.',
     options: { dtype: { type: 'string' }, ...OUTPUT_OPTIONS },
     positionals: true,
     run: runQuantize,

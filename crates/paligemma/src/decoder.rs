@@ -16,7 +16,7 @@ mod layer;
 
 use embedding::TokenEmbedding;
 
-use layer::{maybe_quantize, DecoderLayer, Pass, Rows};
+use layer::{maybe_quantize, prepared_quantized, DecoderLayer, Pass, Rows};
 
 /// Where this forward pass sits in the sequence.
 #[derive(Debug, Clone, Copy)]
@@ -131,7 +131,13 @@ impl Decoder {
             .enumerate()
             .map(|(i, &lt)| DecoderLayer::load(&scope.pp("layers").pp(i), cfg, arch, lt, quant, &mut report))
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = maybe_quantize(embed_tokens.lm_head(), quant, &mut report)?;
+        // The LM head is the tied table, quantized in the quantization mode; a prepared folder
+        // stores those blocks beside the table, which lookups still read.
+        let head_name = format!("{}.{}", scope.pp("embed_tokens").prefix(), quant.map_or("", |q| q.as_str()));
+        let lm_head = match prepared_quantized(scope, &head_name, quant, cfg.vocab_size, d, &mut report)? {
+            Some(head) => head,
+            None => maybe_quantize(embed_tokens.lm_head(), quant, &mut report, (scope, &head_name))?,
+        };
         let norm = RmsNorm::load(&scope.pp("norm"), d, cfg.rms_norm_eps)?;
         // +2: positions are 1-indexed and the last token written may sit at max_positions.
         let rope = RotaryEmbedding::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings + 2, scope.dtype(), scope.device())?;

@@ -9,7 +9,7 @@ use crate::weights::Scope;
 
 mod quantization;
 
-pub use quantization::{quantize_matrix, Quantization};
+pub use quantization::{quantize_matrix, quantized_from_blocks, Quantization};
 
 #[derive(Debug, Clone)]
 enum Weight {
@@ -44,10 +44,10 @@ impl Layout {
     }
 }
 
-/// The name of a stacked projection's panel-major matrix in a prepared folder
-/// ([`crate::prepared`]): the parts' common parent, their own names joined by `+`, then
-/// `.panels` (`language_model.layers.0.self_attn.q_proj+k_proj+v_proj.panels`).
-pub fn panels_name(parts: &[Projection]) -> String {
+/// The name of a stacked projection's matrix in a prepared folder ([`crate::prepared`]): the
+/// parts' common parent, their own names joined by `+`, then `.{kind}`
+/// (`language_model.layers.0.self_attn.q_proj+k_proj+v_proj.panels`, `….q8_0`).
+pub fn stacked_name(parts: &[Projection], kind: &str) -> String {
     let split = |p: &Projection| -> (String, String) {
         let prefix = p.scope.prefix();
         match prefix.rsplit_once('.') {
@@ -63,7 +63,7 @@ pub fn panels_name(parts: &[Projection]) -> String {
     } else {
         parts.iter().map(|p| p.scope.prefix()).collect::<Vec<_>>().join("+")
     };
-    format!("{joined}.panels")
+    format!("{joined}.{kind}")
 }
 
 /// One matrix of a (possibly stacked) projection: where it is stored, its output width, and a
@@ -75,6 +75,13 @@ pub struct Projection<'a> {
 }
 
 impl<'a> Projection<'a> {
+    /// Where the part's tensors are.
+    pub fn scope(&self) -> &Scope<'a> {
+        &self.scope
+    }
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
     pub fn new(scope: Scope<'a>, out_dim: usize) -> Self {
         Projection { scope, out_dim, factor: 1.0 }
     }
@@ -98,6 +105,11 @@ impl Linear {
         let weight = scope.get(&[out_dim, in_dim], "weight")?;
         let bias = if bias { Some(scope.get(&[out_dim], "bias")?) } else { None };
         Ok(Linear { weight: Weight::Dense(weight), bias, out_dim })
+    }
+
+    /// A projection over a quantized matrix (no bias).
+    pub fn from_quantized(matrix: QMatMul, out_dim: usize) -> Self {
+        Linear { weight: Weight::Quantized(matrix), bias: None, out_dim }
     }
 
     /// A projection over a panel-major `[in_dim, out_dim]` matrix ([`cpu::panels`]).
@@ -126,7 +138,7 @@ impl Linear {
         }
         let out_dim = parts.iter().map(|p| p.out_dim).sum();
         let Some(first) = parts.first() else { return Err(Error::Internal("a projection of no parts".into())) };
-        let name = panels_name(parts);
+        let name = stacked_name(parts, "panels");
         let matrix = match first.scope.mapped_f32(&name, cpu::panels::packed_len(in_dim, out_dim))? {
             // A prepared folder: used in place, factors already folded in (crate::prepared).
             Some(mapped) => cpu::panels::PanelBuffer::Mapped(mapped),
@@ -148,6 +160,10 @@ impl Linear {
         Ok(Linear { weight: Weight::Panels(matrix, in_dim), bias, out_dim })
     }
 
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, Weight::Quantized(_))
+    }
+
     fn dense(&self) -> Result<&Tensor> {
         match &self.weight {
             Weight::Dense(w) => Ok(w),
@@ -159,8 +175,9 @@ impl Linear {
 
     /// The same projection with quantized weights, and whether candle's original copy was
     /// released; unchanged (and `None`) when its input width is not a multiple of the block size.
-    pub fn quantized(&self, q: Quantization) -> Result<(Linear, Option<cpu::repacked::Outcome>)> {
-        match quantize_matrix(self.dense()?, q)? {
+    /// `keep` sees the quantized blocks before they are released.
+    pub fn quantized(&self, q: Quantization, keep: Option<&dyn Fn(&[u8])>) -> Result<(Linear, Option<cpu::repacked::Outcome>)> {
+        match quantize_matrix(self.dense()?, q, keep)? {
             Some((qm, outcome)) => Ok((Linear { weight: Weight::Quantized(qm), bias: self.bias.clone(), out_dim: self.out_dim }, Some(outcome))),
             None => Ok((self.clone(), None)),
         }

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::layers::Quantization;
 use crate::model::{LoadOptions, PaliGemma};
 use crate::weights::{LoadMonitor, Recorded, Weights};
 
@@ -52,6 +53,9 @@ const LAYOUT: &str = "panels16";
 pub enum PreparedDtype {
     /// f32, panel-major: loaded in place, bitwise the same outputs as the source folder in f32.
     F32,
+    /// The decoder's matrices and LM head as `q8_0` or `q4k` blocks, the rest f32 (panel-major
+    /// vision tower): bitwise the outputs of the source folder quantized while loading.
+    Quantized(Quantization),
 }
 
 impl std::str::FromStr for PreparedDtype {
@@ -59,8 +63,10 @@ impl std::str::FromStr for PreparedDtype {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "f32" => Ok(PreparedDtype::F32),
-            "q8_0" | "q4k" | "bf16" => Err(Error::invalid("dtype", format!("preparing `{s}` folders is not available yet; `f32` is (and `{s}` loads from the original folder)"))),
-            other => Err(Error::invalid("dtype", format!("`{other}` is not a prepared dtype (f32)"))),
+            "q8_0" => Ok(PreparedDtype::Quantized(Quantization::Q8_0)),
+            "q4k" => Ok(PreparedDtype::Quantized(Quantization::Q4K)),
+            "bf16" => Err(Error::invalid("dtype", "preparing `bf16` folders is not available yet: the CPU has no bf16 kernels (f32, q8_0 and q4k are)")),
+            other => Err(Error::invalid("dtype", format!("`{other}` is not a prepared dtype (f32, q8_0, q4k)"))),
         }
     }
 }
@@ -69,6 +75,14 @@ impl PreparedDtype {
     fn as_str(self) -> &'static str {
         match self {
             PreparedDtype::F32 => "f32",
+            PreparedDtype::Quantized(q) => q.as_str(),
+        }
+    }
+
+    fn quantization(self) -> Option<Quantization> {
+        match self {
+            PreparedDtype::F32 => None,
+            PreparedDtype::Quantized(q) => Some(q),
         }
     }
 }
@@ -108,7 +122,7 @@ pub fn prepare(source: &Path, out: &Path, dtype: PreparedDtype, monitor: LoadMon
     let config = crate::config::Config::from_dir(source)?;
     let mut weights = Weights::open(source)?;
     weights.start_recording();
-    let options = LoadOptions { device: Device::Cpu, dtype: DType::F32, monitor, ..Default::default() };
+    let options = LoadOptions { device: Device::Cpu, dtype: DType::F32, monitor, quantization: dtype.quantization(), ..Default::default() };
     let model = PaliGemma::from_weights(config, &weights, &options)?;
     let recorded = weights.recorded();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -151,7 +165,8 @@ pub fn check(dir: &Path, options: &LoadOptions) -> Result<Option<Manifest>> {
     if manifest.config_sha256 != sha256_file(&dir.join("config.json"))? {
         return Err(Error::Weights(format!("{}: config.json changed since the folder was prepared; prepare it again from the original checkpoint", path.display())));
     }
-    if manifest.dtype != "f32" || !options.device.is_cpu() || options.dtype != DType::F32 || options.quantization.is_some() {
+    let wanted = options.quantization.map_or("f32", Quantization::as_str);
+    if manifest.dtype != wanted || !options.device.is_cpu() || options.dtype != DType::F32 {
         return Err(Error::Weights(format!(
             "{} holds {} weights prepared for the CPU; load it with device 'cpu' and dtype '{}', or load the original checkpoint",
             dir.display(),
@@ -164,31 +179,34 @@ pub fn check(dir: &Path, options: &LoadOptions) -> Result<Option<Manifest>> {
 
 /// Writes the recorded tensors as one safetensors file (f32 all), through a temporary name.
 fn write_tensors(recorded: &[(String, Recorded)], path: &Path) -> Result<u64> {
-    let mut tensors: Vec<(String, Vec<f32>)> = Vec::new();
+    let dropped: std::collections::HashSet<&str> = recorded.iter().filter(|(_, item)| matches!(item, Recorded::Dropped)).map(|(name, _)| name.as_str()).collect();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let mut panels: Vec<(String, crate::cpu::panels::PanelBuffer)> = Vec::new();
+    let mut blocks: Vec<(String, std::sync::Arc<Vec<u8>>)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (name, item) in recorded {
-        if !seen.insert(name.as_str()) {
+        if dropped.contains(name.as_str()) || !seen.insert(name.as_str()) {
             continue;
         }
         match item {
-            Recorded::Tensor(t) => tensors.push((name.clone(), t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)),
+            Recorded::Tensor(t) => tensors.push((name.clone(), t.dims().to_vec(), t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)),
             Recorded::Panels(p) => panels.push((name.clone(), p.clone())),
+            Recorded::Blocks(b) => blocks.push((name.clone(), b.clone())),
+            Recorded::Dropped => {}
         }
     }
-    let shapes: std::collections::HashMap<&str, Vec<usize>> = recorded
-        .iter()
-        .map(|(name, item)| match item {
-            Recorded::Tensor(t) => (name.as_str(), t.dims().to_vec()),
-            Recorded::Panels(p) => (name.as_str(), vec![p.as_slice().len()]),
-        })
-        .collect();
+    let view = |dtype, shape: Vec<usize>, bytes| safetensors::tensor::TensorView::new(dtype, shape, bytes).map_err(st_error);
     let mut views = Vec::new();
-    for (name, values) in &tensors {
-        views.push((name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shapes[name.as_str()].clone(), bytemuck::cast_slice(values)).map_err(st_error)?));
+    for (name, shape, values) in &tensors {
+        views.push((name.clone(), view(safetensors::Dtype::F32, shape.clone(), bytemuck::cast_slice(values))?));
     }
     for (name, buffer) in &panels {
-        views.push((name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shapes[name.as_str()].clone(), bytemuck::cast_slice(buffer.as_slice())).map_err(st_error)?));
+        views.push((name.clone(), view(safetensors::Dtype::F32, vec![buffer.as_slice().len()], bytemuck::cast_slice(buffer.as_slice()))?));
+    }
+    // U8 last: the safetensors writer orders by alignment, so every F32 tensor stays 4-byte
+    // aligned for mapping in place.
+    for (name, bytes) in &blocks {
+        views.push((name.clone(), view(safetensors::Dtype::U8, vec![bytes.len()], bytes.as_slice())?));
     }
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), FORMAT.to_string());

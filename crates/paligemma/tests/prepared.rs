@@ -27,9 +27,13 @@ fn scratch(name: &str) -> PathBuf {
 /// Prepares fixture `name` into a folder of the calling test's own (`tag`: tests run in
 /// parallel).
 fn prepare(name: &str, tag: &str) -> (PathBuf, PathBuf) {
+    prepare_as(name, tag, PreparedDtype::F32)
+}
+
+fn prepare_as(name: &str, tag: &str, dtype: PreparedDtype) -> (PathBuf, PathBuf) {
     let source = testdata().join("reference").join(name);
     let out = scratch(&format!("{name}-{tag}"));
-    let report = prepared::prepare(&source, &out, PreparedDtype::F32, monitor()).unwrap();
+    let report = prepared::prepare(&source, &out, dtype, monitor()).unwrap();
     assert!(report.files_copied.contains(&"config.json".to_string()), "{:?}", report.files_copied);
     (source, out)
 }
@@ -68,6 +72,40 @@ fn a_prepared_folder_gives_the_original_folders_outputs_bitwise() {
         assert!(header.contains_key("language_model.layers.0.self_attn.q_proj+k_proj+v_proj.panels"), "{:?}", header.keys().take(8).collect::<Vec<_>>());
         assert!(header.contains_key("language_model.embed_tokens.panels"));
         assert!(!header.contains_key("language_model.layers.0.self_attn.q_proj.weight"));
+    }
+}
+
+#[test]
+fn a_prepared_quantized_folder_gives_the_load_time_quantization_bitwise() {
+    for name in FIXTURES {
+        for q in [Quantization::Q8_0, Quantization::Q4K] {
+            let (source, out) = prepare_as(name, q.as_str(), PreparedDtype::Quantized(q));
+            let options = LoadOptions { quantization: Some(q), ..Default::default() };
+            let original = PaliGemma::load(&source, &options).unwrap();
+            let loaded = PaliGemma::load(&out, &options).unwrap();
+            let what = format!("{name} {}", q.as_str());
+            assert_eq!(outputs(&loaded, &source), outputs(&original, &source), "{what}");
+            let (a, b) = (loaded.quantization(), original.quantization());
+            assert_eq!((a.quantized, a.total), (b.quantized, b.total), "{what}: the same matrices quantized");
+            // Each matrix as blocks or dense, never both; the table stays for lookups. (Only
+            // widths that are multiples of the block size quantize: the tiny fixtures have
+            // some of q8_0's 32, none of q4k's 256.)
+            let header = load_tensors(&out.join("model.safetensors"));
+            let stored_blocks = header.keys().filter(|k| k.ends_with(&format!(".{}", q.as_str()))).count();
+            assert_eq!(stored_blocks, b.quantized, "{what}: one stored matrix per quantized one");
+            assert_eq!(b.quantized > 0, q == Quantization::Q8_0, "{what}");
+            for (stacked, part) in [("mlp.gate_proj+up_proj", "mlp.gate_proj"), ("mlp.down_proj", "mlp.down_proj"), ("self_attn.o_proj", "self_attn.o_proj")] {
+                let blocks = header.contains_key(&format!("language_model.layers.0.{stacked}.{}", q.as_str()));
+                let dense = header.contains_key(&format!("language_model.layers.0.{part}.weight"));
+                assert!(blocks != dense, "{what}: {stacked} stored as blocks ({blocks}) or dense ({dense})");
+            }
+            assert!(header.contains_key("language_model.embed_tokens.weight"), "{what}");
+            // A q8_0 folder is not an f32 one, nor a q4k one.
+            for other in [None, Some(if q == Quantization::Q8_0 { Quantization::Q4K } else { Quantization::Q8_0 })] {
+                let e = load_error(&out, &LoadOptions { quantization: other, ..Default::default() });
+                assert_eq!(e.code(), ErrorCode::ModelLoad, "{what}");
+            }
+        }
     }
 }
 
@@ -118,5 +156,6 @@ fn mismatched_or_damaged_folders_are_refused_naming_the_file() {
     // Preparing into a non-empty folder, or from a prepared one.
     assert!(prepared::prepare(&source, &out, PreparedDtype::F32, monitor()).is_err());
     assert!(prepared::prepare(&out, &scratch("again"), PreparedDtype::F32, monitor()).is_err());
-    assert!("q8_0".parse::<PreparedDtype>().is_err());
+    assert!("bf16".parse::<PreparedDtype>().is_err());
+    assert!("q5".parse::<PreparedDtype>().is_err());
 }

@@ -10,17 +10,52 @@ use crate::config::{Architecture, LayerType, TextConfig};
 use crate::cpu::repacked::Outcome;
 use crate::cuda::RopeStore;
 use crate::error::Result;
-use crate::layers::{add_then_norm, geglu, Layout, Linear, Projection, Quantization, RmsNorm};
+use crate::layers::{add_then_norm, geglu, quantized_from_blocks, stacked_name, Layout, Linear, Projection, Quantization, RmsNorm};
 use crate::rotary::RotaryEmbedding;
-use crate::weights::Scope;
+use crate::weights::{Recorded, Scope};
 
 /// `linear` in the quantization mode, if one is set, counted in `report` (the LM head too).
-pub(super) fn maybe_quantize(linear: Linear, q: Option<Quantization>, report: &mut QuantizationReport) -> Result<Linear> {
+/// When the load is recorded for a prepared folder, its blocks are recorded as `name`.
+pub(super) fn maybe_quantize(linear: Linear, q: Option<Quantization>, report: &mut QuantizationReport, record: (&Scope, &str)) -> Result<Linear> {
     let Some(q) = q else { return Ok(linear) };
+    let (scope, name) = record;
+    let keep = |bytes: &[u8]| scope.record(name, || Recorded::Blocks(std::sync::Arc::new(bytes.to_vec())));
+    let (linear, outcome) = linear.quantized(q, scope.is_recording().then_some(&keep as &dyn Fn(&[u8])))?;
+    count(report, outcome);
+    Ok(linear)
+}
+
+fn count(report: &mut QuantizationReport, outcome: Option<Outcome>) {
     report.total += 1;
-    let (linear, outcome) = linear.quantized(q)?;
     report.quantized += usize::from(outcome.is_some());
     report.released += usize::from(outcome == Some(Outcome::Released));
+}
+
+/// A stored quantized matrix named `name` (a prepared folder's) of `rows × cols`, if there is
+/// one, counted in `report`.
+pub(super) fn prepared_quantized(scope: &Scope, name: &str, q: Option<Quantization>, rows: usize, cols: usize, report: &mut QuantizationReport) -> Result<Option<Linear>> {
+    let Some(q) = q else { return Ok(None) };
+    let Some((matrix, outcome)) = scope.with_stored_bytes(name, |bytes| quantized_from_blocks(bytes, q, rows, cols))? else { return Ok(None) };
+    count(report, Some(outcome));
+    Ok(Some(Linear::from_quantized(matrix, rows)))
+}
+
+/// Stacked projections (no bias), quantized in the quantization mode: from a prepared folder's
+/// blocks when it has them, else from the dense weights, which a recorded load then drops in
+/// favour of the blocks.
+fn load_projection(parts: &[Projection], in_dim: usize, layout: Layout, q: Option<Quantization>, report: &mut QuantizationReport) -> Result<Linear> {
+    let (Some(q), Some(first)) = (q, parts.first()) else { return Linear::load_stacked(parts, in_dim, false, layout) };
+    let name = stacked_name(parts, q.as_str());
+    let out_dim = parts.iter().map(Projection::out_dim).sum();
+    if let Some(linear) = prepared_quantized(first.scope(), &name, Some(q), out_dim, in_dim, report)? {
+        return Ok(linear);
+    }
+    let linear = maybe_quantize(Linear::load_stacked(parts, in_dim, false, layout)?, Some(q), report, (first.scope(), &name))?;
+    if linear.is_quantized() {
+        for p in parts {
+            p.scope().record(&format!("{}.weight", p.scope().prefix()), || Recorded::Dropped);
+        }
+    }
     Ok(linear)
 }
 
@@ -45,8 +80,8 @@ impl SelfAttention {
         ];
         let o_proj = [Projection::new(scope.pp("o_proj"), d)];
         Ok(SelfAttention {
-            qkv: maybe_quantize(Linear::load_stacked(&qkv, d, false, layout)?, quant, report)?,
-            o_proj: maybe_quantize(Linear::load_stacked(&o_proj, n * h, false, layout)?, quant, report)?,
+            qkv: load_projection(&qkv, d, layout, quant, report)?,
+            o_proj: load_projection(&o_proj, n * h, layout, quant, report)?,
             heads: n,
             kv_heads: k,
             head_dim: h,
@@ -124,8 +159,8 @@ impl FeedForward {
         let gate_up = [Projection::new(scope.pp("gate_proj"), f), Projection::new(scope.pp("up_proj"), f)];
         let down = [Projection::new(scope.pp("down_proj"), d)];
         Ok(FeedForward {
-            gate_up: maybe_quantize(Linear::load_stacked(&gate_up, d, false, layout)?, quant, report)?,
-            down: maybe_quantize(Linear::load_stacked(&down, f, false, layout)?, quant, report)?,
+            gate_up: load_projection(&gate_up, d, layout, quant, report)?,
+            down: load_projection(&down, f, layout, quant, report)?,
             hidden: f,
         })
     }

@@ -19,7 +19,7 @@ pub enum Quantization {
 }
 
 impl Quantization {
-    fn ggml(self) -> GgmlDType {
+    pub(crate) fn ggml(self) -> GgmlDType {
         match self {
             Quantization::Q8_0 => GgmlDType::Q8_0,
             Quantization::Q4K => GgmlDType::Q4K,
@@ -56,7 +56,7 @@ impl std::str::FromStr for Quantization {
 /// On the CPU candle's repacked copy is made here, and the original released when candle no
 /// longer reads it ([`cpu::repacked`]), so the matrix is held once and the first request does
 /// not pay for the repack.
-pub fn quantize_matrix(weight: &Tensor, q: Quantization) -> Result<Option<(QMatMul, cpu::repacked::Outcome)>> {
+pub fn quantize_matrix(weight: &Tensor, q: Quantization, keep: Option<&dyn Fn(&[u8])>) -> Result<Option<(QMatMul, cpu::repacked::Outcome)>> {
     let (rows, cols) = weight.dims2()?;
     if cols % q.block_size() != 0 {
         return Ok(None);
@@ -65,7 +65,22 @@ pub fn quantize_matrix(weight: &Tensor, q: Quantization) -> Result<Option<(QMatM
         return Ok(Some((QMatMul::from_qtensor(QTensor::quantize(weight, q.ggml())?)?, cpu::repacked::Outcome::Kept)));
     }
     let qm = quantize_in_bands(weight, q)?;
+    if let (Some(keep), QMatMul::QTensor(qt)) = (keep, &qm) {
+        // Before the release below hands the original blocks back (a prepared folder stores them).
+        keep(&qt.data()?);
+    }
     Ok(Some(cpu::repacked::release_original(qm, || quantize_in_bands(weight, q))?))
+}
+
+/// A `[rows, cols]` matrix from its stored `q` blocks (a prepared folder's), made ready the way
+/// [`quantize_matrix`] leaves one: candle's repacked copy made, the original released.
+pub fn quantized_from_blocks(bytes: &[u8], q: Quantization, rows: usize, cols: usize) -> Result<(QMatMul, cpu::repacked::Outcome)> {
+    let expected = rows * (cols / q.block_size()) * q.ggml().type_size();
+    if cols % q.block_size() != 0 || bytes.len() != expected {
+        return Err(Error::Weights(format!("{} bytes of {} blocks for a [{rows}, {cols}] matrix (expected {expected})", bytes.len(), q.as_str())));
+    }
+    let build = || -> Result<QMatMul> { Ok(QMatMul::from_qtensor(qtensor_from_ggml(q.ggml(), bytes, vec![rows, cols], &Device::Cpu)?)?) };
+    cpu::repacked::release_original(build()?, build)
 }
 
 fn quantize_in_bands(weight: &Tensor, q: Quantization) -> Result<QMatMul> {
@@ -93,12 +108,12 @@ mod tests {
         let w = Tensor::randn(0f32, 0.05, (37, 512), &Device::Cpu)?;
         let x = Tensor::randn(0f32, 1.0, (3, 512), &Device::Cpu)?;
         for q in [Quantization::Q8_0, Quantization::Q4K] {
-            let (ours, _) = quantize_matrix(&w, q)?.expect("512 is a multiple of the block size");
+            let (ours, _) = quantize_matrix(&w, q, None)?.expect("512 is a multiple of the block size");
             let whole = QMatMul::from_qtensor(QTensor::quantize(&w, q.ggml())?)?;
             let diff = (ours.forward(&x)? - whole.forward(&x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert_eq!(diff, 0.0, "{q:?}");
         }
-        assert!(quantize_matrix(&Tensor::zeros((4, 100), DType::F32, &Device::Cpu)?, Quantization::Q8_0)?.is_none());
+        assert!(quantize_matrix(&Tensor::zeros((4, 100), DType::F32, &Device::Cpu)?, Quantization::Q8_0, None)?.is_none());
         Ok(())
     }
 }

@@ -45,9 +45,43 @@ pub enum Recorded {
     Tensor(Tensor),
     /// A panel-major matrix ([`crate::cpu::panels`]) of `len` f32 values.
     Panels(crate::cpu::panels::PanelBuffer),
+    /// A quantized matrix's blocks, as GGML lays them out.
+    Blocks(Arc<Vec<u8>>),
+    /// A tensor recorded earlier that the model no longer uses (a dense matrix it quantized).
+    Dropped,
 }
 
 impl Weights {
+    /// Whether this load is being recorded.
+    pub fn is_recording(&self) -> bool {
+        self.recording.is_some()
+    }
+
+    /// Passes the stored bytes of the 1-D U8 tensor `name` (a prepared folder's quantized
+    /// blocks) to `f`, then releases the mapped pages; `None` when there is no such tensor.
+    pub fn with_stored_bytes<R>(&self, name: &str, monitor: &LoadMonitor, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<Option<R>> {
+        if monitor.is_cancelled.is_some_and(|c| c()) {
+            return Err(Error::Aborted);
+        }
+        let Some(loc) = self.index.get(name) else { return Ok(None) };
+        let file = &self.files[loc.file];
+        let info = &file.tensors[&loc.raw_name];
+        if info.dtype != StDtype::U8 || info.shape.len() != 1 {
+            return Err(Error::Weights(format!("{}: tensor `{name}` is {:?} {:?}; a prepared folder holds U8 blocks", file.path.display(), info.dtype, info.shape)));
+        }
+        let (begin, end) = (file.data_start + info.data_offsets.0, file.data_start + info.data_offsets.1);
+        let out = f(&file.mmap[begin..end]).map_err(|e| match e {
+            Error::Weights(m) => Error::Weights(format!("{}: tensor `{name}`: {m}", file.path.display())),
+            other => other,
+        })?;
+        super::release_pages(&file.mmap, begin, end - begin);
+        let loaded = self.loaded_bytes.fetch_add((end - begin) as u64, std::sync::atomic::Ordering::Relaxed) + (end - begin) as u64;
+        if let Some(progress) = monitor.on_progress {
+            progress(loaded.min(self.total_bytes), self.total_bytes);
+        }
+        Ok(Some(out))
+    }
+
     /// Records every tensor the next load produces ([`Weights::recorded`]).
     pub fn start_recording(&mut self) {
         self.recording = Some(Mutex::new(Vec::new()));

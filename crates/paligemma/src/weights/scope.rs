@@ -52,6 +52,15 @@ impl<'a> Scope<'a> {
     pub fn mapped_f32(&self, name: &str, len: usize) -> Result<Option<MappedF32>> {
         self.weights.mapped_f32(name, len, self.monitor)
     }
+    /// Whether this load is being recorded for a prepared folder.
+    pub fn is_recording(&self) -> bool {
+        self.weights.is_recording()
+    }
+    /// The stored bytes of the U8 tensor `name` (a full canonical name) passed to `f`, if the
+    /// checkpoint has it ([`Weights::with_stored_bytes`]).
+    pub fn with_stored_bytes<R>(&self, name: &str, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<Option<R>> {
+        self.weights.with_stored_bytes(name, self.monitor, f)
+    }
     /// Adds a tensor the load produced to the record, when recording ([`Weights::record`]).
     pub fn record(&self, name: &str, tensor: impl FnOnce() -> Recorded) {
         self.weights.record(name, tensor)
