@@ -9,7 +9,7 @@ use crate::weights::Scope;
 
 mod quantization;
 
-pub use quantization::{quantize_matrix, quantized_from_blocks, Quantization};
+pub use quantization::{quantize_matrix, quantized_from_blocks, KeepBlocks, Quantization};
 
 #[derive(Debug, Clone)]
 enum Weight {
@@ -176,7 +176,7 @@ impl Linear {
     /// The same projection with quantized weights, and whether candle's original copy was
     /// released; unchanged (and `None`) when its input width is not a multiple of the block size.
     /// `keep` sees the quantized blocks before they are released.
-    pub fn quantized(&self, q: Quantization, keep: Option<&dyn Fn(&[u8])>) -> Result<(Linear, Option<cpu::repacked::Outcome>)> {
+    pub fn quantized(&self, q: Quantization, keep: KeepBlocks) -> Result<(Linear, Option<cpu::repacked::Outcome>)> {
         match quantize_matrix(self.dense()?, q, keep)? {
             Some((qm, outcome)) => Ok((Linear { weight: Weight::Quantized(qm), bias: self.bias.clone(), out_dim: self.out_dim }, Some(outcome))),
             None => Ok((self.clone(), None)),

@@ -56,7 +56,10 @@ impl std::str::FromStr for Quantization {
 /// On the CPU candle's repacked copy is made here, and the original released when candle no
 /// longer reads it ([`cpu::repacked`]), so the matrix is held once and the first request does
 /// not pay for the repack.
-pub fn quantize_matrix(weight: &Tensor, q: Quantization, keep: Option<&dyn Fn(&[u8])>) -> Result<Option<(QMatMul, cpu::repacked::Outcome)>> {
+/// Sees a matrix's quantized blocks before they are released (a prepared folder stores them).
+pub type KeepBlocks<'a> = Option<&'a dyn Fn(&[u8])>;
+
+pub fn quantize_matrix(weight: &Tensor, q: Quantization, keep: KeepBlocks) -> Result<Option<(QMatMul, cpu::repacked::Outcome)>> {
     let (rows, cols) = weight.dims2()?;
     if cols % q.block_size() != 0 {
         return Ok(None);
@@ -76,7 +79,7 @@ pub fn quantize_matrix(weight: &Tensor, q: Quantization, keep: Option<&dyn Fn(&[
 /// [`quantize_matrix`] leaves one: candle's repacked copy made, the original released.
 pub fn quantized_from_blocks(bytes: &[u8], q: Quantization, rows: usize, cols: usize) -> Result<(QMatMul, cpu::repacked::Outcome)> {
     let expected = rows * (cols / q.block_size()) * q.ggml().type_size();
-    if cols % q.block_size() != 0 || bytes.len() != expected {
+    if !cols.is_multiple_of(q.block_size()) || bytes.len() != expected {
         return Err(Error::Weights(format!("{} bytes of {} blocks for a [{rows}, {cols}] matrix (expected {expected})", bytes.len(), q.as_str())));
     }
     let build = || -> Result<QMatMul> { Ok(QMatMul::from_qtensor(qtensor_from_ggml(q.ggml(), bytes, vec![rows, cols], &Device::Cpu)?)?) };
