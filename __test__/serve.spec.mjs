@@ -144,12 +144,19 @@ test('Ollama client: tags, version, generate and chat, streamed and not', async 
   t.regex(error.message, /exactly one image/)
 })
 
-test('paligemma serve prints its URL once loaded and exits 0 on SIGTERM', async (t) => {
+test('paligemma serve prints its URL once loaded (with --prefill-share) and exits 0 on SIGTERM', async (t) => {
   const { spawn } = await import('node:child_process')
   const { join } = await import('node:path')
   const { repo } = await import('./helpers/fixtures.mjs')
   const dir = fixtureWithTokenizer('pg1-tiny-a')
-  const child = spawn(process.execPath, [join(repo, 'dist', 'src', 'cli.js'), 'serve', '--model', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  // --prefill-share reaches the model's load options (a bad value is a usage error, exit 2).
+  const cli = join(repo, 'dist', 'src', 'cli.js')
+  const bad = spawn(process.execPath, [cli, 'serve', '--model', dir, '--port', '0', '--prefill-share=-1'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let badErr = ''
+  bad.stderr.on('data', (d) => (badErr += d))
+  t.is(await new Promise((resolve) => bad.once('exit', resolve)), 2)
+  t.regex(badErr, /--prefill-share must be a number from 0 to 1000/)
+  const child = spawn(process.execPath, [cli, 'serve', '--model', dir, '--port', '0', '--prefill-share', '1'], { stdio: ['ignore', 'pipe', 'pipe'] })
   const url = await new Promise((resolve, reject) => {
     let out = ''
     const timer = setTimeout(() => reject(new Error(`no URL printed: ${out}`)), 30_000)

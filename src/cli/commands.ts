@@ -236,6 +236,8 @@ export const COMMANDS: Record<string, Command> = {
       '      --api-key <key>         require Authorization: Bearer <key> (or PALIGEMMA_API_KEY)\n' +
       '      --max-body <bytes>      largest request body (default 20000000)\n' +
       '      --max-queue <n>         requests waiting beyond the batch before 429 (default 256)\n' +
+      '      --prefill-share <x>     interleave a joining request\'s prefill with the running ones\' steps\n' +
+      '                              (CPU; steadier token pace, slower joins; see docs/guarantees.md)\n' +
       '      --cors <origin>         answer cross-origin requests from this origin (* for any)\n' +
       '      --shutdown-timeout <s>  seconds open requests get to finish on Ctrl-C/SIGTERM (default 10)\n' +
       '      --vae <file>            the segmentation VAE, for masks (default: $PALIGEMMA_VAE)\n' +
@@ -249,6 +251,7 @@ export const COMMANDS: Record<string, Command> = {
       'api-key': { type: 'string' },
       'max-body': { type: 'string' },
       'max-queue': { type: 'string' },
+      'prefill-share': { type: 'string' },
       cors: { type: 'string' },
       'shutdown-timeout': { type: 'string' },
       vae: { type: 'string' },

@@ -9,7 +9,7 @@ import { PaliGemmaError } from '../errors.js'
 import { resolveModel } from '../hub.js'
 import type { DownloadProgress } from '../hub.js'
 import { PaliGemma } from '../model.js'
-import type { DType, DeviceKind, LoadProgress } from '../types.js'
+import type { DType, DeviceKind, LoadOptions, LoadProgress } from '../types.js'
 import { MODEL_DTYPES, UsageError, choice, integerAtLeast, required, str } from './args.js'
 import type { Parsed } from './args.js'
 import { ProgressBar, showProgress } from './progress.js'
@@ -66,8 +66,11 @@ export async function modelDir(values: Parsed['values']): Promise<string> {
   }
 }
 
-/** Loads the model that `--model` names, with the model options, showing progress on a TTY. */
-export async function openModel(values: Parsed['values']): Promise<PaliGemma> {
+/**
+ * Loads the model that `--model` names, with the model options (and `extra` load options, such
+ * as serve's `prefillShare`), showing progress on a TTY.
+ */
+export async function openModel(values: Parsed['values'], extra: Pick<LoadOptions, 'prefillShare'> = {}): Promise<PaliGemma> {
   const device = choice<DeviceKind>(values, 'device', ['auto', 'cpu', 'cuda'])
   const dtype = choice<DType>(values, 'dtype', MODEL_DTYPES)
   const threads = integerAtLeast(values, 'threads', 1)
@@ -78,6 +81,7 @@ export async function openModel(values: Parsed['values']): Promise<PaliGemma> {
       ...(device === undefined ? {} : { device }),
       ...(dtype === undefined ? {} : { dtype }),
       ...(threads === undefined ? {} : { threads }),
+      ...extra,
       signal: interrupt.signal,
       onProgress: (p: LoadProgress) => bar.update(p.loadedBytes, p.totalBytes),
     })

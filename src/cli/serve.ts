@@ -10,7 +10,7 @@ import { basename, resolve } from 'node:path'
 
 import { serve } from '../serve/server.js'
 import type { Parsed } from './args.js'
-import { UsageError, err, integerAtLeast, out, str } from './args.js'
+import { UsageError, err, integerAtLeast, numberOption, out, str } from './args.js'
 import { openModel, stopRequested } from './loading.js'
 
 /** The model's id: a hub id as given, or a folder's name. */
@@ -43,7 +43,9 @@ export async function runServe(args: Parsed): Promise<number> {
   const remoteTimeout = integerAtLeast(values, 'remote-image-timeout', 0)
   if (remoteTimeout !== undefined && values['allow-remote-images'] !== true) throw new UsageError('--remote-image-timeout needs --allow-remote-images')
   const remoteImages = values['allow-remote-images'] === true ? { timeoutMs: (remoteTimeout ?? 10) * 1000 } : undefined
-  const loaded = await openModel(values)
+  const prefillShare = numberOption(values, 'prefill-share', false)
+  if (prefillShare !== undefined && !(prefillShare >= 0 && prefillShare <= 1000)) throw new UsageError('--prefill-share must be a number from 0 to 1000')
+  const loaded = await openModel(values, prefillShare === undefined ? {} : { prefillShare })
   const running = await serve(loaded, {
     modelId: modelId(model),
     host: str(values, 'host') ?? '127.0.0.1',
