@@ -14,7 +14,7 @@
 //! starting from zero. Register blocking, cache blocking (an accumulator stored and reloaded
 //! between blocks is exact), threads, and the number of rows change which elements are computed
 //! together, never the chain of any one of them. So a row's outputs are the same bits alone or
-//! in a batch of any size, and the same on the AVX2 and portable paths.
+//! in a batch of any size, and the same on the AVX-512, AVX2 and portable paths.
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 mod kernels;
 pub use kernels::Isa;
 
-/// Output columns per panel: two 8-lane AVX2 registers.
+/// Output columns per panel: one AVX-512 register, or two AVX2 ones.
 pub const PANEL: usize = 16;
 
 /// Input rows per cache block: a panel's block is 16 KiB, which stays in L1 while every group
@@ -38,7 +38,6 @@ const PANELS_PER_TASK: usize = 8;
 /// Most rows of one slice of a prompt: its block of activations (`rows × BLOCK_K`, 512 KiB)
 /// fits L2, so every panel rereads it from there.
 const MAX_SLICE_ROWS: usize = 512;
-
 
 /// Most panels in one register block: more independent streams than this do not help a
 /// decode step, which is bound by memory.
