@@ -109,11 +109,11 @@ pub fn safetensors_loader(data: &[u8]) {
         // Prepared folders use 1-D f32 tensors in place: a mapped tensor must read inside the
         // file, and any other length is refused.
         let len: usize = shape.iter().product();
-        if let Ok(Some(mapped)) = weights.mapped_f32(name, len, &quiet) {
+        if let Ok(Some(mapped)) = weights.mapped_f32(name, &shape, &quiet) {
             assert_eq!(mapped.as_slice().len(), len);
             let _ = mapped.as_slice().iter().fold(0f32, |a, v| a + v);
         }
-        assert!(!matches!(weights.mapped_f32(name, len + 1, &quiet), Ok(Some(_))), "`{name}` mapped with another length");
+        assert!(!matches!(weights.mapped_f32(name, &[len + 1], &quiet), Ok(Some(_))), "`{name}` mapped with another length");
     }
     // The same bytes as a prepared folder's manifest: refused or accepted, never a panic.
     if let Some(index) = index {

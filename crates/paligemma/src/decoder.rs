@@ -123,7 +123,10 @@ pub struct Decoder {
 impl Decoder {
     pub fn load(scope: &Scope, cfg: &TextConfig, arch: Architecture, quant: Option<Quantization>) -> Result<Self> {
         let d = cfg.hidden_size;
-        let embed_tokens = TokenEmbedding::load(scope, cfg.vocab_size, d, quant.is_some())?;
+        // The LM head is the tied table, quantized in the quantization mode; a prepared folder
+        // stores those blocks beside the table, which lookups still read (mapped in place then).
+        let head_name = format!("{}.{}", scope.pp("embed_tokens").prefix(), quant.map_or("", |q| q.as_str()));
+        let embed_tokens = TokenEmbedding::load(scope, cfg.vocab_size, d, quant.is_some(), &head_name)?;
         let mut report = QuantizationReport::default();
         let layers = cfg
             .layer_types
@@ -131,12 +134,9 @@ impl Decoder {
             .enumerate()
             .map(|(i, &lt)| DecoderLayer::load(&scope.pp("layers").pp(i), cfg, arch, lt, quant, &mut report))
             .collect::<Result<Vec<_>>>()?;
-        // The LM head is the tied table, quantized in the quantization mode; a prepared folder
-        // stores those blocks beside the table, which lookups still read.
-        let head_name = format!("{}.{}", scope.pp("embed_tokens").prefix(), quant.map_or("", |q| q.as_str()));
         let lm_head = match prepared_quantized(scope, &head_name, quant, cfg.vocab_size, d, &mut report)? {
             Some(head) => head,
-            None => maybe_quantize(embed_tokens.lm_head(), quant, &mut report, (scope, &head_name))?,
+            None => maybe_quantize(embed_tokens.lm_head()?, quant, &mut report, (scope, &head_name))?,
         };
         let norm = RmsNorm::load(&scope.pp("norm"), d, cfg.rms_norm_eps)?;
         // +2: positions are 1-indexed and the last token written may sit at max_positions.

@@ -139,7 +139,7 @@ impl Linear {
         let out_dim = parts.iter().map(|p| p.out_dim).sum();
         let Some(first) = parts.first() else { return Err(Error::Internal("a projection of no parts".into())) };
         let name = stacked_name(parts, "panels");
-        let matrix = match first.scope.mapped_f32(&name, cpu::panels::packed_len(in_dim, out_dim))? {
+        let matrix = match first.scope.mapped_f32(&name, &[cpu::panels::packed_len(in_dim, out_dim)])? {
             // A prepared folder: used in place, factors already folded in (crate::prepared).
             Some(mapped) => cpu::panels::PanelBuffer::Mapped(mapped),
             None => {

@@ -19,16 +19,25 @@ pub(super) enum TokenEmbedding {
     Table(Tensor),
     /// The panel-major `[D, vocab]` matrix.
     Panels { matrix: PanelBuffer, dim: usize, vocab: usize },
+    /// `[vocab, D]` mapped in place from a prepared quantized folder, whose LM head is stored
+    /// as blocks: only lookups read it.
+    Mapped { table: crate::weights::MappedF32, dim: usize, vocab: usize },
 }
 
 impl TokenEmbedding {
     /// Loads the table in the layout the LM head wants: `quantized` heads quantize the
-    /// `[vocab, D]` table.
-    pub fn load(scope: &Scope, vocab: usize, dim: usize, quantized: bool) -> Result<Self> {
+    /// `[vocab, D]` table, unless `head_blocks` names the blocks a prepared folder stores for
+    /// it, and then the table is mapped in place for the lookups.
+    pub fn load(scope: &Scope, vocab: usize, dim: usize, quantized: bool, head_blocks: &str) -> Result<Self> {
         let scope = scope.pp("embed_tokens");
+        if quantized && scope.has_tensor(head_blocks) && scope.device().is_cpu() && scope.dtype() == candle_core::DType::F32 {
+            if let Some(table) = scope.mapped_f32(&format!("{}.weight", scope.prefix()), &[vocab, dim])? {
+                return Ok(TokenEmbedding::Mapped { table, dim, vocab });
+            }
+        }
         if Layout::for_scope(&scope, !quantized) == Layout::Panels {
             let name = format!("{}.panels", scope.prefix());
-            let matrix = match scope.mapped_f32(&name, panels::packed_len(dim, vocab))? {
+            let matrix = match scope.mapped_f32(&name, &[panels::packed_len(dim, vocab)])? {
                 Some(mapped) => PanelBuffer::Mapped(mapped),
                 None => {
                     let mut stack = crate::cpu::huge_pages::PanelStack::new(dim, vocab);
@@ -43,17 +52,18 @@ impl TokenEmbedding {
     }
 
     /// The LM head over the same storage (quantized later by the caller if asked).
-    pub fn lm_head(&self) -> Linear {
+    pub fn lm_head(&self) -> Result<Linear> {
         match self {
-            TokenEmbedding::Table(table) => Linear::from_parts(table.clone(), None),
-            TokenEmbedding::Panels { matrix, dim, vocab } => Linear::from_panels(matrix.clone(), *dim, *vocab),
+            TokenEmbedding::Table(table) => Ok(Linear::from_parts(table.clone(), None)),
+            TokenEmbedding::Panels { matrix, dim, vocab } => Ok(Linear::from_panels(matrix.clone(), *dim, *vocab)),
+            TokenEmbedding::Mapped { .. } => Err(Error::Internal("a mapped table's LM head is the prepared folder's stored blocks".into())),
         }
     }
 
     pub fn device(&self) -> &Device {
         match self {
             TokenEmbedding::Table(table) => table.device(),
-            TokenEmbedding::Panels { .. } => &Device::Cpu,
+            TokenEmbedding::Panels { .. } | TokenEmbedding::Mapped { .. } => &Device::Cpu,
         }
     }
 
@@ -66,14 +76,30 @@ impl TokenEmbedding {
                 let w = matrix.as_slice();
                 let mut rows = Vec::with_capacity(ids.len() * dim);
                 for &id in &ids {
-                    let id = id as usize;
-                    if id >= *vocab {
-                        return Err(Error::Internal(format!("token id {id} outside the vocabulary of {vocab}")));
-                    }
+                    let id = checked_id(id, *vocab)?;
                     rows.extend((0..*dim).map(|c| w[panels::packed_index(*dim, c, id)]));
+                }
+                Ok(Tensor::from_vec(rows, (ids.len(), *dim), &Device::Cpu)?)
+            }
+            TokenEmbedding::Mapped { table, dim, vocab } => {
+                let ids = ids.to_vec1::<u32>()?;
+                let w = table.as_slice();
+                let mut rows = Vec::with_capacity(ids.len() * dim);
+                for &id in &ids {
+                    let id = checked_id(id, *vocab)?;
+                    rows.extend_from_slice(&w[id * dim..(id + 1) * dim]);
                 }
                 Ok(Tensor::from_vec(rows, (ids.len(), *dim), &Device::Cpu)?)
             }
         }
     }
+}
+
+/// `id` as an index into a vocabulary of `vocab` rows (ids are checked before they get here).
+fn checked_id(id: u32, vocab: usize) -> Result<usize> {
+    let id = id as usize;
+    if id >= vocab {
+        return Err(Error::Internal(format!("token id {id} outside the vocabulary of {vocab}")));
+    }
+    Ok(id)
 }

@@ -101,24 +101,25 @@ impl Weights {
         }
     }
 
-    /// The f32 tensor `name` of exactly `len` values (1-D), mapped in place; `None` when the
-    /// checkpoint has no such tensor. A tensor of another dtype, shape or alignment is an error
-    /// that names the file.
-    pub fn mapped_f32(&self, name: &str, len: usize, monitor: &LoadMonitor) -> Result<Option<MappedF32>> {
+    /// The f32 tensor `name` of exactly `shape`, mapped in place; `None` when the checkpoint
+    /// has no such tensor. A tensor of another dtype, shape or alignment is an error that names
+    /// the file.
+    pub fn mapped_f32(&self, name: &str, shape: &[usize], monitor: &LoadMonitor) -> Result<Option<MappedF32>> {
         if monitor.is_cancelled.is_some_and(|c| c()) {
             return Err(Error::Aborted);
         }
         let Some(loc) = self.index.get(name) else { return Ok(None) };
         let file = &self.files[loc.file];
         let info = &file.tensors[&loc.raw_name];
-        if info.dtype != StDtype::F32 || info.shape != [len] {
+        if info.dtype != StDtype::F32 || info.shape != shape {
             return Err(Error::Weights(format!(
-                "{}: tensor `{name}` is {:?} {:?}; a prepared folder for this config holds F32 [{len}]",
+                "{}: tensor `{name}` is {:?} {:?}; a prepared folder for this config holds F32 {shape:?}",
                 file.path.display(),
                 info.dtype,
                 info.shape
             )));
         }
+        let len: usize = shape.iter().product();
         let offset = file.data_start + info.data_offsets.0;
         if !offset.is_multiple_of(4) || cfg!(target_endian = "big") {
             return Err(Error::Weights(format!("{}: tensor `{name}` is not 4-byte aligned in the file; prepare the folder again", file.path.display())));

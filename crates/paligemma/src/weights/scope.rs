@@ -47,10 +47,14 @@ impl<'a> Scope<'a> {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
-    /// The f32 tensor `name` (a full canonical name) of `len` values, mapped in place, if the
+    /// The f32 tensor `name` (a full canonical name) of `shape`, mapped in place, if the
     /// checkpoint has it (a prepared folder; see [`Weights::mapped_f32`]).
-    pub fn mapped_f32(&self, name: &str, len: usize) -> Result<Option<MappedF32>> {
-        self.weights.mapped_f32(name, len, self.monitor)
+    pub fn mapped_f32(&self, name: &str, shape: &[usize]) -> Result<Option<MappedF32>> {
+        self.weights.mapped_f32(name, shape, self.monitor)
+    }
+    /// Whether the checkpoint has the tensor `name` (a full canonical name).
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.weights.contains(name)
     }
     /// Whether this load is being recorded for a prepared folder.
     pub fn is_recording(&self) -> bool {
