@@ -44,6 +44,22 @@ impl Layout {
     }
 }
 
+/// The panel-major `[in_dim, out_dim]` matrix `name`: mapped in place from a prepared folder
+/// (factors already folded in, [`crate::prepared`]), or packed by `fill` from the checkpoint;
+/// recorded either way when the load is recorded.
+pub fn panel_matrix(scope: &Scope, name: &str, in_dim: usize, out_dim: usize, fill: impl FnOnce(&mut cpu::huge_pages::PanelStack) -> Result<()>) -> Result<cpu::panels::PanelBuffer> {
+    let matrix = match scope.mapped_f32(name, &[cpu::panels::packed_len(in_dim, out_dim)])? {
+        Some(mapped) => cpu::panels::PanelBuffer::Mapped(mapped),
+        None => {
+            let mut stack = cpu::huge_pages::PanelStack::new(in_dim, out_dim);
+            fill(&mut stack)?;
+            cpu::panels::PanelBuffer::Owned(std::sync::Arc::new(stack.finish()?))
+        }
+    };
+    scope.record(name, || crate::weights::Recorded::Panels(matrix.clone()));
+    Ok(matrix)
+}
+
 /// The name of a stacked projection's matrix in a prepared folder ([`crate::prepared`]): the
 /// parts' common parent, their own names joined by `+`, then `.{kind}`
 /// (`language_model.layers.0.self_attn.q_proj+k_proj+v_proj.panels`, `….q8_0`).
@@ -138,19 +154,12 @@ impl Linear {
         }
         let out_dim = parts.iter().map(|p| p.out_dim).sum();
         let Some(first) = parts.first() else { return Err(Error::Internal("a projection of no parts".into())) };
-        let name = stacked_name(parts, "panels");
-        let matrix = match first.scope.mapped_f32(&name, &[cpu::panels::packed_len(in_dim, out_dim)])? {
-            // A prepared folder: used in place, factors already folded in (crate::prepared).
-            Some(mapped) => cpu::panels::PanelBuffer::Mapped(mapped),
-            None => {
-                let mut stack = cpu::huge_pages::PanelStack::new(in_dim, out_dim);
-                for p in parts {
-                    p.scope.with_raw(&[p.out_dim, in_dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, p.out_dim, p.factor as f32))?;
-                }
-                cpu::panels::PanelBuffer::Owned(std::sync::Arc::new(stack.finish()?))
+        let matrix = panel_matrix(&first.scope, &stacked_name(parts, "panels"), in_dim, out_dim, |stack| {
+            for p in parts {
+                p.scope.with_raw(&[p.out_dim, in_dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, p.out_dim, p.factor as f32))?;
             }
-        };
-        first.scope.record(&name, || crate::weights::Recorded::Panels(matrix.clone()));
+            Ok(())
+        })?;
         let bias = if bias {
             let parts = parts.iter().map(|p| Ok((p.scope.get(&[p.out_dim], "bias")? * p.factor)?)).collect::<Result<Vec<_>>>()?;
             Some(Tensor::cat(&parts, 0)?)

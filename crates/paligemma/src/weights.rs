@@ -171,9 +171,7 @@ impl Weights {
     /// copying, such as the transposed CPU layout), then releases the mapped pages and reports
     /// progress.
     pub fn with_raw<R>(&self, name: &str, shape: &[usize], monitor: &LoadMonitor, convert: impl FnOnce(RawTensor<'_>) -> Result<R>) -> Result<R> {
-        if monitor.is_cancelled.is_some_and(|c| c()) {
-            return Err(Error::Aborted);
-        }
+        check_cancelled(monitor)?;
         let loc = self
             .index
             .get(name)
@@ -199,11 +197,17 @@ impl Weights {
         // The copy now lives on the heap (or the device); let the kernel drop the mapped pages
         // so RSS does not hold the checkpoint twice.
         release_pages(&file.mmap, begin, end - begin);
-        let loaded = self.loaded_bytes.fetch_add((end - begin) as u64, Ordering::Relaxed) + (end - begin) as u64;
+        self.report_loaded(end - begin, monitor);
+        Ok(converted)
+    }
+
+    /// Counts `bytes` of tensor data as loaded and reports the progress (never past the total:
+    /// a tensor may be read twice).
+    fn report_loaded(&self, bytes: usize, monitor: &LoadMonitor) {
+        let loaded = self.loaded_bytes.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
         if let Some(progress) = monitor.on_progress {
             progress(loaded.min(self.total_bytes), self.total_bytes);
         }
-        Ok(converted)
     }
 
     /// Reads a tensor as stored, without shape expectations (for inspection and conversion).
@@ -232,6 +236,14 @@ fn upload(raw: &RawTensor, shape: &[usize], device: &Device) -> Result<Option<Te
         DType::BF16 => typed::<half::bf16>(raw.bytes, shape, device),
         DType::F16 => typed::<half::f16>(raw.bytes, shape, device),
         _ => Ok(None),
+    }
+}
+
+/// [`Error::Aborted`] once the caller of a load has given up.
+fn check_cancelled(monitor: &LoadMonitor) -> Result<()> {
+    match monitor.is_cancelled.is_some_and(|c| c()) {
+        true => Err(Error::Aborted),
+        false => Ok(()),
     }
 }
 

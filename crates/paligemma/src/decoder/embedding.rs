@@ -10,6 +10,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::cpu::panels::{self, PanelBuffer};
+use crate::layers::panel_matrix;
 use crate::error::{Error, Result};
 use crate::layers::{Layout, Linear};
 use crate::weights::Scope;
@@ -36,16 +37,9 @@ impl TokenEmbedding {
             }
         }
         if Layout::for_scope(&scope, !quantized) == Layout::Panels {
-            let name = format!("{}.panels", scope.prefix());
-            let matrix = match scope.mapped_f32(&name, &[panels::packed_len(dim, vocab)])? {
-                Some(mapped) => PanelBuffer::Mapped(mapped),
-                None => {
-                    let mut stack = crate::cpu::huge_pages::PanelStack::new(dim, vocab);
-                    scope.with_raw(&[vocab, dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, vocab, 1.0))?;
-                    PanelBuffer::Owned(std::sync::Arc::new(stack.finish()?))
-                }
-            };
-            scope.record(&name, || crate::weights::Recorded::Panels(matrix.clone()));
+            let matrix = panel_matrix(&scope, &format!("{}.panels", scope.prefix()), dim, vocab, |stack| {
+                scope.with_raw(&[vocab, dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, vocab, 1.0))
+            })?;
             return Ok(TokenEmbedding::Panels { matrix, dim, vocab });
         }
         Ok(TokenEmbedding::Table(scope.get(&[vocab, dim], "weight")?))
@@ -72,34 +66,27 @@ impl TokenEmbedding {
         match self {
             TokenEmbedding::Table(table) => Ok(table.index_select(ids, 0)?),
             TokenEmbedding::Panels { matrix, dim, vocab } => {
-                let ids = ids.to_vec1::<u32>()?;
                 let w = matrix.as_slice();
-                let mut rows = Vec::with_capacity(ids.len() * dim);
-                for &id in &ids {
-                    let id = checked_id(id, *vocab)?;
-                    rows.extend((0..*dim).map(|c| w[panels::packed_index(*dim, c, id)]));
-                }
-                Ok(Tensor::from_vec(rows, (ids.len(), *dim), &Device::Cpu)?)
+                gather(ids, *dim, *vocab, |id, rows| rows.extend((0..*dim).map(|c| w[panels::packed_index(*dim, c, id)])))
             }
             TokenEmbedding::Mapped { table, dim, vocab } => {
-                let ids = ids.to_vec1::<u32>()?;
                 let w = table.as_slice();
-                let mut rows = Vec::with_capacity(ids.len() * dim);
-                for &id in &ids {
-                    let id = checked_id(id, *vocab)?;
-                    rows.extend_from_slice(&w[id * dim..(id + 1) * dim]);
-                }
-                Ok(Tensor::from_vec(rows, (ids.len(), *dim), &Device::Cpu)?)
+                gather(ids, *dim, *vocab, |id, rows| rows.extend_from_slice(&w[id * dim..(id + 1) * dim]))
             }
         }
     }
 }
 
-/// `id` as an index into a vocabulary of `vocab` rows (ids are checked before they get here).
-fn checked_id(id: u32, vocab: usize) -> Result<usize> {
-    let id = id as usize;
-    if id >= vocab {
-        return Err(Error::Internal(format!("token id {id} outside the vocabulary of {vocab}")));
+/// `[ids.len(), dim]` on the host, each row appended by `row(id, rows)`; ids were checked
+/// against the vocabulary before they got here, so one outside it is an internal error.
+fn gather(ids: &Tensor, dim: usize, vocab: usize, mut row: impl FnMut(usize, &mut Vec<f32>)) -> Result<Tensor> {
+    let ids = ids.to_vec1::<u32>()?;
+    let mut rows = Vec::with_capacity(ids.len() * dim);
+    for &id in &ids {
+        if id as usize >= vocab {
+            return Err(Error::Internal(format!("token id {id} outside the vocabulary of {vocab}")));
+        }
+        row(id as usize, &mut rows);
     }
-    Ok(id)
+    Ok(Tensor::from_vec(rows, (ids.len(), dim), &Device::Cpu)?)
 }

@@ -60,9 +60,7 @@ impl Weights {
     /// Passes the stored bytes of the 1-D U8 tensor `name` (a prepared folder's quantized
     /// blocks) to `f`, then releases the mapped pages; `None` when there is no such tensor.
     pub fn with_stored_bytes<R>(&self, name: &str, monitor: &LoadMonitor, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<Option<R>> {
-        if monitor.is_cancelled.is_some_and(|c| c()) {
-            return Err(Error::Aborted);
-        }
+        super::check_cancelled(monitor)?;
         let Some(loc) = self.index.get(name) else { return Ok(None) };
         let file = &self.files[loc.file];
         let info = &file.tensors[&loc.raw_name];
@@ -75,10 +73,7 @@ impl Weights {
             other => other,
         })?;
         super::release_pages(&file.mmap, begin, end - begin);
-        let loaded = self.loaded_bytes.fetch_add((end - begin) as u64, std::sync::atomic::Ordering::Relaxed) + (end - begin) as u64;
-        if let Some(progress) = monitor.on_progress {
-            progress(loaded.min(self.total_bytes), self.total_bytes);
-        }
+        self.report_loaded(end - begin, monitor);
         Ok(Some(out))
     }
 
@@ -105,9 +100,7 @@ impl Weights {
     /// has no such tensor. A tensor of another dtype, shape or alignment is an error that names
     /// the file.
     pub fn mapped_f32(&self, name: &str, shape: &[usize], monitor: &LoadMonitor) -> Result<Option<MappedF32>> {
-        if monitor.is_cancelled.is_some_and(|c| c()) {
-            return Err(Error::Aborted);
-        }
+        super::check_cancelled(monitor)?;
         let Some(loc) = self.index.get(name) else { return Ok(None) };
         let file = &self.files[loc.file];
         let info = &file.tensors[&loc.raw_name];
@@ -125,10 +118,7 @@ impl Weights {
             return Err(Error::Weights(format!("{}: tensor `{name}` is not 4-byte aligned in the file; prepare the folder again", file.path.display())));
         }
         populate(&file.mmap, offset, len * 4);
-        let loaded = self.loaded_bytes.fetch_add((len * 4) as u64, std::sync::atomic::Ordering::Relaxed) + (len * 4) as u64;
-        if let Some(progress) = monitor.on_progress {
-            progress(loaded.min(self.total_bytes), self.total_bytes);
-        }
+        self.report_loaded(len * 4, monitor);
         Ok(Some(MappedF32 { map: file.mmap.clone(), offset, len }))
     }
 }
