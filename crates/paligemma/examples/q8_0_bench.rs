@@ -1,28 +1,59 @@
-//! Rows through a q8_0 matrix: candle's kernel against `cpu::q8_0` (few rows: one pass over the
-//! weights; from `MIN_ROWS` on: dequantize a band, then gemm), on PaliGemma-3B's decoder shapes.
-//! On CPUs where candle repacks q8_0 (VNNI), both columns are candle's.
+//! Rows through a q8_0 matrix on PaliGemma-3B's decoder shapes: candle's kernel, `cpu::q8_0`
+//! (few rows: one pass over the weights; from `MIN_ROWS` on: dequantize a band, then gemm; on
+//! CPUs where candle repacks q8_0, that is, with VNNI, this column is candle's too), and the int8
+//! panel kernel (`cpu::int8_panels`, AVX-512 VNNI only). Prints ms per product and int8 GOP/s.
 //!
 //!   RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 cargo run --release --example q8_0_bench
+//!   ROWS=1,16 SHAPES=32768x2048 cargo run --release --example q8_0_bench
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
+use paligemma::cpu::int8_panels::{self, Int8Panels};
 use std::time::Instant;
+
+fn list(var: &str, default: &str) -> Vec<String> {
+    std::env::var(var).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_string()).collect()
+}
+
 fn main() {
-    for (n, k) in [(2048usize, 2048usize), (32768, 2048), (2048, 16384), (257152, 2048)] {
+    let rows: Vec<usize> = list("ROWS", "1,4,8,16,32,266").iter().map(|v| v.parse().expect("ROWS: row counts")).collect();
+    let shapes: Vec<(usize, usize)> = list("SHAPES", "2560x2048,2048x2048,32768x2048,2048x16384,257152x2048")
+        .iter()
+        .map(|s| {
+            let (n, k) = s.split_once('x').expect("SHAPES: NxK,…");
+            (n.parse().expect("N"), k.parse().expect("K"))
+        })
+        .collect();
+    println!("int8 panels: {}", if int8_panels::available() { "AVX-512 VNNI" } else { "not on this CPU (portable path, slow)" });
+    for (n, k) in shapes {
         let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).unwrap();
-        let qm = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
-        for m in [1usize, 4, 8, 32, 56, 266] {
+        let qt = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let panels = Int8Panels::from_q8_0(&qt.data().unwrap(), n, k).unwrap();
+        let qm = QMatMul::from_qtensor(qt).unwrap();
+        for &m in &rows {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-            let time = |f: &dyn Fn() -> Tensor| {
-                f();
-                let t = Instant::now();
-                for _ in 0..3 {
-                    f();
-                }
-                t.elapsed().as_secs_f64() / 3.0 * 1e3
-            };
-            let candle = time(&|| qm.forward(&x).unwrap());
-            let ours = time(&|| paligemma::cpu::q8_0::matmul(&qm, &x).unwrap().unwrap_or_else(|| qm.forward(&x).unwrap()));
-            println!("[{n}, {k}] m={m}: candle {candle:.1} ms, ours {ours:.1} ms ({:.2}x)", candle / ours);
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let candle = time(&|| drop(qm.forward(&x).unwrap()));
+            let ours = time(&|| drop(paligemma::cpu::q8_0::matmul(&qm, &x).unwrap().unwrap_or_else(|| qm.forward(&x).unwrap())));
+            let int8 = time(&|| drop(panels.matmul(&xs, m)));
+            let gops = |ms: f64| 2.0 * (m * n * k) as f64 / ms / 1e6;
+            println!(
+                "[{n}, {k}] m={m}: candle {candle:.2} ms ({:.0} GOP/s), cpu::q8_0 {ours:.2} ms, int8 panels {int8:.2} ms ({:.0} GOP/s, {:.1} GB/s; {:.2}x candle)",
+                gops(candle),
+                gops(int8),
+                panels.bytes() as f64 / int8 / 1e6,
+                candle / int8
+            );
         }
     }
+}
+
+/// Mean ms of a few runs after a warm-up.
+fn time(f: &dyn Fn()) -> f64 {
+    f();
+    let runs = 3;
+    let t = Instant::now();
+    for _ in 0..runs {
+        f();
+    }
+    t.elapsed().as_secs_f64() / runs as f64 * 1e3
 }

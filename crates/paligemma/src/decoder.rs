@@ -76,6 +76,8 @@ pub struct QuantizationReport {
     pub total: usize,
     /// Quantized matrices held once: candle's repacked copy only ([`crate::cpu::repacked`]).
     pub released: usize,
+    /// Quantized matrices in our int8 panels ([`crate::cpu::int8_panels`]), held once too.
+    pub int8_panels: usize,
 }
 
 /// Which positions get logits.

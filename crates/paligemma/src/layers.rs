@@ -1,6 +1,5 @@
 //! Small building blocks shared by the vision tower and the decoder.
 
-use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor};
 
 use crate::cpu;
@@ -9,7 +8,7 @@ use crate::weights::Scope;
 
 mod quantization;
 
-pub use quantization::{quantize_matrix, quantized_from_blocks, KeepBlocks, Quantization};
+pub use quantization::{quantize_matrix, quantized_from_blocks, KeepBlocks, Quantization, QuantizedMatrix};
 
 #[derive(Debug, Clone)]
 enum Weight {
@@ -17,7 +16,7 @@ enum Weight {
     Dense(Tensor),
     /// Panel-major `[in, out]` (see [`Layout::Panels`]), with its input width.
     Panels(cpu::panels::PanelBuffer, usize),
-    Quantized(QMatMul),
+    Quantized(QuantizedMatrix),
 }
 
 /// How a dense projection keeps its matrix.
@@ -124,7 +123,7 @@ impl Linear {
     }
 
     /// A projection over a quantized matrix (no bias).
-    pub fn from_quantized(matrix: QMatMul, out_dim: usize) -> Self {
+    pub fn from_quantized(matrix: QuantizedMatrix, out_dim: usize) -> Self {
         Linear { weight: Weight::Quantized(matrix), bias: None, out_dim }
     }
 
@@ -239,7 +238,13 @@ impl Linear {
                 None => flat.matmul(&w.t()?)?,
             },
             Weight::Panels(wp, k) => cpu::panels::matmul_tensor(&flat, wp.as_slice(), *k, self.out_dim)?,
-            Weight::Quantized(q) => match cpu::q8_0::matmul(q, &flat)? {
+            Weight::Quantized(QuantizedMatrix::Int8Panels(w)) => {
+                let flat = flat.contiguous()?;
+                let y = cpu::with_f32_slice(&flat, |xs| Ok(w.matmul(xs, rows)))?
+                    .ok_or_else(|| Error::Internal("int8 panel matmul: the input is not f32 on the CPU".into()))?;
+                Tensor::from_vec(y, (rows, self.out_dim), flat.device())?
+            }
+            Weight::Quantized(QuantizedMatrix::Candle(q)) => match cpu::q8_0::matmul(q, &flat)? {
                 Some(y) => y,
                 None => q.forward(&flat.contiguous()?)?,
             },

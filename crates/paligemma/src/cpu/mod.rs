@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod attention;
 pub mod huge_pages;
+pub mod int8_panels;
 pub mod matvec;
 pub mod panels;
 pub mod q8_0;

@@ -36,6 +36,9 @@ pub enum Outcome {
     Kept,
     /// Released, but the probes changed, so it was quantized again and kept whole.
     Rebuilt,
+    /// Not candle's at all: repacked into our int8 panels ([`super::int8_panels`]), and
+    /// candle's blocks dropped.
+    Int8Panels,
 }
 
 /// Repacks `qm` now and releases its original when candle will only read the repacked tiles;

@@ -29,6 +29,7 @@ fn count(report: &mut QuantizationReport, outcome: Option<Outcome>) {
     report.total += 1;
     report.quantized += usize::from(outcome.is_some());
     report.released += usize::from(outcome == Some(Outcome::Released));
+    report.int8_panels += usize::from(outcome == Some(Outcome::Int8Panels));
 }
 
 /// A stored quantized matrix named `name` (a prepared folder's) of `rows × cols`, if there is

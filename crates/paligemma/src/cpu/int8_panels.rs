@@ -1,0 +1,208 @@
+//! `q8_0` matrices on CPUs with AVX-512 VNNI, in a panel-major layout of our own, for every row
+//! count: the prompt's hundreds of rows, a continuous batch's decode step, one decoded token.
+//!
+//! Why not candle's kernel: candle repacks `q8_0` into 16-column tiles for `vpdpbusd` as well,
+//! but its kernel blocks 4 rows × 1 tile and rounds each activation row to one scale per 256
+//! values. A prompt ran at 257 GOP/s there (`[32768, 2048]`, 266 rows), 29 % of this CPU's int8
+//! peak and only 1.4× our f32 panel kernel, and a 16-row decode step of PaliGemma-3B in `q8_0`
+//! cost nearly what an f32 one does (benches/RESULTS.md). Here a register block holds up to
+//! 6 rows × 2 panels or 1 row × 8 panels, each activation block of 32 values has its own scale
+//! (closer to f32 than candle's 256), and the layout is ours, so a prepared folder can store it.
+//!
+//! The arithmetic ([`QuantizedRows`], [`kernels`]): weights are stored `+128` as unsigned bytes
+//! so `vpdpbusd` (unsigned × signed bytes, four products per 32-bit lane) applies directly; the
+//! activations are rounded per block of 32 to signed bytes with an f32 scale, and the `+128` is
+//! taken back exactly by starting each block's integer sum at `−128 · Σx`. Per output and block,
+//! then, `acc = fma(Σ w·x as f32, d_w · d_x, acc)`: the integer sum is exact, so every output
+//! is one chain over the blocks in order whatever the register block, row count or thread
+//! count, and a row's bits are the same alone or in a batch (as [`super::panels`] promises for
+//! f32), on the VNNI and the portable path alike.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+mod kernels;
+#[cfg(test)]
+mod tests;
+
+/// Output columns per panel: one AVX-512 register of 32-bit sums.
+pub const PANEL: usize = 16;
+/// Inputs per `q8_0` block, each with its own scale (weights and activations alike).
+pub const BLOCK: usize = 32;
+/// Four inputs per 32-bit lane of `vpdpbusd`, so a block is eight groups.
+const GROUPS: usize = BLOCK / 4;
+/// A candle `q8_0` block: an f16 scale, then 32 signed bytes.
+const Q8_0_BYTES: usize = 2 + BLOCK;
+/// Most panels per parallel task (enough work to amortise its scheduling).
+const PANELS_PER_TASK: usize = 8;
+
+/// 64 bytes on a cache line: one group of one block of one panel (16 columns × 4 inputs).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Whether this CPU runs the kernel: AVX-512 with VNNI, not turned off by
+/// `PALIGEMMA_NO_AVX512=1` (which stands in for an older CPU, [`super::panels::Isa::detect`]).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            super::panels::Isa::detect() == super::panels::Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A `[n, k]` `q8_0` matrix (rows are the outputs) as panels of 16 outputs: per panel and
+/// block of 32 inputs, 8 lines of `[16 columns][4 inputs]` weights `+128`, and 16 f16 scales.
+pub struct Int8Panels {
+    values: Vec<Line>,
+    scales: Vec<f16>,
+    n: usize,
+    k: usize,
+}
+
+impl std::fmt::Debug for Int8Panels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Int8Panels[{}, {}]", self.n, self.k)
+    }
+}
+
+impl Int8Panels {
+    /// Whether a `[n, k]` matrix fits the layout: whole panels and whole blocks.
+    pub fn fits(n: usize, k: usize) -> bool {
+        n > 0 && k > 0 && n.is_multiple_of(PANEL) && k.is_multiple_of(BLOCK)
+    }
+
+    /// Repacks candle's `q8_0` bytes of a `[n, k]` matrix (row-major blocks: an f16 scale and 32
+    /// signed bytes each), panel by panel on the current pool. The values and scales are
+    /// candle's, so the matrix is the one candle's kernels would multiply.
+    pub fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Result<Int8Panels> {
+        let kb = k / BLOCK;
+        if !Self::fits(n, k) || bytes.len() != n * kb * Q8_0_BYTES {
+            return Err(Error::Weights(format!("{} bytes of q8_0 blocks for a [{n}, {k}] matrix (expected {})", bytes.len(), n * kb * Q8_0_BYTES)));
+        }
+        let panels = n / PANEL;
+        let mut values = vec![Line([0; 64]); panels * kb * GROUPS];
+        let mut scales = vec![f16::ZERO; panels * kb * PANEL];
+        let row_bytes = kb * Q8_0_BYTES;
+        values.par_chunks_mut(kb * GROUPS).zip(scales.par_chunks_mut(kb * PANEL)).enumerate().for_each(|(p, (lines, scales))| {
+            for col in 0..PANEL {
+                let row = &bytes[(p * PANEL + col) * row_bytes..][..row_bytes];
+                for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+                    scales[b * PANEL + col] = f16::from_le_bytes([block[0], block[1]]);
+                    for (g, four) in block[2..].chunks_exact(4).enumerate() {
+                        let line = &mut lines[b * GROUPS + g].0[col * 4..col * 4 + 4];
+                        for (dst, &q) in line.iter_mut().zip(four) {
+                            *dst = (q as i8 as u8) ^ 0x80;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Int8Panels { values, scales, n, k })
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Bytes held: the same as the `q8_0` blocks (8.5 bits per weight).
+    pub fn bytes(&self) -> usize {
+        self.values.len() * 64 + self.scales.len() * 2
+    }
+
+    /// `y = x · Wᵀ` for `x: [m, k]` row-major f32; `y: [m, n]`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_with(x, m, available())
+    }
+
+    /// [`Int8Panels::matmul`] with the VNNI kernels or the portable ones: the same bits, which
+    /// the tests check.
+    pub(crate) fn matmul_with(&self, x: &[f32], m: usize, vnni: bool) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() >= m * k, "int8 panel matmul: {} inputs for {m} rows of {k}", x.len());
+        let mut y = vec![0f32; m * n];
+        if m == 0 {
+            return y;
+        }
+        let rows = QuantizedRows::new(&x[..m * k], m, k);
+        let panels = n / PANEL;
+        let per_task = panels.div_ceil(4 * rayon::current_num_threads()).clamp(1, PANELS_PER_TASK);
+        let out = Output(y.as_mut_ptr());
+        let blocks = kernels::RowBlocks::new(m);
+        (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
+            let first = task * per_task;
+            let last = (first + per_task).min(panels);
+            let mut p = first;
+            while p < last {
+                let count = blocks.panels.min(last - p);
+                for (r0, block_rows) in blocks.iter() {
+                    // SAFETY: this task alone writes the columns of panels first..last, and rows
+                    // r0..r0 + block_rows lie inside `y`, which outlives the loop.
+                    unsafe { kernels::block(vnni, block_rows, count, &rows, r0, self, p, out.ptr(), n) };
+                }
+                p += count;
+            }
+        });
+        y
+    }
+}
+
+/// The output buffer shared by the tasks, each writing its own columns.
+struct Output(*mut f32);
+// SAFETY: tasks write disjoint columns (see `matmul_with`).
+unsafe impl Sync for Output {}
+
+impl Output {
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Activation rows rounded per block of 32 to signed bytes: `x ≈ d · q`, `d = max|x| / 127`,
+/// with each block's `−128 · Σq`, which undoes the weights' `+128` offset.
+pub(crate) struct QuantizedRows {
+    values: Vec<i8>,
+    scales: Vec<f32>,
+    corrections: Vec<i32>,
+    k: usize,
+}
+
+impl QuantizedRows {
+    pub(crate) fn new(x: &[f32], m: usize, k: usize) -> QuantizedRows {
+        let kb = k / BLOCK;
+        let mut values = vec![0i8; m * k];
+        let mut scales = vec![0f32; m * kb];
+        let mut corrections = vec![0i32; m * kb];
+        let rows = x.chunks_exact(k).zip(values.chunks_exact_mut(k)).zip(scales.chunks_exact_mut(kb).zip(corrections.chunks_exact_mut(kb)));
+        if m >= 8 {
+            let rows: Vec<_> = rows.collect();
+            rows.into_par_iter().for_each(|((x, q), (d, c))| quantize_row(x, q, d, c));
+        } else {
+            rows.for_each(|((x, q), (d, c))| quantize_row(x, q, d, c));
+        }
+        QuantizedRows { values, scales, corrections, k }
+    }
+}
+
+/// One row of [`QuantizedRows`]: its values, and per block its scale and correction.
+fn quantize_row(x: &[f32], q: &mut [i8], scales: &mut [f32], corrections: &mut [i32]) {
+    for (((xb, qb), d), c) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(scales).zip(corrections) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in qb.iter_mut().zip(xb) {
+            // `as` saturates (and maps NaN to 0): never out of range.
+            *q = (v * inv).round_ties_even() as i8;
+            sum += i32::from(*q);
+        }
+        *d = scale;
+        *c = -128 * sum;
+    }
+}

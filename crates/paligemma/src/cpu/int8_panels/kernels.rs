@@ -1,0 +1,153 @@
+//! The register blocks of the int8 panel kernel: `R rows × P panels` of outputs over the whole
+//! depth, with AVX-512 VNNI or in plain Rust, the same per-output chain in both (the module
+//! above says why).
+
+use super::{Int8Panels, QuantizedRows, BLOCK, GROUPS, PANEL};
+
+/// Most rows of a register block, and the panels each row count leaves registers for: `R·P`
+/// integer sums, as many f32 accumulators, `P` weight registers and two broadcasts fit the 32
+/// AVX-512 registers. One row could take 10 panels, but 4 streams already read the weights at
+/// the machine's bandwidth (29–32 GB/s on the bench host, `examples/q8_0_bench`), and 8 read
+/// them slower.
+const MAX_ROWS: usize = 6;
+const PANELS_FOR_ROWS: [usize; MAX_ROWS + 1] = [0, 4, 6, 4, 3, 2, 2];
+
+/// How the rows split into register blocks: as few as [`MAX_ROWS`] allows, of nearly equal
+/// size.
+pub(super) struct RowBlocks {
+    m: usize,
+    rows: usize,
+    pub(super) panels: usize,
+}
+
+impl RowBlocks {
+    pub(super) fn new(m: usize) -> Self {
+        let rows = m.div_ceil(m.div_ceil(MAX_ROWS).max(1)).max(1);
+        RowBlocks { m, rows, panels: PANELS_FOR_ROWS[rows] }
+    }
+
+    /// `(first row, rows)` of each block.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.m).step_by(self.rows).map(|r0| (r0, self.rows.min(self.m - r0)))
+    }
+}
+
+/// Runs the kernel monomorphised for `rows` rows from `r0` of `x` × `panels` panels from `p0`
+/// of `w`, writing `y[r0.., p0·16..]` (row stride `n`).
+///
+/// # Safety
+/// `y` must hold `x`'s rows × `n` floats, and no other thread may access the block's outputs
+/// during the call; `vnni` only where [`super::available`] says so.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn block(vnni: bool, rows: usize, panels: usize, x: &QuantizedRows, r0: usize, w: &Int8Panels, p0: usize, y: *mut f32, n: usize) {
+    let kb = w.k / BLOCK;
+    assert!(
+        x.k == w.k && (r0 + rows) * kb <= x.scales.len() && (p0 + panels) * PANEL <= w.n && w.n == n,
+        "int8 panel block out of bounds"
+    );
+    let y = y.wrapping_add(r0 * n + p0 * PANEL);
+    macro_rules! dispatch {
+        ($kernel:ident: $(($r:literal, $p:literal)),*) => {
+            match (rows, panels) {
+                // SAFETY: forwarded from the caller; the assertion above bounds the reads.
+                $(($r, $p) => unsafe { $kernel::<$r, $p>(x, r0, w, p0, y, n) },)*
+                _ => unreachable!("a block of {rows} rows × {panels} panels"),
+            }
+        };
+    }
+    macro_rules! all_blocks {
+        ($kernel:ident) => {
+            dispatch!($kernel: (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8), (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (2, 6),
+                (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (5, 1), (5, 2), (6, 1), (6, 2))
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if vnni {
+        return all_blocks!(avx512_vnni);
+    }
+    let _ = vnni;
+    all_blocks!(portable)
+}
+
+/// # Safety
+/// As [`block`], on a CPU with AVX-512F and AVX-512 VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn avx512_vnni<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize, w: &Int8Panels, p0: usize, y: *mut f32, n: usize) {
+    use std::arch::x86_64::*;
+    let (k, kb) = (w.k, w.k / BLOCK);
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    // SAFETY: `block` bounds rows r0..r0 + R of x and panels p0..p0 + P of w; every offset
+    // below stays inside them. y is the caller's contract.
+    unsafe {
+        let xq = x.values.as_ptr().add(r0 * k);
+        let (xd, xc) = (x.scales.as_ptr().add(r0 * kb), x.corrections.as_ptr().add(r0 * kb));
+        let lines = w.values.as_ptr().add(p0 * kb * GROUPS);
+        let scales = w.scales.as_ptr().add(p0 * kb * PANEL);
+        for b in 0..kb {
+            let mut sums = [[_mm512_setzero_si512(); P]; R];
+            for (i, sums_i) in sums.iter_mut().enumerate() {
+                let start = _mm512_set1_epi32(*xc.add(i * kb + b));
+                sums_i.iter_mut().for_each(|s| *s = start);
+            }
+            for g in 0..GROUPS {
+                let mut wv = [_mm512_setzero_si512(); P];
+                for (p, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_load_si512(lines.add((p * kb + b) * GROUPS + g) as *const __m512i);
+                }
+                for (i, sums_i) in sums.iter_mut().enumerate() {
+                    let four = _mm512_set1_epi32(std::ptr::read_unaligned(xq.add(i * k + b * BLOCK + g * 4) as *const i32));
+                    for (s, v) in sums_i.iter_mut().zip(&wv) {
+                        *s = _mm512_dpbusd_epi32(*s, *v, four);
+                    }
+                }
+            }
+            let mut dw = [_mm512_setzero_ps(); P];
+            for (p, d) in dw.iter_mut().enumerate() {
+                *d = _mm512_cvtph_ps(_mm256_loadu_si256(scales.add((p * kb + b) * PANEL) as *const __m256i));
+            }
+            for (i, (acc_i, sums_i)) in acc.iter_mut().zip(&sums).enumerate() {
+                let dx = _mm512_set1_ps(*xd.add(i * kb + b));
+                for ((a, s), d) in acc_i.iter_mut().zip(sums_i).zip(&dw) {
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), _mm512_mul_ps(*d, dx), *a);
+                }
+            }
+        }
+        for (i, acc_i) in acc.iter().enumerate() {
+            for (p, a) in acc_i.iter().enumerate() {
+                _mm512_storeu_ps(y.add(i * n + p * PANEL), *a);
+            }
+        }
+    }
+}
+
+/// # Safety
+/// As [`block`].
+#[inline(always)]
+unsafe fn portable<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize, w: &Int8Panels, p0: usize, y: *mut f32, n: usize) {
+    let (k, kb) = (w.k, w.k / BLOCK);
+    for i in 0..R {
+        let row = r0 + i;
+        for p in 0..P {
+            let panel = p0 + p;
+            let mut acc = [0f32; PANEL];
+            for b in 0..kb {
+                let xq = &x.values[row * k + b * BLOCK..][..BLOCK];
+                let dx = x.scales[row * kb + b];
+                for (col, a) in acc.iter_mut().enumerate() {
+                    let mut sum = x.corrections[row * kb + b];
+                    for g in 0..GROUPS {
+                        let line = &w.values[(panel * kb + b) * GROUPS + g].0[col * 4..col * 4 + 4];
+                        for (j, &wq) in line.iter().enumerate() {
+                            sum += i32::from(wq) * i32::from(xq[g * 4 + j]);
+                        }
+                    }
+                    let dw = w.scales[(panel * kb + b) * PANEL + col].to_f32();
+                    *a = super::super::fmadd(sum as f32, dw * dx, *a);
+                }
+            }
+            // SAFETY: row i of the block, panel p: inside y (the caller's contract).
+            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), y.add(i * n + p * PANEL), PANEL) };
+        }
+    }
+}
