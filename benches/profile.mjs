@@ -4,7 +4,7 @@
 // vision tower + projector + Gemma prefill) and, separately, for decode (first → last token).
 // (and the load before them). Prints the hottest symbols of each phase and keeps the perf data under the bench cache.
 //
-//   node benches/profile.mjs [--model DIR] [--threads 2] [--decode-tokens 48] [--freq 499]
+//   node benches/profile.mjs [--model DIR] [--dtype f32|q8_0|q4k] [--threads 2] [--decode-tokens 48] [--freq 499]
 //                            [--call-graph dwarf] [--top 30]
 // Default model: $PALIGEMMA_BENCH_CACHE/pg1-3b-224-f32 (written by `npm run bench`).
 // Needs `perf` (linux-perf) and permission to profile this process (root or
@@ -25,6 +25,7 @@ const { values: args } = parseArgs({
   options: {
     model: { type: 'string', default: path.join(cache, 'pg1-3b-224-f32') },
     threads: { type: 'string', default: '2' },
+    dtype: { type: 'string', default: 'f32' },
     'decode-tokens': { type: 'string', default: '48' },
     freq: { type: 'string', default: '499' },
     'call-graph': { type: 'string' },
@@ -77,7 +78,7 @@ log(`loading ${args.model}`)
 const loadPerf = perfRecord('load')
 await new Promise((r) => setTimeout(r, 500)) // let perf attach
 const t0 = performance.now()
-const model = await PaliGemma.load(args.model, { device: 'cpu', dtype: 'f32', threads: Number(args.threads) })
+const model = await PaliGemma.load(args.model, { device: 'cpu', dtype: args.dtype, threads: Number(args.threads) })
 const loadS = (performance.now() - t0) / 1e3
 await loadPerf.stop()
 log(`loaded in ${loadS.toFixed(1)} s`)

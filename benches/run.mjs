@@ -53,6 +53,7 @@ const OPTIONS = {
   rate: { type: 'string', default: '0.2' },
   // child mode
   'also-dtypes': { type: 'string' },
+  dtypes: { type: 'string' },
   child: { type: 'string' },
   model: { type: 'string' },
   dtype: { type: 'string' },
@@ -80,6 +81,7 @@ const USAGE = `usage: npm run bench -- [options]
   --wait-only           only wait for a quiet machine (same rule, --max-wait cap), then exit
   --concurrency 1,2,4   continuous batching instead: that many concurrent streams per level, each
                         level in a fresh child (lib/concurrency.mjs); f32 plus --also-dtypes
+  --dtypes a,b          with --concurrency: exactly these load dtypes (e.g. q8_0 alone)
   --arrival poisson     with --concurrency: requests arrive at --rate R per second (default: all at once)
 Env: PALIGEMMA_BENCH_CACHE (checkpoints, logs, results; default benches/.cache),
      PALIGEMMA_BENCH_PYTHON (default benches/.venv/bin/python).`
@@ -172,7 +174,7 @@ async function concurrencyMain(args) {
   const results = await runConcurrency({
     modelDir: dir,
     levels,
-    dtypes: ['f32', ...(args['also-dtypes'] ? args['also-dtypes'].split(',') : [])],
+    dtypes: args.dtypes ? args.dtypes.split(',') : ['f32', ...(args['also-dtypes'] ? args['also-dtypes'].split(',') : [])],
     threads: Number(args.threads),
     newTokens: Number(args['new-tokens'] ?? 32),
     arrival: args.arrival,

@@ -69,7 +69,9 @@ export function markdown(report) {
   const bw = report.bandwidth
   if (bw) L.push(`Memory read bandwidth (streaming sum over ${bw.buffer_mib} MiB, best of ${bw.passes}): ` + bw.results.map((r) => `${r.threads} thread${r.threads > 1 ? 's' : ''} ${r.best_gb_s} GB/s (median ${r.median_gb_s})`).join(', ') + '.')
   const fl = report.compute
-  if (fl) L.push(`f32 multiply-add peak (${fl.isa} FMA chains in registers, best of 3): ` + fl.results.map((r) => `${r.threads} thread${r.threads > 1 ? 's' : ''} ${r.gflop_s} GFLOP/s`).join(', ') + '.')
+  const perThreads = (rs) => rs.map((r) => `${r.threads} thread${r.threads > 1 ? 's' : ''} ${r.gflop_s}`).join(', ')
+  if (fl) L.push(`f32 multiply-add peak (${fl.isa} FMA chains in registers, best of 3): ` + perThreads(fl.results) + ' GFLOP/s.')
+  if (fl?.int8) L.push(`int8 peak (AVX-512 VNNI \`vpdpbusd\` chains): ${perThreads(fl.int8)} GOP/s; bf16 peak (\`vdpbf16ps\`): ${fl.bf16 ? perThreads(fl.bf16) : '–'} GFLOP/s.`)
   L.push('')
   L.push(`Machine load: ${report.wait.quiet ? 'quiet' : 'NOT quiet'} at start (1-min load average ${report.wait.loadavg} after waiting ${report.wait.waitedS} s); per engine below ("other cores" = CPU used by other processes while the engine ran).`)
   L.push('')

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 
 /// An empty vector with room for `len` elements whose pages are advised as huge pages.
-fn advised_vec<T>(len: usize) -> Vec<T> {
+pub(crate) fn advised_vec<T>(len: usize) -> Vec<T> {
     let v: Vec<T> = Vec::with_capacity(len);
     #[cfg(target_os = "linux")]
     {

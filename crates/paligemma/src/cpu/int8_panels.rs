@@ -87,23 +87,34 @@ impl Int8Panels {
             return Err(Error::Weights(format!("{} bytes of q8_0 blocks for a [{n}, {k}] matrix (expected {})", bytes.len(), n * kb * Q8_0_BYTES)));
         }
         let panels = n / PANEL;
-        let mut values = vec![Line([0; 64]); panels * kb * GROUPS];
+        let lines = panels * kb * GROUPS;
+        // Advised as huge pages before the first touch (decode reads them all every token), and
+        // written once: no zero-fill pass over gigabytes first.
+        let mut values: Vec<Line> = super::huge_pages::advised_vec(lines);
         let mut scales = vec![f16::ZERO; panels * kb * PANEL];
         let row_bytes = kb * Q8_0_BYTES;
-        values.par_chunks_mut(kb * GROUPS).zip(scales.par_chunks_mut(kb * PANEL)).enumerate().for_each(|(p, (lines, scales))| {
-            for col in 0..PANEL {
-                let row = &bytes[(p * PANEL + col) * row_bytes..][..row_bytes];
-                for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
-                    scales[b * PANEL + col] = f16::from_le_bytes([block[0], block[1]]);
-                    for (g, four) in block[2..].chunks_exact(4).enumerate() {
-                        let line = &mut lines[b * GROUPS + g].0[col * 4..col * 4 + 4];
-                        for (dst, &q) in line.iter_mut().zip(four) {
-                            *dst = (q as i8 as u8) ^ 0x80;
-                        }
+        let spare = &mut values.spare_capacity_mut()[..lines];
+        spare.par_chunks_mut(kb * GROUPS).zip(scales.par_chunks_mut(kb * PANEL)).enumerate().for_each(|(p, (panel_lines, panel_scales))| {
+            let rows = &bytes[p * PANEL * row_bytes..(p + 1) * PANEL * row_bytes];
+            for (b, (block_lines, block_scales)) in panel_lines.chunks_exact_mut(GROUPS).zip(panel_scales.chunks_exact_mut(PANEL)).enumerate() {
+                let mut tile = [Line([0; 64]); GROUPS];
+                for (col, scale) in block_scales.iter_mut().enumerate() {
+                    let block = &rows[col * row_bytes + b * Q8_0_BYTES..][..Q8_0_BYTES];
+                    *scale = f16::from_le_bytes([block[0], block[1]]);
+                    for (g, line) in tile.iter_mut().enumerate() {
+                        let four = &block[2 + g * 4..][..4];
+                        // i8 + 128 as u8 is the sign bit flipped.
+                        line.0[col * 4..col * 4 + 4].copy_from_slice(&[four[0] ^ 0x80, four[1] ^ 0x80, four[2] ^ 0x80, four[3] ^ 0x80]);
                     }
+                }
+                for (dst, line) in block_lines.iter_mut().zip(tile) {
+                    dst.write(line);
                 }
             }
         });
+        // SAFETY: the loop above wrote every one of the first `lines` elements (one per group of
+        // every block of every panel: the chunks cover `spare` exactly).
+        unsafe { values.set_len(lines) };
         Ok(Int8Panels { values, scales, n, k })
     }
 
