@@ -128,7 +128,8 @@ impl Decoder {
         // The LM head is the tied table, quantized in the quantization mode; a prepared folder
         // stores those blocks beside the table, which lookups still read (mapped in place then).
         let head_name = format!("{}.{}", scope.pp("embed_tokens").prefix(), quant.map_or("", |q| q.as_str()));
-        let embed_tokens = TokenEmbedding::load(scope, cfg.vocab_size, d, quant.is_some(), &head_name)?;
+        let head_stored = scope.has_tensor(&head_name) || scope.has_tensor(&layer::panels_name(&head_name));
+        let embed_tokens = TokenEmbedding::load(scope, cfg.vocab_size, d, quant.is_some(), head_stored)?;
         let mut report = QuantizationReport::default();
         let layers = cfg
             .layer_types

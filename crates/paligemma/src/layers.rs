@@ -8,7 +8,7 @@ use crate::weights::Scope;
 
 mod quantization;
 
-pub use quantization::{quantize_matrix, quantized_from_blocks, KeepBlocks, Quantization, QuantizedMatrix};
+pub use quantization::{quantize_matrix, quantized_from_blocks, quantized_from_panels, KeepBlocks, Quantization, QuantizedMatrix};
 
 #[derive(Debug, Clone)]
 enum Weight {
@@ -170,6 +170,14 @@ impl Linear {
 
     pub fn is_quantized(&self) -> bool {
         matches!(self.weight, Weight::Quantized(_))
+    }
+
+    /// The int8 panels this projection multiplies by, if that is how it is held.
+    pub fn int8_panels(&self) -> Option<&std::sync::Arc<cpu::int8_panels::Int8Panels>> {
+        match &self.weight {
+            Weight::Quantized(QuantizedMatrix::Int8Panels(p)) => Some(p),
+            _ => None,
+        }
     }
 
     fn dense(&self) -> Result<&Tensor> {

@@ -7,7 +7,8 @@
 //! 13), where transformers maps the file and copies nothing. A prepared f32 folder holds the
 //! panel-major matrices themselves, and the loader uses them in place from the mapped file.
 //!
-//! **Format** (version 1): a safetensors file, so any safetensors reader can list and read it.
+//! **Format** (version 2; docs/prepared.md has every detail): a safetensors file, so any
+//! safetensors reader can list and read it.
 //! - `model.safetensors`: every tensor the CPU f32 load produces, under its canonical name
 //!   (`language_model.layers.0.input_layernorm.weight`, …) in f32, plus one 1-D F32 tensor per
 //!   dense projection in the panel-major layout (the packed-B layout of a GEMM: panels of 16
@@ -43,8 +44,12 @@ use crate::weights::{LoadMonitor, Recorded, Weights};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "paligemma-prepared.json";
-/// The format this version writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this version writes. Version 2 stores `q8_0` matrices as int8 panels
+/// ([`crate::cpu::int8_panels`]); version 1 stored candle's blocks, which this version still
+/// reads.
+pub const FORMAT_VERSION: u32 = 2;
+/// The format versions this version reads.
+const READABLE_VERSIONS: [u32; 2] = [1, 2];
 const FORMAT: &str = "paligemma-prepared";
 const LAYOUT: &str = "panels16";
 
@@ -153,9 +158,9 @@ pub fn check(dir: &Path, options: &LoadOptions) -> Result<Option<Manifest>> {
     }
     let text = crate::files::read_text_capped(&path, crate::files::MAX_INDEX_BYTES)?;
     let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Error::Weights(format!("{} is not a valid manifest: {e}", path.display())))?;
-    if manifest.format != FORMAT || manifest.version != FORMAT_VERSION || manifest.layout != LAYOUT {
+    if manifest.format != FORMAT || !READABLE_VERSIONS.contains(&manifest.version) || manifest.layout != LAYOUT {
         return Err(Error::Weights(format!(
-            "{} is a {} folder of version {} ({} layout); this version reads {FORMAT} version {FORMAT_VERSION}: prepare it again from the original checkpoint",
+            "{} is a {} folder of version {} ({} layout); this version reads {FORMAT} versions 1 and 2: prepare it again from the original checkpoint",
             path.display(),
             manifest.format,
             manifest.version,
@@ -192,6 +197,7 @@ fn write_tensors(recorded: &[(String, Recorded)], path: &Path) -> Result<u64> {
             Recorded::Tensor(t) => tensors.push((name.clone(), t.dims().to_vec(), t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)),
             Recorded::Panels(p) => panels.push((name.clone(), p.clone())),
             Recorded::Blocks(b) => blocks.push((name.clone(), b.clone())),
+            Recorded::Int8Panels(p) => blocks.push((name.clone(), std::sync::Arc::new(p.stored_bytes()))),
             Recorded::Dropped => {}
         }
     }

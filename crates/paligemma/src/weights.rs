@@ -349,5 +349,5 @@ mod tests;
 mod mapped;
 mod scope;
 
-pub use mapped::{MappedF32, Recorded};
+pub use mapped::{MappedBytes, MappedF32, Recorded};
 pub use scope::{Scope, WeightPath};

@@ -59,11 +59,17 @@ pub fn available() -> bool {
 
 /// A `[n, k]` `q8_0` matrix (rows are the outputs) as panels of 16 outputs: per panel and
 /// block of 32 inputs, 8 lines of `[16 columns][4 inputs]` weights `+128`, and 16 f16 scales.
+/// Stored as all the values (`n/16 · k/32 · 512` bytes), then all the scales (`n/16 · k/32 ·
+/// 16` little-endian f16): built at load, or mapped in place from a prepared folder.
 pub struct Int8Panels {
-    values: Vec<Line>,
-    scales: Vec<f16>,
+    storage: Storage,
     n: usize,
     k: usize,
+}
+
+enum Storage {
+    Owned { values: Vec<Line>, scales: Vec<f16> },
+    Mapped(crate::weights::MappedBytes),
 }
 
 impl std::fmt::Debug for Int8Panels {
@@ -115,16 +121,83 @@ impl Int8Panels {
         // SAFETY: the loop above wrote every one of the first `lines` elements (one per group of
         // every block of every panel: the chunks cover `spare` exactly).
         unsafe { values.set_len(lines) };
-        Ok(Int8Panels { values, scales, n, k })
+        Ok(Int8Panels { storage: Storage::Owned { values, scales }, n, k })
+    }
+
+    /// The matrix stored by [`Int8Panels::stored_bytes`], used in place.
+    pub fn from_mapped(mapped: crate::weights::MappedBytes, n: usize, k: usize) -> Result<Int8Panels> {
+        if !Self::fits(n, k) || mapped.as_slice().len() != Self::stored_len(n, k) {
+            return Err(Error::Weights(format!("{} bytes of int8 panels for a [{n}, {k}] matrix (expected {})", mapped.as_slice().len(), Self::stored_len(n, k))));
+        }
+        Ok(Int8Panels { storage: Storage::Mapped(mapped), n, k })
+    }
+
+    /// Bytes of a stored `[n, k]` matrix: values, then scales (8.5 bits per weight, as `q8_0`).
+    pub fn stored_len(n: usize, k: usize) -> usize {
+        (n / PANEL) * (k / BLOCK) * (GROUPS * 64 + PANEL * 2)
     }
 
     pub fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
     }
 
-    /// Bytes held: the same as the `q8_0` blocks (8.5 bits per weight).
+    /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.values.len() * 64 + self.scales.len() * 2
+        Self::stored_len(self.n, self.k)
+    }
+
+    /// `[panel][block][group][column][4]` values, `+128`.
+    fn values(&self) -> &[u8] {
+        match &self.storage {
+            // SAFETY: a `Line` is 64 plain bytes without padding, so its vector is
+            // `len · 64` initialised bytes.
+            Storage::Owned { values, .. } => unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 64) },
+            Storage::Mapped(m) => &m.as_slice()[..self.values_len()],
+        }
+    }
+
+    /// `[panel][block][column]` f16 scales, little-endian.
+    fn scales(&self) -> &[u8] {
+        match &self.storage {
+            // SAFETY: f16 is two plain bytes, stored little-endian on every host this runs on
+            // (x86-64, aarch64).
+            Storage::Owned { scales, .. } => unsafe { std::slice::from_raw_parts(scales.as_ptr().cast::<u8>(), scales.len() * 2) },
+            Storage::Mapped(m) => &m.as_slice()[self.values_len()..],
+        }
+    }
+
+    fn values_len(&self) -> usize {
+        (self.n / PANEL) * (self.k / BLOCK) * GROUPS * 64
+    }
+
+    /// The matrix as a prepared folder stores it: values, then scales.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        [self.values(), self.scales()].concat()
+    }
+
+    /// candle's `q8_0` blocks of a stored `[n, k]` matrix (the inverse of the packing), for
+    /// CPUs without VNNI, which read a prepared folder through candle's kernels.
+    pub fn q8_0_from_stored(stored: &[u8], n: usize, k: usize) -> Result<Vec<u8>> {
+        if !Self::fits(n, k) || stored.len() != Self::stored_len(n, k) {
+            return Err(Error::Weights(format!("{} bytes of int8 panels for a [{n}, {k}] matrix (expected {})", stored.len(), Self::stored_len(n, k))));
+        }
+        let kb = k / BLOCK;
+        let (values, scales) = stored.split_at((n / PANEL) * kb * GROUPS * 64);
+        let mut out = vec![0u8; n * kb * Q8_0_BYTES];
+        for (row, out_row) in out.chunks_exact_mut(kb * Q8_0_BYTES).enumerate() {
+            let (p, col) = (row / PANEL, row % PANEL);
+            for (b, block) in out_row.chunks_exact_mut(Q8_0_BYTES).enumerate() {
+                let s = ((p * kb + b) * PANEL + col) * 2;
+                block[..2].copy_from_slice(&scales[s..s + 2]);
+                for g in 0..GROUPS {
+                    let v = ((p * kb + b) * GROUPS + g) * 64 + col * 4;
+                    for j in 0..4 {
+                        block[2 + g * 4 + j] = values[v + j] ^ 0x80;
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `y = x · Wᵀ` for `x: [m, k]` row-major f32; `y: [m, n]`.

@@ -27,11 +27,11 @@ pub(super) enum TokenEmbedding {
 
 impl TokenEmbedding {
     /// Loads the table in the layout the LM head wants: `quantized` heads quantize the
-    /// `[vocab, D]` table, unless `head_blocks` names the blocks a prepared folder stores for
-    /// it, and then the table is mapped in place for the lookups.
-    pub fn load(scope: &Scope, vocab: usize, dim: usize, quantized: bool, head_blocks: &str) -> Result<Self> {
+    /// `[vocab, D]` table, unless a prepared folder stores the head already (`head_stored`), and
+    /// then the table is mapped in place for the lookups.
+    pub fn load(scope: &Scope, vocab: usize, dim: usize, quantized: bool, head_stored: bool) -> Result<Self> {
         let scope = scope.pp("embed_tokens");
-        if quantized && scope.has_tensor(head_blocks) && scope.device().is_cpu() && scope.dtype() == candle_core::DType::F32 {
+        if quantized && head_stored && scope.device().is_cpu() && scope.dtype() == candle_core::DType::F32 {
             if let Some(table) = scope.mapped_f32(&format!("{}.weight", scope.prefix()), &[vocab, dim])? {
                 return Ok(TokenEmbedding::Mapped { table, dim, vocab });
             }

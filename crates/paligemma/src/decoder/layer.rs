@@ -10,19 +10,41 @@ use crate::config::{Architecture, LayerType, TextConfig};
 use crate::cpu::repacked::Outcome;
 use crate::cuda::RopeStore;
 use crate::error::Result;
-use crate::layers::{add_then_norm, geglu, quantized_from_blocks, stacked_name, Layout, Linear, Projection, Quantization, RmsNorm};
+use crate::cpu::int8_panels::Int8Panels;
+use crate::layers::{add_then_norm, geglu, quantized_from_blocks, quantized_from_panels, stacked_name, KeepBlocks, Layout, Linear, Projection, Quantization, RmsNorm};
 use crate::rotary::RotaryEmbedding;
 use crate::weights::{Recorded, Scope};
 
 /// `linear` in the quantization mode, if one is set, counted in `report` (the LM head too).
-/// When the load is recorded for a prepared folder, its blocks are recorded as `name`.
+/// When the load is recorded for a prepared folder, the matrix is recorded as `name`: its int8
+/// panels under [`panels_name`], or candle's blocks.
 pub(super) fn maybe_quantize(linear: Linear, q: Option<Quantization>, report: &mut QuantizationReport, record: (&Scope, &str)) -> Result<Linear> {
     let Some(q) = q else { return Ok(linear) };
     let (scope, name) = record;
-    let keep = |bytes: &[u8]| scope.record(name, || Recorded::Blocks(std::sync::Arc::new(bytes.to_vec())));
-    let (linear, outcome) = linear.quantized(q, scope.is_recording().then_some(&keep as &dyn Fn(&[u8])))?;
+    // A CPU without VNNI quantizes into candle's blocks; the folder gets int8 panels all the
+    // same (where the shape fits), so it is the same folder whichever CPU prepared it.
+    let keep = |bytes: &[u8], rows: usize, cols: usize| -> Result<()> {
+        if q == Quantization::Q8_0 && Int8Panels::fits(rows, cols) {
+            let panels = std::sync::Arc::new(Int8Panels::from_q8_0(bytes, rows, cols)?);
+            scope.record(&panels_name(name), || Recorded::Int8Panels(panels));
+        } else {
+            scope.record(name, || Recorded::Blocks(std::sync::Arc::new(bytes.to_vec())));
+        }
+        Ok(())
+    };
+    let keep: KeepBlocks = Some(&keep);
+    let (linear, outcome) = linear.quantized(q, keep.filter(|_| scope.is_recording()))?;
+    if let Some(panels) = linear.int8_panels() {
+        scope.record(&panels_name(name), || Recorded::Int8Panels(panels.clone()));
+    }
     count(report, outcome);
     Ok(linear)
+}
+
+/// Where a prepared folder stores the int8 panels of the `q8_0` matrix whose blocks would be
+/// named `blocks_name` (`….q8_0` → `….q8_0-panels`).
+pub(super) fn panels_name(blocks_name: &str) -> String {
+    format!("{blocks_name}-panels")
 }
 
 fn count(report: &mut QuantizationReport, outcome: Option<Outcome>) {
@@ -33,10 +55,19 @@ fn count(report: &mut QuantizationReport, outcome: Option<Outcome>) {
 }
 
 /// A stored quantized matrix named `name` (a prepared folder's) of `rows × cols`, if there is
-/// one, counted in `report`.
+/// one, counted in `report`: `q8_0` int8 panels (format 2) or candle's blocks (format 1, and
+/// `q4k`).
 pub(super) fn prepared_quantized(scope: &Scope, name: &str, q: Option<Quantization>, rows: usize, cols: usize, report: &mut QuantizationReport) -> Result<Option<Linear>> {
     let Some(q) = q else { return Ok(None) };
-    let Some((matrix, outcome)) = scope.with_stored_bytes(name, |bytes| quantized_from_blocks(bytes, q, rows, cols))? else { return Ok(None) };
+    let panels = match q {
+        Quantization::Q8_0 if Int8Panels::fits(rows, cols) => scope.mapped_u8(&panels_name(name), Int8Panels::stored_len(rows, cols))?,
+        _ => None,
+    };
+    let stored = match panels {
+        Some(mapped) => Some(quantized_from_panels(mapped, rows, cols)?),
+        None => scope.with_stored_bytes(name, |bytes| quantized_from_blocks(bytes, q, rows, cols))?,
+    };
+    let Some((matrix, outcome)) = stored else { return Ok(None) };
     count(report, Some(outcome));
     Ok(Some(Linear::from_quantized(matrix, rows)))
 }

@@ -67,8 +67,10 @@ pub enum QuantizedMatrix {
 /// On the CPU candle's repacked copy is made here, and the original released when candle no
 /// longer reads it ([`cpu::repacked`]), so the matrix is held once and the first request does
 /// not pay for the repack.
-/// Sees a matrix's quantized blocks before they are released (a prepared folder stores them).
-pub type KeepBlocks<'a> = Option<&'a dyn Fn(&[u8])>;
+/// Sees a matrix's candle blocks before they are released (a prepared folder stores them;
+/// int8 panels it records from the matrix itself).
+/// Called with the blocks, the rows and the columns.
+pub type KeepBlocks<'a> = Option<&'a dyn Fn(&[u8], usize, usize) -> Result<()>>;
 
 pub fn quantize_matrix(weight: &Tensor, q: Quantization, keep: KeepBlocks) -> Result<Option<(QuantizedMatrix, cpu::repacked::Outcome)>> {
     let (rows, cols) = weight.dims2()?;
@@ -79,14 +81,14 @@ pub fn quantize_matrix(weight: &Tensor, q: Quantization, keep: KeepBlocks) -> Re
         return Ok(Some((QuantizedMatrix::Candle(QMatMul::from_qtensor(QTensor::quantize(weight, q.ggml())?)?), cpu::repacked::Outcome::Kept)));
     }
     let qm = quantize_in_bands(weight, q)?;
-    if let (Some(keep), QMatMul::QTensor(qt)) = (keep, &qm) {
-        // Before the release below hands the original blocks back (a prepared folder stores them).
-        keep(&qt.data()?);
-    }
     if let QMatMul::QTensor(qt) = &qm {
         if let Some(panels) = int8_panels(&qt.data()?, q, rows, cols)? {
             return Ok(Some(panels));
         }
+    }
+    if let (Some(keep), QMatMul::QTensor(qt)) = (keep, &qm) {
+        // Before the release below hands the original blocks back (a prepared folder stores them).
+        keep(&qt.data()?, rows, cols)?;
     }
     let (qm, outcome) = cpu::repacked::release_original(qm, || quantize_in_bands(weight, q))?;
     Ok(Some((QuantizedMatrix::Candle(qm), outcome)))
@@ -115,6 +117,17 @@ pub fn quantized_from_blocks(bytes: &[u8], q: Quantization, rows: usize, cols: u
     let build = || -> Result<QMatMul> { Ok(QMatMul::from_qtensor(qtensor_from_ggml(q.ggml(), bytes, vec![rows, cols], &Device::Cpu)?)?) };
     let (qm, outcome) = cpu::repacked::release_original(build()?, build)?;
     Ok((QuantizedMatrix::Candle(qm), outcome))
+}
+
+/// A `[rows, cols]` `q8_0` matrix from a prepared folder's stored int8 panels: used in place
+/// where this CPU runs them, else turned back into candle's blocks (the same values).
+pub fn quantized_from_panels(mapped: crate::weights::MappedBytes, rows: usize, cols: usize) -> Result<(QuantizedMatrix, cpu::repacked::Outcome)> {
+    if cpu::int8_panels::available() {
+        let panels = Int8Panels::from_mapped(mapped, rows, cols)?;
+        return Ok((QuantizedMatrix::Int8Panels(std::sync::Arc::new(panels)), cpu::repacked::Outcome::Int8Panels));
+    }
+    let blocks = Int8Panels::q8_0_from_stored(mapped.as_slice(), rows, cols)?;
+    quantized_from_blocks(&blocks, Quantization::Q8_0, rows, cols)
 }
 
 fn quantize_in_bands(weight: &Tensor, q: Quantization) -> Result<QMatMul> {

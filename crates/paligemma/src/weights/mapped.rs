@@ -32,6 +32,28 @@ impl MappedF32 {
     }
 }
 
+/// Bytes read straight from a mapped file: a prepared folder's int8 panels
+/// ([`crate::cpu::int8_panels`]), used in place like [`MappedF32`].
+#[derive(Clone)]
+pub struct MappedBytes {
+    map: Arc<Mmap>,
+    offset: usize,
+    len: usize,
+}
+
+impl MappedBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        // Checked in `Weights::mapped_u8`: the range lies inside the mapping.
+        &self.map[self.offset..self.offset + self.len]
+    }
+}
+
+impl std::fmt::Debug for MappedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedBytes").field("offset", &self.offset).field("len", &self.len).finish()
+    }
+}
+
 impl std::fmt::Debug for MappedF32 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MappedF32").field("offset", &self.offset).field("len", &self.len).finish()
@@ -47,6 +69,8 @@ pub enum Recorded {
     Panels(crate::cpu::panels::PanelBuffer),
     /// A quantized matrix's blocks, as GGML lays them out.
     Blocks(Arc<Vec<u8>>),
+    /// A `q8_0` matrix in int8 panels ([`crate::cpu::int8_panels`]).
+    Int8Panels(Arc<crate::cpu::int8_panels::Int8Panels>),
     /// A tensor recorded earlier that the model no longer uses (a dense matrix it quantized).
     Dropped,
 }
@@ -100,26 +124,42 @@ impl Weights {
     /// has no such tensor. A tensor of another dtype, shape or alignment is an error that names
     /// the file.
     pub fn mapped_f32(&self, name: &str, shape: &[usize], monitor: &LoadMonitor) -> Result<Option<MappedF32>> {
+        let Some((map, offset)) = self.mapped(name, StDtype::F32, shape, monitor)? else { return Ok(None) };
+        Ok(Some(MappedF32 { map, offset, len: shape.iter().product() }))
+    }
+
+    /// The 1-D U8 tensor `name` of exactly `len` bytes, mapped in place; `None` when the
+    /// checkpoint has no such tensor, an error naming the file when it has another one.
+    pub fn mapped_u8(&self, name: &str, len: usize, monitor: &LoadMonitor) -> Result<Option<MappedBytes>> {
+        let Some((map, offset)) = self.mapped(name, StDtype::U8, &[len], monitor)? else { return Ok(None) };
+        Ok(Some(MappedBytes { map, offset, len }))
+    }
+
+    /// The mapping and byte offset of tensor `name`, checked to be `dtype` of exactly `shape`
+    /// and aligned for it, with its pages populated and counted as loaded.
+    fn mapped(&self, name: &str, dtype: StDtype, shape: &[usize], monitor: &LoadMonitor) -> Result<Option<(Arc<Mmap>, usize)>> {
         super::check_cancelled(monitor)?;
         let Some(loc) = self.index.get(name) else { return Ok(None) };
         let file = &self.files[loc.file];
         let info = &file.tensors[&loc.raw_name];
-        if info.dtype != StDtype::F32 || info.shape != shape {
+        if info.dtype != dtype || info.shape != shape {
             return Err(Error::Weights(format!(
-                "{}: tensor `{name}` is {:?} {:?}; a prepared folder for this config holds F32 {shape:?}",
+                "{}: tensor `{name}` is {:?} {:?}; a prepared folder for this config holds {dtype:?} {shape:?}",
                 file.path.display(),
                 info.dtype,
                 info.shape
             )));
         }
-        let len: usize = shape.iter().product();
+        // Both dtypes read here (F32, U8) are whole bytes.
+        let width = dtype.bitsize() / 8;
+        let bytes = shape.iter().product::<usize>() * width;
         let offset = file.data_start + info.data_offsets.0;
-        if !offset.is_multiple_of(4) || cfg!(target_endian = "big") {
-            return Err(Error::Weights(format!("{}: tensor `{name}` is not 4-byte aligned in the file; prepare the folder again", file.path.display())));
+        if !offset.is_multiple_of(width) || cfg!(target_endian = "big") {
+            return Err(Error::Weights(format!("{}: tensor `{name}` is not {width}-byte aligned in the file; prepare the folder again", file.path.display())));
         }
-        populate(&file.mmap, offset, len * 4);
-        self.report_loaded(len * 4, monitor);
-        Ok(Some(MappedF32 { map: file.mmap.clone(), offset, len }))
+        populate(&file.mmap, offset, bytes);
+        self.report_loaded(bytes, monitor);
+        Ok(Some((file.mmap.clone(), offset)))
     }
 }
 

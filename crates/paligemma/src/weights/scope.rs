@@ -52,6 +52,11 @@ impl<'a> Scope<'a> {
     pub fn mapped_f32(&self, name: &str, shape: &[usize]) -> Result<Option<MappedF32>> {
         self.weights.mapped_f32(name, shape, self.monitor)
     }
+    /// The U8 tensor `name` (a full canonical name) of `len` bytes, mapped in place
+    /// ([`Weights::mapped_u8`]).
+    pub fn mapped_u8(&self, name: &str, len: usize) -> Result<Option<super::MappedBytes>> {
+        self.weights.mapped_u8(name, len, self.monitor)
+    }
     /// Whether the checkpoint has the tensor `name` (a full canonical name).
     pub fn has_tensor(&self, name: &str) -> bool {
         self.weights.contains(name)

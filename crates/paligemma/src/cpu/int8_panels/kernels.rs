@@ -82,8 +82,8 @@ unsafe fn avx512_vnni<const R: usize, const P: usize>(x: &QuantizedRows, r0: usi
     unsafe {
         let xq = x.values.as_ptr().add(r0 * k);
         let (xd, xc) = (x.scales.as_ptr().add(r0 * kb), x.corrections.as_ptr().add(r0 * kb));
-        let lines = w.values.as_ptr().add(p0 * kb * GROUPS);
-        let scales = w.scales.as_ptr().add(p0 * kb * PANEL);
+        let lines = w.values().as_ptr().add(p0 * kb * GROUPS * 64);
+        let scales = w.scales().as_ptr().add(p0 * kb * PANEL * 2);
         for b in 0..kb {
             let mut sums = [[_mm512_setzero_si512(); P]; R];
             for (i, sums_i) in sums.iter_mut().enumerate() {
@@ -93,7 +93,7 @@ unsafe fn avx512_vnni<const R: usize, const P: usize>(x: &QuantizedRows, r0: usi
             for g in 0..GROUPS {
                 let mut wv = [_mm512_setzero_si512(); P];
                 for (p, v) in wv.iter_mut().enumerate() {
-                    *v = _mm512_load_si512(lines.add((p * kb + b) * GROUPS + g) as *const __m512i);
+                    *v = _mm512_loadu_si512(lines.add(((p * kb + b) * GROUPS + g) * 64) as *const __m512i);
                 }
                 for (i, sums_i) in sums.iter_mut().enumerate() {
                     let four = _mm512_set1_epi32(std::ptr::read_unaligned(xq.add(i * k + b * BLOCK + g * 4) as *const i32));
@@ -104,7 +104,7 @@ unsafe fn avx512_vnni<const R: usize, const P: usize>(x: &QuantizedRows, r0: usi
             }
             let mut dw = [_mm512_setzero_ps(); P];
             for (p, d) in dw.iter_mut().enumerate() {
-                *d = _mm512_cvtph_ps(_mm256_loadu_si256(scales.add((p * kb + b) * PANEL) as *const __m256i));
+                *d = _mm512_cvtph_ps(_mm256_loadu_si256(scales.add((p * kb + b) * PANEL * 2) as *const __m256i));
             }
             for (i, (acc_i, sums_i)) in acc.iter_mut().zip(&sums).enumerate() {
                 let dx = _mm512_set1_ps(*xd.add(i * kb + b));
@@ -126,6 +126,7 @@ unsafe fn avx512_vnni<const R: usize, const P: usize>(x: &QuantizedRows, r0: usi
 #[inline(always)]
 unsafe fn portable<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize, w: &Int8Panels, p0: usize, y: *mut f32, n: usize) {
     let (k, kb) = (w.k, w.k / BLOCK);
+    let (values, scales) = (w.values(), w.scales());
     for i in 0..R {
         let row = r0 + i;
         for p in 0..P {
@@ -137,12 +138,13 @@ unsafe fn portable<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize,
                 for (col, a) in acc.iter_mut().enumerate() {
                     let mut sum = x.corrections[row * kb + b];
                     for g in 0..GROUPS {
-                        let line = &w.values[(panel * kb + b) * GROUPS + g].0[col * 4..col * 4 + 4];
+                        let line = &values[((panel * kb + b) * GROUPS + g) * 64 + col * 4..][..4];
                         for (j, &wq) in line.iter().enumerate() {
                             sum += i32::from(wq) * i32::from(xq[g * 4 + j]);
                         }
                     }
-                    let dw = w.scales[(panel * kb + b) * PANEL + col].to_f32();
+                    let s = ((panel * kb + b) * PANEL + col) * 2;
+                    let dw = half::f16::from_le_bytes([scales[s], scales[s + 1]]).to_f32();
                     *a = super::super::fmadd(sum as f32, dw * dx, *a);
                 }
             }

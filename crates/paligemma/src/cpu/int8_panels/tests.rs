@@ -130,3 +130,15 @@ fn wrong_sizes_are_refused() {
     assert!(Int8Panels::from_q8_0(&bytes, 16, 128).is_err(), "too few bytes for the shape");
     assert!(!Int8Panels::fits(15, 64) && !Int8Panels::fits(16, 48) && Int8Panels::fits(16, 32));
 }
+
+#[test]
+fn stored_panels_turn_back_into_the_same_q8_0_blocks() {
+    // A CPU without VNNI reads a prepared folder's panels this way, into candle's kernels.
+    for (n, k) in SHAPES {
+        let (bytes, _) = quantized(n, k, (3 * n + k) as u32);
+        let stored = Int8Panels::from_q8_0(&bytes, n, k).unwrap().stored_bytes();
+        assert_eq!(stored.len(), Int8Panels::stored_len(n, k));
+        assert_eq!(Int8Panels::q8_0_from_stored(&stored, n, k).unwrap(), bytes, "[{n}, {k}]");
+    }
+    assert!(Int8Panels::q8_0_from_stored(&[0; 10], 16, 32).is_err());
+}
