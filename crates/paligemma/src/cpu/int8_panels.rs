@@ -35,6 +35,9 @@ pub const BLOCK: usize = 32;
 const GROUPS: usize = BLOCK / 4;
 /// A candle `q8_0` block: an f16 scale, then 32 signed bytes.
 const Q8_0_BYTES: usize = 2 + BLOCK;
+/// Input blocks per chunk (256 inputs): a chunk of a register block's panels is at most
+/// 8 × 544 bytes per panel, which stays in L1 across the row blocks.
+const BLOCKS_PER_CHUNK: usize = 8;
 /// Most panels per parallel task (enough work to amortise its scheduling).
 const PANELS_PER_TASK: usize = 8;
 
@@ -214,7 +217,8 @@ impl Int8Panels {
         if m == 0 {
             return y;
         }
-        let rows = QuantizedRows::new(&x[..m * k], m, k);
+        let rows_q = QuantizedRows::new(&x[..m * k], m, k);
+        let kb = k / BLOCK;
         let panels = n / PANEL;
         let per_task = panels.div_ceil(4 * rayon::current_num_threads()).clamp(1, PANELS_PER_TASK);
         let out = Output(y.as_mut_ptr());
@@ -224,13 +228,19 @@ impl Int8Panels {
             let last = (first + per_task).min(panels);
             let mut p = first;
             while p < last {
-                let count = blocks.panels.min(last - p);
-                for (r0, block_rows) in blocks.iter() {
-                    // SAFETY: this task alone writes the columns of panels first..last, and rows
-                    // r0..r0 + block_rows lie inside `y`, which outlives the loop.
-                    unsafe { kernels::block(vnni, block_rows, count, &rows, r0, self, p, out.ptr(), n) };
+                let panels = blocks.panels.min(last - p);
+                // A chunk of inputs at a time, every row block through it: the chunk's weights
+                // stay in L1 while the row blocks reuse them, so the weights stream from memory
+                // during the whole product instead of in one memory-bound first pass.
+                for c0 in (0..kb).step_by(BLOCKS_PER_CHUNK) {
+                    for (r0, rows) in blocks.iter() {
+                        let part = kernels::Part { rows, r0, panels, p0: p, blocks: c0..(c0 + BLOCKS_PER_CHUNK).min(kb) };
+                        // SAFETY: this task alone writes the columns of panels first..last, and
+                        // rows r0..r0 + rows lie inside `y`, which outlives the loop.
+                        unsafe { kernels::block(vnni, &part, &rows_q, self, out.ptr(), n) };
+                    }
                 }
-                p += count;
+                p += panels;
             }
         });
         y

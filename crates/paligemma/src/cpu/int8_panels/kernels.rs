@@ -32,17 +32,28 @@ impl RowBlocks {
     }
 }
 
-/// Runs the kernel monomorphised for `rows` rows from `r0` of `x` × `panels` panels from `p0`
-/// of `w`, writing `y[r0.., p0·16..]` (row stride `n`).
+/// Which part of the product one call computes: `rows` rows from `r0` of `x` × `panels`
+/// panels from `p0` of `w`, over the input blocks `blocks`, writing `y[r0.., p0·16..]` (row
+/// stride `n`). The accumulators start from zero for the first blocks, else from what `y`
+/// holds (an f32 stored and reloaded is exact, so the chains are unchanged).
+pub(super) struct Part {
+    pub(super) rows: usize,
+    pub(super) r0: usize,
+    pub(super) panels: usize,
+    pub(super) p0: usize,
+    pub(super) blocks: std::ops::Range<usize>,
+}
+
+/// Runs the kernel monomorphised for `part`'s rows × panels.
 ///
 /// # Safety
-/// `y` must hold `x`'s rows × `n` floats, and no other thread may access the block's outputs
+/// `y` must hold `x`'s rows × `n` floats, and no other thread may access the part's outputs
 /// during the call; `vnni` only where [`super::available`] says so.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn block(vnni: bool, rows: usize, panels: usize, x: &QuantizedRows, r0: usize, w: &Int8Panels, p0: usize, y: *mut f32, n: usize) {
+pub(super) unsafe fn block(vnni: bool, part: &Part, x: &QuantizedRows, w: &Int8Panels, y: *mut f32, n: usize) {
     let kb = w.k / BLOCK;
+    let Part { rows, r0, panels, p0, .. } = *part;
     assert!(
-        x.k == w.k && (r0 + rows) * kb <= x.scales.len() && (p0 + panels) * PANEL <= w.n && w.n == n,
+        x.k == w.k && (r0 + rows) * kb <= x.scales.len() && (p0 + panels) * PANEL <= w.n && w.n == n && part.blocks.end <= kb,
         "int8 panel block out of bounds"
     );
     let y = y.wrapping_add(r0 * n + p0 * PANEL);
@@ -50,7 +61,7 @@ pub(super) unsafe fn block(vnni: bool, rows: usize, panels: usize, x: &Quantized
         ($kernel:ident: $(($r:literal, $p:literal)),*) => {
             match (rows, panels) {
                 // SAFETY: forwarded from the caller; the assertion above bounds the reads.
-                $(($r, $p) => unsafe { $kernel::<$r, $p>(x, r0, w, p0, y, n) },)*
+                $(($r, $p) => unsafe { $kernel::<$r, $p>(x, r0, w, p0, part.blocks.clone(), y, n) },)*
                 _ => unreachable!("a block of {rows} rows × {panels} panels"),
             }
         };
@@ -73,18 +84,25 @@ pub(super) unsafe fn block(vnni: bool, rows: usize, panels: usize, x: &Quantized
 /// As [`block`], on a CPU with AVX-512F and AVX-512 VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn avx512_vnni<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize, w: &Int8Panels, p0: usize, y: *mut f32, n: usize) {
+unsafe fn avx512_vnni<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize, w: &Int8Panels, p0: usize, blocks: std::ops::Range<usize>, y: *mut f32, n: usize) {
     use std::arch::x86_64::*;
     let (k, kb) = (w.k, w.k / BLOCK);
     let mut acc = [[_mm512_setzero_ps(); P]; R];
-    // SAFETY: `block` bounds rows r0..r0 + R of x and panels p0..p0 + P of w; every offset
-    // below stays inside them. y is the caller's contract.
+    // SAFETY: `block` bounds rows r0..r0 + R of x, panels p0..p0 + P and the blocks of w; every
+    // offset below stays inside them. y is the caller's contract.
     unsafe {
+        if blocks.start > 0 {
+            for (i, acc_i) in acc.iter_mut().enumerate() {
+                for (p, a) in acc_i.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(y.add(i * n + p * PANEL));
+                }
+            }
+        }
         let xq = x.values.as_ptr().add(r0 * k);
         let (xd, xc) = (x.scales.as_ptr().add(r0 * kb), x.corrections.as_ptr().add(r0 * kb));
         let lines = w.values().as_ptr().add(p0 * kb * GROUPS * 64);
         let scales = w.scales().as_ptr().add(p0 * kb * PANEL * 2);
-        for b in 0..kb {
+        for b in blocks {
             let mut sums = [[_mm512_setzero_si512(); P]; R];
             for (i, sums_i) in sums.iter_mut().enumerate() {
                 let start = _mm512_set1_epi32(*xc.add(i * kb + b));
@@ -124,7 +142,7 @@ unsafe fn avx512_vnni<const R: usize, const P: usize>(x: &QuantizedRows, r0: usi
 /// # Safety
 /// As [`block`].
 #[inline(always)]
-unsafe fn portable<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize, w: &Int8Panels, p0: usize, y: *mut f32, n: usize) {
+unsafe fn portable<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize, w: &Int8Panels, p0: usize, blocks: std::ops::Range<usize>, y: *mut f32, n: usize) {
     let (k, kb) = (w.k, w.k / BLOCK);
     let (values, scales) = (w.values(), w.scales());
     for i in 0..R {
@@ -132,7 +150,11 @@ unsafe fn portable<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize,
         for p in 0..P {
             let panel = p0 + p;
             let mut acc = [0f32; PANEL];
-            for b in 0..kb {
+            if blocks.start > 0 {
+                // SAFETY: row i of the block, panel p: inside y (the caller's contract).
+                unsafe { std::ptr::copy_nonoverlapping(y.add(i * n + p * PANEL), acc.as_mut_ptr(), PANEL) };
+            }
+            for b in blocks.clone() {
                 let xq = &x.values[row * k + b * BLOCK..][..BLOCK];
                 let dx = x.scales[row * kb + b];
                 for (col, a) in acc.iter_mut().enumerate() {
