@@ -68,6 +68,7 @@ export type {
   GenerateRequest,
   GenerateResult,
   LoadOptions,
+  LoadPhase,
   LoadProgress,
   ModelInfo,
   SamplingOptions,

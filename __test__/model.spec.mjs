@@ -2,7 +2,11 @@
 // and load progress, for both tiny models (PaliGemma 1 and 2).
 import test from 'ava'
 
-import { PaliGemma } from '../dist/index.js'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+import { PaliGemma, prepareModel } from '../dist/index.js'
 import { FIXTURES, fixture } from './helpers/fixtures.mjs'
 
 for (const name of FIXTURES) {
@@ -89,6 +93,27 @@ for (const name of FIXTURES) {
     for (let i = 1; i < seen.length; i++) t.true(seen[i].loadedBytes >= seen[i - 1].loadedBytes)
     t.true(seen.every((p) => p.totalBytes === last.totalBytes))
     await model.dispose()
+  })
+
+  test(`${name}: onProgress says what the load is doing`, async (t) => {
+    const phases = async (dir, options) => {
+      const seen = new Set()
+      const model = await PaliGemma.load(dir, { ...options, threads: 1, onProgress: (p) => seen.add(p.phase) })
+      await model.dispose()
+      return [...seen].sort()
+    }
+    t.deepEqual(await phases(f.dir, {}), ['converting'])
+    t.deepEqual(await phases(f.dir, { dtype: 'q8_0' }), ['converting', 'quantizing'])
+    // A prepared folder maps its matrices in place (its norms and biases are still read).
+    const out = join(mkdtempSync(join(tmpdir(), 'pg-phases-')), 'prepared')
+    try {
+      await prepareModel(f.dir, out, { dtype: 'q8_0' })
+      const prepared = await phases(out, { dtype: 'q8_0' })
+      t.true(prepared.includes('mapping'), prepared.join(', '))
+      t.false(prepared.includes('quantizing'), prepared.join(', '))
+    } finally {
+      rmSync(join(out, '..'), { recursive: true, force: true })
+    }
   })
 
   test.after.always(async () => {

@@ -6,12 +6,26 @@
 
 import type { DeviceKind, DType } from './types.js'
 
+/**
+ * What a load is doing when it reports progress:
+ * - `'download'`: fetching a hub model's files (see `DownloadProgress`);
+ * - `'mapping'`: using a prepared folder's weights in place from the mapped file (docs/prepared.md);
+ * - `'converting'`: copying checkpoint weights into memory, converted to the compute dtype and laid
+ *   out for the kernels;
+ * - `'quantizing'`: quantizing a matrix (`q8_0`, `q4k`); reported as each one starts, with the
+ *   bytes unchanged, since that is where a quantized load spends its time;
+ * - `'repacking'`: laying a prepared folder's quantized blocks out for the kernels.
+ */
+export type LoadPhase = 'download' | 'mapping' | 'converting' | 'quantizing' | 'repacking'
+
 /** Loading progress, in bytes of tensor data materialised so far. */
 export interface LoadProgress {
   /** Bytes loaded so far. */
   loadedBytes: number
   /** Bytes of tensor data in the checkpoint; `loadedBytes` reaches it when loading ends. */
   totalBytes: number
+  /** What the load is doing now. */
+  phase: LoadPhase
 }
 
 /** Options of {@link PaliGemma.load}. */
@@ -65,9 +79,9 @@ export interface LoadOptions {
    */
   prefillShare?: number
   /**
-   * Called on the JS thread as tensors load (at most every ~50 ms, and always with
-   * `loadedBytes === totalBytes` before `load` resolves). If it throws, loading stops and `load`
-   * rejects with that exception.
+   * Called on the JS thread as tensors load (at most every ~50 ms, at every change of
+   * {@link LoadProgress.phase}, and always with `loadedBytes === totalBytes` before `load`
+   * resolves). If it throws, loading stops and `load` rejects with that exception.
    */
   onProgress?: (progress: LoadProgress) => void
   /** Cancels loading; `load` then rejects with an `AbortError`. */

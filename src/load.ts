@@ -48,7 +48,7 @@ export async function loadNative(args: LoadArgs): Promise<{ binding: NativeBindi
     last = progress
     if (progressError) return
     try {
-      userProgress?.({ loadedBytes: progress.loadedBytes, totalBytes: progress.totalBytes })
+      userProgress?.({ loadedBytes: progress.loadedBytes, totalBytes: progress.totalBytes, phase: progress.phase })
     } catch (error) {
       // A throwing callback is a bug in the caller: stop loading and reject with its error
       // rather than leave an uncaught exception behind.
@@ -73,7 +73,7 @@ export async function loadNative(args: LoadArgs): Promise<{ binding: NativeBindi
     // Progress and completion travel on separate native channels; make sure the caller sees
     // the final step before `load` resolves.
     const total = result.info.weightBytes
-    report({ loadedBytes: total, totalBytes: total })
+    report({ loadedBytes: total, totalBytes: total, phase: last?.phase ?? 'converting' })
   }
   if (progressError || signal?.aborted) {
     if (!isFailure(result)) await disposeNative(result)

@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url'
 
 import { REQUIRED_X64_FEATURES, missingCpuFeatures } from './cpu.js'
 import { PaliGemmaError } from './errors.js'
+import type { LoadPhase } from './load-types.js'
 
 /** A failed native operation, delivered as a value (see crates/paligemma-node/src/error.rs). @internal */
 export interface NativeFailure {
@@ -26,6 +27,7 @@ export interface NativeFailure {
 export interface NativeProgress {
   loadedBytes: number
   totalBytes: number
+  phase: Exclude<LoadPhase, 'download'>
 }
 
 /** @internal */

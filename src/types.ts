@@ -23,7 +23,7 @@ export type DeviceKind = 'auto' | 'cpu' | 'cuda'
  */
 export type DType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4k'
 
-export type { LoadOptions, LoadProgress, ModelInfo } from './load-types.js'
+export type { LoadOptions, LoadPhase, LoadProgress, ModelInfo } from './load-types.js'
 
 /** Input of {@link PaliGemma.forward}. */
 export interface ForwardInput {

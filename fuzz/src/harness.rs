@@ -84,7 +84,7 @@ pub fn safetensors_loader(data: &[u8]) {
     let _ = format!("{weights:?}");
     let total = weights.total_bytes();
     let monitor_calls = std::sync::atomic::AtomicUsize::new(0);
-    let on_progress = |loaded: u64, all: u64| {
+    let on_progress = |loaded: u64, all: u64, _phase: paligemma::LoadPhase| {
         assert_eq!(all, total, "progress reports a total that differs from total_bytes()");
         assert!(loaded <= all, "progress reports {loaded} of {all} bytes");
         monitor_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -83,7 +83,7 @@ export async function openModel(values: Parsed['values'], extra: Pick<LoadOption
       ...(threads === undefined ? {} : { threads }),
       ...extra,
       signal: interrupt.signal,
-      onProgress: (p: LoadProgress) => bar.update(p.loadedBytes, p.totalBytes),
+      onProgress: (p: LoadProgress) => bar.update(p.loadedBytes, p.totalBytes, p.phase),
     })
   } finally {
     bar.done()

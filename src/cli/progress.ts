@@ -36,6 +36,7 @@ export function formatCount(n: number): string {
 export class ProgressBar {
   #started = Date.now()
   #drawn = false
+  #lastDetail = ''
   #lastDraw = 0
 
   constructor(
@@ -46,8 +47,10 @@ export class ProgressBar {
   update(loaded: number, total: number, detail = ''): void {
     if (!this.enabled) return
     const now = Date.now()
-    if (loaded < total && now - this.#lastDraw < 80) return
+    // A new phase or file is drawn at once, however recent the last frame.
+    if (loaded < total && now - this.#lastDraw < 80 && detail === this.#lastDetail) return
     this.#lastDraw = now
+    this.#lastDetail = detail
     const fraction = total > 0 ? Math.min(1, loaded / total) : 0
     const columns = Math.max(40, err.columns ?? 80)
     const seconds = (now - this.#started) / 1000

@@ -37,7 +37,7 @@ use napi::bindgen_prelude::Object;
 use napi::{Env, Status};
 use napi_derive::napi;
 use paligemma::device::{device_name, dtype_name};
-use paligemma::{ChosenDevice, DeviceRequest, LoadMonitor, LoadOptions, PaliGemma};
+use paligemma::{ChosenDevice, DeviceRequest, LoadMonitor, LoadOptions, LoadPhase, PaliGemma};
 
 use crate::error::{guard, NativeFailure};
 use crate::jobs::{convert_request, EventSink, ForwardJob, GenerateJob, NativeForwardOutput, NativeGenerateRequest, Settle};
@@ -98,10 +98,12 @@ pub struct NativeLoadOptions {
 }
 
 #[napi(object)]
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct NativeProgress {
     pub loaded_bytes: f64,
     pub total_bytes: f64,
+    /// 'mapping' | 'converting' | 'quantizing' | 'repacking' ([`paligemma::LoadPhase`]).
+    pub phase: String,
 }
 
 type ProgressSink = ThreadsafeFunction<NativeProgress, Unknown<'static>, NativeProgress, Status, false>;
@@ -207,16 +209,17 @@ pub fn load_model<'env>(
             let request: DeviceRequest = options.device.parse().map_err(core)?;
             let ChosenDevice { device, fallback } = paligemma::choose_device(request).map_err(core)?;
             let (dtype, quantization) = paligemma::choose_precision(options.dtype.as_deref(), &device).map_err(core)?;
-            let last_sent: Mutex<Option<Instant>> = Mutex::new(None);
-            let progress = |loaded: u64, all: u64| {
+            let last_sent: Mutex<Option<(Instant, LoadPhase)>> = Mutex::new(None);
+            let progress = |loaded: u64, all: u64, phase: LoadPhase| {
                 total.store(all, Ordering::Relaxed);
                 let Some(sink) = on_progress.as_ref() else { return };
                 let mut last = last_sent.lock().unwrap_or_else(|e| e.into_inner());
-                if loaded < all && last.is_some_and(|t| t.elapsed() < PROGRESS_INTERVAL) {
+                // At most one report per interval, but every change of phase and the last one.
+                if loaded < all && last.is_some_and(|(t, p)| p == phase && t.elapsed() < PROGRESS_INTERVAL) {
                     return;
                 }
-                *last = Some(Instant::now());
-                let p = NativeProgress { loaded_bytes: loaded as f64, total_bytes: all as f64 };
+                *last = Some((Instant::now(), phase));
+                let p = NativeProgress { loaded_bytes: loaded as f64, total_bytes: all as f64, phase: phase.as_str().into() };
                 sink.call(p, ThreadsafeFunctionCallMode::NonBlocking);
             };
             let is_cancelled = || flag.is_cancelled();

@@ -168,6 +168,15 @@ impl Linear {
         Ok(Linear { weight: Weight::Panels(matrix, in_dim), bias, out_dim })
     }
 
+    /// The input width of a dense projection (`None` once quantized).
+    pub fn in_dim(&self) -> Option<usize> {
+        match &self.weight {
+            Weight::Dense(w) => w.dim(1).ok(),
+            Weight::Panels(_, k) => Some(*k),
+            Weight::Quantized(_) => None,
+        }
+    }
+
     pub fn is_quantized(&self) -> bool {
         matches!(self.weight, Weight::Quantized(_))
     }

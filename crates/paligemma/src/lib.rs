@@ -43,4 +43,4 @@ pub use device::{choose_device, choose_precision, ChosenDevice, DeviceRequest};
 pub use layers::Quantization;
 pub use model::{LoadOptions, PaliGemma, Session};
 pub use sampler::SamplingParams;
-pub use weights::{LoadMonitor, Weights};
+pub use weights::{LoadMonitor, LoadPhase, Weights};

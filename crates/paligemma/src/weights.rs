@@ -28,10 +28,37 @@ struct Location {
     raw_name: String,
 }
 
+/// What a load is doing with the tensor it reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadPhase {
+    /// A prepared folder's tensors, used in place from the mapped file.
+    Mapping,
+    /// Checkpoint tensors copied into fresh memory, converted to the compute dtype and laid out
+    /// for the kernels (panel-major on the CPU).
+    Converting,
+    /// Matrices being quantized (`q8_0`, `q4k`); reported before each, with the bytes unchanged.
+    Quantizing,
+    /// A prepared folder's quantized matrices repacked for the kernels (GGML blocks into
+    /// candle's tiles or into int8 panels).
+    Repacking,
+}
+
+impl LoadPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadPhase::Mapping => "mapping",
+            LoadPhase::Converting => "converting",
+            LoadPhase::Quantizing => "quantizing",
+            LoadPhase::Repacking => "repacking",
+        }
+    }
+}
+
 /// Reports progress and checks for cancellation while tensors are materialised.
 pub struct LoadMonitor<'a> {
-    /// Called with (loaded bytes, total bytes) after each tensor.
-    pub on_progress: Option<&'a (dyn Fn(u64, u64) + Sync)>,
+    /// Called with (loaded bytes, total bytes, phase) after each tensor, and with the phase
+    /// when one starts that reads no new bytes (quantizing).
+    pub on_progress: Option<&'a (dyn Fn(u64, u64, LoadPhase) + Sync)>,
     /// Returns true when the caller has given up; loading stops with [`Error::Aborted`].
     pub is_cancelled: Option<&'a (dyn Fn() -> bool + Sync)>,
 }
@@ -197,17 +224,22 @@ impl Weights {
         // The copy now lives on the heap (or the device); let the kernel drop the mapped pages
         // so RSS does not hold the checkpoint twice.
         release_pages(&file.mmap, begin, end - begin);
-        self.report_loaded(end - begin, monitor);
+        self.report_loaded(end - begin, monitor, LoadPhase::Converting);
         Ok(converted)
     }
 
     /// Counts `bytes` of tensor data as loaded and reports the progress (never past the total:
     /// a tensor may be read twice).
-    fn report_loaded(&self, bytes: usize, monitor: &LoadMonitor) {
+    fn report_loaded(&self, bytes: usize, monitor: &LoadMonitor, phase: LoadPhase) {
         let loaded = self.loaded_bytes.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
         if let Some(progress) = monitor.on_progress {
-            progress(loaded.min(self.total_bytes), self.total_bytes);
+            progress(loaded.min(self.total_bytes), self.total_bytes, phase);
         }
+    }
+
+    /// Reports that `phase` starts, with the bytes loaded so far.
+    pub fn report_phase(&self, monitor: &LoadMonitor, phase: LoadPhase) {
+        self.report_loaded(0, monitor, phase);
     }
 
     /// Reads a tensor as stored, without shape expectations (for inspection and conversion).

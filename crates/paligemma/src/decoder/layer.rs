@@ -33,6 +33,9 @@ pub(super) fn maybe_quantize(linear: Linear, q: Option<Quantization>, report: &m
         Ok(())
     };
     let keep: KeepBlocks = Some(&keep);
+    if linear.in_dim().is_some_and(|k| k % q.block_size() == 0) {
+        scope.report_phase(crate::weights::LoadPhase::Quantizing);
+    }
     let (linear, outcome) = linear.quantized(q, keep.filter(|_| scope.is_recording()))?;
     if let Some(panels) = linear.int8_panels() {
         scope.record(&panels_name(name), || Recorded::Int8Panels(panels.clone()));

@@ -97,7 +97,7 @@ impl Weights {
             other => other,
         })?;
         super::release_pages(&file.mmap, begin, end - begin);
-        self.report_loaded(end - begin, monitor);
+        self.report_loaded(end - begin, monitor, super::LoadPhase::Repacking);
         Ok(Some(out))
     }
 
@@ -158,7 +158,7 @@ impl Weights {
             return Err(Error::Weights(format!("{}: tensor `{name}` is not {width}-byte aligned in the file; prepare the folder again", file.path.display())));
         }
         populate(&file.mmap, offset, bytes);
-        self.report_loaded(bytes, monitor);
+        self.report_loaded(bytes, monitor, super::LoadPhase::Mapping);
         Ok(Some((file.mmap.clone(), offset)))
     }
 }

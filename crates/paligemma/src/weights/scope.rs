@@ -57,6 +57,10 @@ impl<'a> Scope<'a> {
     pub fn mapped_u8(&self, name: &str, len: usize) -> Result<Option<super::MappedBytes>> {
         self.weights.mapped_u8(name, len, self.monitor)
     }
+    /// Reports that `phase` starts ([`Weights::report_phase`]).
+    pub fn report_phase(&self, phase: super::LoadPhase) {
+        self.weights.report_phase(self.monitor, phase)
+    }
     /// Whether the checkpoint has the tensor `name` (a full canonical name).
     pub fn has_tensor(&self, name: &str) -> bool {
         self.weights.contains(name)

@@ -196,11 +196,11 @@ fn progress_reaches_the_total_and_cancellation_stops_loading() {
     save(&dir.join("model.safetensors"), &[("a", Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap()), ("b", Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())]);
     let w = Weights::open(&dir).unwrap();
     let seen = std::sync::Mutex::new(Vec::new());
-    let report = |done: u64, total: u64| seen.lock().unwrap().push((done, total));
+    let report = |done: u64, total: u64, phase: LoadPhase| seen.lock().unwrap().push((done, total, phase));
     let monitor = LoadMonitor { on_progress: Some(&report), is_cancelled: None };
     w.get("a", &[4], DType::F32, &Device::Cpu, &monitor).unwrap();
     w.get("b", &[2], DType::F32, &Device::Cpu, &monitor).unwrap();
-    assert_eq!(seen.lock().unwrap().last(), Some(&(24, 24)));
+    assert_eq!(seen.lock().unwrap().last(), Some(&(24, 24, LoadPhase::Converting)));
     let cancelled = || true;
     let monitor = LoadMonitor { on_progress: None, is_cancelled: Some(&cancelled) };
     assert!(matches!(w.get("a", &[4], DType::F32, &Device::Cpu, &monitor), Err(Error::Aborted)));
