@@ -54,6 +54,7 @@ const OPTIONS = {
   // child mode
   'also-dtypes': { type: 'string' },
   dtypes: { type: 'string' },
+  'peer-dtypes': { type: 'string' },
   child: { type: 'string' },
   model: { type: 'string' },
   dtype: { type: 'string' },
@@ -78,6 +79,8 @@ const USAGE = `usage: npm run bench -- [options]
   --write-results       replace the generated block of benches/RESULTS.md with this run's table
   --timeout S           per-engine limit, seconds (default 1800)
   --also-dtypes a,b     extra paligemma rows with these load dtypes (e.g. q8_0,q4k); the peers stay f32
+  --peer-dtypes a,b     transformers rows in these dtypes (default f32; e.g. f32,bf16: bf16 is what a
+                        user with a bf16-capable CPU would pick, oneDNN's kernels)
   --wait-only           only wait for a quiet machine (same rule, --max-wait cap), then exit
   --concurrency 1,2,4   continuous batching instead: that many concurrent streams per level, each
                         level in a fresh child (lib/concurrency.mjs); f32 plus --also-dtypes
@@ -113,9 +116,10 @@ async function runEngine(engine, dir, plan, ctx) {
     const dtype = engine === 'paligemma' ? 'f32' : engine.slice('paligemma-'.length)
     cmd = process.execPath
     args = [fileURLToPath(import.meta.url), '--child', 'paligemma', '--model', dir, '--dtype', dtype, '--threads', String(ctx.threads), '--warmup', String(plan.warmup), ...common]
-  } else if (engine === 'transformers') {
+  } else if (engine === 'transformers' || engine.startsWith('transformers-')) {
+    const dtype = engine === 'transformers' ? 'f32' : engine.slice('transformers-'.length)
     cmd = ctx.python
-    args = [path.join(HERE, 'peers', 'transformers_peer.py'), '--model', dir, '--device', 'cpu', '--dtype', 'f32', '--threads', String(ctx.threads),
+    args = [path.join(HERE, 'peers', 'transformers_peer.py'), '--model', dir, '--device', 'cpu', '--dtype', dtype, '--threads', String(ctx.threads),
       '--warmup', String(plan.warmup), '--single-pass', ...common]
   } else {
     cmd = path.join(ctx.peerBin, 'candle-peer')
@@ -213,6 +217,12 @@ async function main() {
   // Extra rows of this engine in other load dtypes (quantized decoders): after the f32 row.
   const also = args['also-dtypes'] ? args['also-dtypes'].split(',').map((d) => `paligemma-${d}`) : []
   engines.splice(engines.includes('paligemma') ? engines.indexOf('paligemma') + 1 : 0, 0, ...also)
+  // transformers in each --peer-dtypes dtype: `transformers` (f32), then `transformers-bf16`, ….
+  if (engines.includes('transformers') && args['peer-dtypes']) {
+    const peerDtypes = args['peer-dtypes'].split(',')
+    for (const d of peerDtypes) if (!['f32', 'bf16', 'f16'].includes(d)) throw new Error(`--peer-dtypes takes f32, bf16 or f16, got ${d}`)
+    engines.splice(engines.indexOf('transformers'), 1, ...peerDtypes.map((d) => (d === 'f32' ? 'transformers' : `transformers-${d}`)))
+  }
   const names = modelDir ? [path.basename(path.resolve(modelDir))] : args.models ? args.models.split(',') : quick ? ['pg1-3b-224'] : Object.keys(MODELS)
   for (const n of names) if (!modelDir && !MODELS[n]) throw new Error(`unknown model ${n}`)
   const timeoutS = Number(args.timeout ?? 1800)
@@ -221,7 +231,7 @@ async function main() {
 
   const pkg = engines.some((e) => e.startsWith('paligemma')) ? checkPackage() : {}
   const python = process.env.PALIGEMMA_BENCH_PYTHON ?? path.join(HERE, '.venv', 'bin', 'python')
-  if (engines.includes('transformers') && !fs.existsSync(python)) throw new Error(`${python} is missing: run benches/setup.sh (or set PALIGEMMA_BENCH_PYTHON)`)
+  if (engines.some((e) => e.startsWith('transformers')) && !fs.existsSync(python)) throw new Error(`${python} is missing: run benches/setup.sh (or set PALIGEMMA_BENCH_PYTHON)`)
   const peerBin = await buildCandlePeer()
 
   // Checkpoints: f32 for the CPU runs; the full run also writes bf16 (the GPU check's dtype).

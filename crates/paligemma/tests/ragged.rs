@@ -9,13 +9,17 @@ use std::rc::Rc;
 
 use common::*;
 use paligemma::batching::{BatchLimits, RowHandler, Scheduler};
-use paligemma::{generate, Control, Error, FinishReason, GenerateOutput, GenerateRequest, LoadOptions, PaliGemma, SamplingParams};
+use paligemma::{generate, Control, Error, FinishReason, GenerateOutput, GenerateRequest, LoadOptions, PaliGemma, Quantization, SamplingParams};
 
 const FIXTURES: [&str; 2] = ["pg1-tiny-a", "pg2-tiny-a"];
 
 fn load(name: &str) -> (PaliGemma, Vec<u32>, Vec<f32>) {
+    load_as(name, None)
+}
+
+fn load_as(name: &str, quantization: Option<Quantization>) -> (PaliGemma, Vec<u32>, Vec<f32>) {
     let dir = testdata().join("reference").join(name);
-    let model = PaliGemma::load(&dir, &LoadOptions::default()).unwrap();
+    let model = PaliGemma::load(&dir, &LoadOptions { quantization, ..Default::default() }).unwrap();
     let inputs = load_tensors(&dir.join("inputs.safetensors"));
     (model, ids(&inputs["input_ids"]), floats(&inputs["pixel_values"]))
 }
@@ -56,11 +60,24 @@ fn bits(t: &candle_core::Tensor) -> Vec<u32> {
 }
 
 /// Rows join at different steps, leave early and run at different positions; each row's logits
-/// at each step are compared bit for bit with the same sequence stepped alone.
+/// at each step are compared bit for bit with the same sequence stepped alone: in f32, and in
+/// `q8_0` where its matrices run on the int8 panels (CPUs with AVX-512 VNNI).
 #[test]
 fn ragged_steps_equal_solo_steps_bitwise() {
-    for name in FIXTURES {
-        let (model, prompt, pixels) = load(name);
+    let mut modes = vec![None];
+    if paligemma::cpu::int8_panels::available() {
+        modes.push(Some(Quantization::Q8_0));
+    } else {
+        eprintln!("q8_0 not checked: this CPU has no AVX-512 VNNI, so q8_0 runs on candle's kernels");
+    }
+    for (name, quantization) in FIXTURES.iter().flat_map(|n| modes.iter().map(move |&q| (*n, q))) {
+        let (model, prompt, pixels) = load_as(name, quantization);
+        if quantization.is_some() {
+            let report = model.quantization();
+            // Matrices too narrow to quantize stay f32; none may run on candle's kernels.
+            assert_eq!(report.int8_panels, report.quantized, "{name}: every quantized matrix on the int8 panels");
+        }
+        let name = format!("{name} {quantization:?}");
         for sliding in [false, true] {
             let rows = variants(&prompt, &pixels);
             // Row i joins at step joins[i] and takes forced.len() steps; tokens are arbitrary ids.
