@@ -114,6 +114,18 @@ pub fn safetensors_loader(data: &[u8]) {
             let _ = mapped.as_slice().iter().fold(0f32, |a, v| a + v);
         }
         assert!(!matches!(weights.mapped_f32(name, &[len + 1], &quiet), Ok(Some(_))), "`{name}` mapped with another length");
+        // And their int8 panels as 1-D U8 tensors: read inside the file, of exactly the length
+        // asked, and refused by the panels for any other shape.
+        if let Ok(Some(bytes)) = weights.mapped_u8(name, len, &quiet) {
+            assert_eq!(bytes.as_slice().len(), len);
+            let _ = bytes.as_slice().iter().fold(0u8, |a, v| a ^ v);
+            // One panel of 16 outputs takes 544 bytes per 32 inputs.
+            let k = len / 544 * 32;
+            if let Ok(panels) = paligemma::cpu::int8_panels::Int8Panels::from_mapped(bytes, 16, k) {
+                assert_eq!(panels.matmul(&vec![0.5; k], 1).len(), 16);
+            }
+        }
+        assert!(!matches!(weights.mapped_u8(name, len + 1, &quiet), Ok(Some(_))), "`{name}` mapped as U8 with another length");
     }
     // The same bytes as a prepared folder's manifest: refused or accepted, never a panic.
     if let Some(index) = index {
