@@ -3,8 +3,9 @@
 //! included, spec §2.5).
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 
-use super::{Positions, QuantizationReport};
+use super::{Positions, QuantizationReport, RaggedView};
 use crate::attention::{attend, AttentionSpec};
 use crate::config::{Architecture, LayerType, TextConfig};
 use crate::cpu::repacked::Outcome;
@@ -139,13 +140,20 @@ impl SelfAttention {
         let (qk, (keys, values)) = match at {
             Positions::Ragged(views) => {
                 // Each row exactly as a batch-1 step on its own cache would run it.
-                let mut outs = Vec::with_capacity(views.len());
-                for (r, view) in views.iter().enumerate() {
+                let row = |(r, view): (usize, &RaggedView)| -> Result<Tensor> {
                     let cache = view.cache;
                     let qk = rope.apply(&qk.narrow(0, r, 1)?, cache.len() + 1)?;
                     let (keys, values) = cache.write(layer, &qk.narrow(1, n, k)?, &vn.narrow(0, r, 1)?)?;
-                    outs.push(attend(&qk.narrow(1, 0, n)?, &keys, &values, view.masks[kind].as_ref(), &self.spec)?);
-                }
+                    attend(&qk.narrow(1, 0, n)?, &keys, &values, view.masks[kind].as_ref(), &self.spec)
+                };
+                // On the CPU the rows run in parallel: each is a chain of small ops on its own
+                // cache, which one thread runs far below the machine's speed (the same ops, so
+                // the same bits). A GPU stream takes them in order.
+                let outs = if qk.device().is_cpu() {
+                    views.par_iter().enumerate().map(row).collect::<Result<Vec<_>>>()?
+                } else {
+                    views.iter().enumerate().map(row).collect::<Result<Vec<_>>>()?
+                };
                 return self.o_proj.forward(&Tensor::cat(&outs, 0)?);
             }
             Positions::Host(cache) => {
