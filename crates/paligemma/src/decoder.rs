@@ -126,7 +126,8 @@ impl Decoder {
     pub fn load(scope: &Scope, cfg: &TextConfig, arch: Architecture, quant: Option<Quantization>) -> Result<Self> {
         let d = cfg.hidden_size;
         // The LM head is the tied table, quantized in the quantization mode; a prepared folder
-        // stores those blocks beside the table, which lookups still read (mapped in place then).
+        // stores that matrix (int8 panels or blocks) beside the table, which lookups still read
+        // (mapped in place then).
         let head_name = format!("{}.{}", scope.pp("embed_tokens").prefix(), quant.map_or("", |q| q.as_str()));
         let head_stored = scope.has_tensor(&head_name) || scope.has_tensor(&layer::panels_name(&head_name));
         let embed_tokens = TokenEmbedding::load(scope, cfg.vocab_size, d, quant.is_some(), head_stored)?;

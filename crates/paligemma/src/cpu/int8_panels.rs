@@ -9,7 +9,7 @@
 //! 6 rows × 2 panels or 1 row × 8 panels, each activation block of 32 values has its own scale
 //! (closer to f32 than candle's 256), and the layout is ours, so a prepared folder can store it.
 //!
-//! The arithmetic ([`QuantizedRows`], [`kernels`]): weights are stored `+128` as unsigned bytes
+//! The arithmetic (`QuantizedRows`, `kernels`): weights are stored `+128` as unsigned bytes
 //! so `vpdpbusd` (unsigned × signed bytes, four products per 32-bit lane) applies directly; the
 //! activations are rounded per block of 32 to signed bytes with an f32 scale, and the `+128` is
 //! taken back exactly by starting each block's integer sum at `−128 · Σx`. Per output and block,

@@ -59,19 +59,20 @@ pub enum QuantizedMatrix {
     Int8Panels(std::sync::Arc<Int8Panels>),
 }
 
+/// Sees a matrix's candle blocks, with its rows and columns, before they are released (a
+/// prepared folder stores them; int8 panels it records from the matrix itself).
+pub type KeepBlocks<'a> = Option<&'a dyn Fn(&[u8], usize, usize) -> Result<()>>;
+
 /// Quantizes `[out, in]` (rows are dot products over `in`), or `None` when `in` is not a
 /// multiple of the block size. Blocks never cross a row, so bands of rows are quantized in
 /// parallel on the current pool and their bytes laid end to end: the same bytes as quantizing
 /// the whole matrix at once (candle does that on one thread; Q4_K took 69 s for PaliGemma-3B).
 ///
-/// On the CPU candle's repacked copy is made here, and the original released when candle no
-/// longer reads it ([`cpu::repacked`]), so the matrix is held once and the first request does
-/// not pay for the repack.
-/// Sees a matrix's candle blocks before they are released (a prepared folder stores them;
-/// int8 panels it records from the matrix itself).
-/// Called with the blocks, the rows and the columns.
-pub type KeepBlocks<'a> = Option<&'a dyn Fn(&[u8], usize, usize) -> Result<()>>;
-
+/// On the CPU the matrix is then made ready for its kernel: `q8_0` on a CPU with AVX-512 VNNI
+/// is repacked into int8 panels ([`cpu::int8_panels`]) and candle's blocks dropped; otherwise
+/// candle's repacked copy is made here, and the original released when candle no longer reads
+/// it ([`cpu::repacked`]). Either way the matrix is held once and the first request does not
+/// pay for a repack.
 pub fn quantize_matrix(weight: &Tensor, q: Quantization, keep: KeepBlocks) -> Result<Option<(QuantizedMatrix, cpu::repacked::Outcome)>> {
     let (rows, cols) = weight.dims2()?;
     if cols % q.block_size() != 0 {
