@@ -36,7 +36,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::bindgen_prelude::Object;
 use napi::{Env, Status};
 use napi_derive::napi;
-use paligemma::device::{device_name, dtype_name};
+use paligemma::device::device_name;
 use paligemma::{ChosenDevice, DeviceRequest, LoadMonitor, LoadOptions, LoadPhase, PaliGemma};
 
 use crate::error::{guard, NativeFailure};
@@ -150,10 +150,7 @@ fn model_info(loaded: &Loaded, threads: usize, weight_bytes: u64) -> NativeModel
         hidden_size: config.text.hidden_size as u32,
         context_length: config.text.max_position_embeddings as u32,
         device: device_name(model.device()).to_string(),
-        dtype: match model.quantization_mode() {
-            Some(q) => q.as_str().to_string(),
-            None => dtype_name(model.dtype()).to_string(),
-        },
+        dtype: model.precision_name().to_string(),
         threads: threads as u32,
         max_batch: loaded.limits.max_batch as u32,
         kv_cache_bytes: loaded.limits.kv_cache_bytes as f64,

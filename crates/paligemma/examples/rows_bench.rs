@@ -1,11 +1,13 @@
 //! Rows through the panel kernel (`cpu::panels`) on PaliGemma-3B's decoder shapes, beside
-//! candle's matmul (gemm) on the same `[in, out]` operands: the cost of a continuous batch's
-//! decode step per matrix as the row count grows, and of a prompt (262 rows). Prints ms per
-//! product, GFLOP/s, the weights' read rate, and the time relative to one row.
+//! candle's matmul (gemm) on the same `[in, out]` operands and the bf16 panel kernel
+//! (`cpu::bf16_panels`, AVX512-BF16 only): the cost of a continuous batch's decode step per
+//! matrix as the row count grows, and of a prompt (262 rows). Prints ms per product, GFLOP/s,
+//! the weights' read rate, and the time relative to one row.
 //!
 //!   RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 cargo run --release --example rows_bench
 //!   ROWS=1,16 PALIGEMMA_NO_AVX512=1 cargo run --release --example rows_bench   # AVX2 kernels
 use candle_core::{Device, Tensor};
+use paligemma::cpu::bf16_panels::{self, Bf16Panels};
 use paligemma::cpu::panels;
 use std::time::Instant;
 
@@ -19,6 +21,7 @@ fn main() {
     for (k, n) in [(2048usize, 2560usize), (2048, 2048), (2048, 32768), (16384, 2048), (2048, 257_152)] {
         let wt = Tensor::randn(0f32, 0.05, (k, n), &Device::Cpu).unwrap();
         let packed = panels::pack(&wt.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k, n);
+        let bf16 = Bf16Panels::from_rows(&wt.t().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k).unwrap();
         let mut one = f64::NAN;
         for &m in &rows {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
@@ -31,7 +34,13 @@ fn main() {
             }
             let gflops = 2.0 * (m * k * n) as f64 / ours / 1e6;
             let gbs = (k * n * 4) as f64 / ours / 1e6;
-            println!("[{k}, {n}] m={m}: {ours:.2} ms ({gflops:.0} GFLOP/s, {gbs:.1} GB/s, {:.2}x one row); gemm {gemm:.2} ms", ours / one);
+            let half = if bf16_panels::available() { time(|| drop(bf16.matmul(&xs, m))) } else { f64::NAN };
+            println!(
+                "[{k}, {n}] m={m}: {ours:.2} ms ({gflops:.0} GFLOP/s, {gbs:.1} GB/s, {:.2}x one row); gemm {gemm:.2} ms; bf16 {half:.2} ms ({:.0} GFLOP/s, {:.1} GB/s)",
+                ours / one,
+                gflops * ours / half,
+                bf16.bytes() as f64 / half / 1e6
+            );
         }
     }
 }

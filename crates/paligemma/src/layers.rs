@@ -6,8 +6,12 @@ use crate::cpu;
 use crate::error::{Error, Result};
 use crate::weights::Scope;
 
+mod activation;
+mod norm;
 mod quantization;
 
+pub use activation::{geglu, gelu_tanh, softmax_last_dim};
+pub use norm::{add_then_norm, LayerNorm, RmsNorm};
 pub use quantization::{quantize_matrix, quantized_from_blocks, quantized_from_panels, KeepBlocks, Quantization, QuantizedMatrix};
 
 #[derive(Debug, Clone)]
@@ -16,6 +20,8 @@ enum Weight {
     Dense(Tensor),
     /// Panel-major `[in, out]` (see [`Layout::Panels`]), with its input width.
     Panels(cpu::panels::PanelBuffer, usize),
+    /// bf16 panels ([`Layout::Bf16Panels`]).
+    Bf16(std::sync::Arc<cpu::bf16_panels::Bf16Panels>),
     Quantized(QuantizedMatrix),
 }
 
@@ -30,15 +36,22 @@ pub enum Layout {
     /// an `[out, in]` weight with a scalar gather, 21 % of the prefill's samples), and a decode
     /// step of 1 to 16 rows keeps its outputs in registers while the weights stream.
     Panels,
+    /// The same panels in bf16, multiplied with f32 sums by AVX512-BF16 ([`cpu::bf16_panels`]):
+    /// `dtype: 'bf16'` on a CPU that has it.
+    Bf16Panels,
 }
 
 impl Layout {
-    /// [`Layout::Panels`] for f32 weights on the CPU that stay dense, else [`Layout::OutIn`].
+    /// For weights on the CPU in f32 that stay dense: [`Layout::Bf16Panels`] where the scope
+    /// asks for bf16 matrices and the CPU multiplies bf16, else [`Layout::Panels`]; otherwise
+    /// [`Layout::OutIn`].
     pub fn for_scope(scope: &Scope, stays_dense: bool) -> Layout {
-        if stays_dense && scope.device().is_cpu() && scope.dtype() == DType::F32 {
-            Layout::Panels
-        } else {
+        if !stays_dense || !scope.device().is_cpu() || scope.dtype() != DType::F32 {
             Layout::OutIn
+        } else if scope.bf16_matrices() && cpu::bf16_panels::available() {
+            Layout::Bf16Panels
+        } else {
+            Layout::Panels
         }
     }
 }
@@ -127,6 +140,12 @@ impl Linear {
         Linear { weight: Weight::Quantized(matrix), bias: None, out_dim }
     }
 
+    /// A projection over bf16 panels ([`cpu::bf16_panels`]).
+    pub fn from_bf16_panels(matrix: std::sync::Arc<cpu::bf16_panels::Bf16Panels>) -> Self {
+        let out_dim = matrix.dims().0;
+        Linear { weight: Weight::Bf16(matrix), bias: None, out_dim }
+    }
+
     /// A projection over a panel-major `[in_dim, out_dim]` matrix ([`cpu::panels`]).
     pub fn from_panels(matrix: cpu::panels::PanelBuffer, in_dim: usize, out_dim: usize) -> Self {
         Linear { weight: Weight::Panels(matrix, in_dim), bias: None, out_dim }
@@ -153,18 +172,25 @@ impl Linear {
         }
         let out_dim = parts.iter().map(|p| p.out_dim).sum();
         let Some(first) = parts.first() else { return Err(Error::Internal("a projection of no parts".into())) };
-        let matrix = panel_matrix(&first.scope, &stacked_name(parts, "panels"), in_dim, out_dim, |stack| {
-            for p in parts {
-                p.scope.with_raw(&[p.out_dim, in_dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, p.out_dim, p.factor as f32))?;
-            }
-            Ok(())
-        })?;
         let bias = if bias {
             let parts = parts.iter().map(|p| Ok((p.scope.get(&[p.out_dim], "bias")? * p.factor)?)).collect::<Result<Vec<_>>>()?;
             Some(Tensor::cat(&parts, 0)?)
         } else {
             None
         };
+        if layout == Layout::Bf16Panels {
+            let mut stack = cpu::bf16_panels::Bf16Stack::new(in_dim, out_dim);
+            for p in parts {
+                p.scope.with_raw(&[p.out_dim, in_dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, p.out_dim, p.factor as f32))?;
+            }
+            return Ok(Linear { weight: Weight::Bf16(std::sync::Arc::new(stack.finish()?)), bias, out_dim });
+        }
+        let matrix = panel_matrix(&first.scope, &stacked_name(parts, "panels"), in_dim, out_dim, |stack| {
+            for p in parts {
+                p.scope.with_raw(&[p.out_dim, in_dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, p.out_dim, p.factor as f32))?;
+            }
+            Ok(())
+        })?;
         Ok(Linear { weight: Weight::Panels(matrix, in_dim), bias, out_dim })
     }
 
@@ -173,6 +199,7 @@ impl Linear {
         match &self.weight {
             Weight::Dense(w) => w.dim(1).ok(),
             Weight::Panels(_, k) => Some(*k),
+            Weight::Bf16(w) => Some(w.dims().1),
             Weight::Quantized(_) => None,
         }
     }
@@ -192,7 +219,7 @@ impl Linear {
     fn dense(&self) -> Result<&Tensor> {
         match &self.weight {
             Weight::Dense(w) => Ok(w),
-            Weight::Panels(..) | Weight::Quantized(_) => {
+            Weight::Panels(..) | Weight::Bf16(_) | Weight::Quantized(_) => {
                 Err(Error::Internal("only an [out, in] dense projection can be rescaled, fused or quantized".into()))
             }
         }
@@ -255,12 +282,8 @@ impl Linear {
                 None => flat.matmul(&w.t()?)?,
             },
             Weight::Panels(wp, k) => cpu::panels::matmul_tensor(&flat, wp.as_slice(), *k, self.out_dim)?,
-            Weight::Quantized(QuantizedMatrix::Int8Panels(w)) => {
-                let flat = flat.contiguous()?;
-                let y = cpu::with_f32_slice(&flat, |xs| Ok(w.matmul(xs, rows)))?
-                    .ok_or_else(|| Error::Internal("int8 panel matmul: the input is not f32 on the CPU".into()))?;
-                Tensor::from_vec(y, (rows, self.out_dim), flat.device())?
-            }
+            Weight::Quantized(QuantizedMatrix::Int8Panels(w)) => host_matmul(&flat, rows, self.out_dim, |xs| w.matmul(xs, rows))?,
+            Weight::Bf16(w) => host_matmul(&flat, rows, self.out_dim, |xs| w.matmul(xs, rows))?,
             Weight::Quantized(QuantizedMatrix::Candle(q)) => match cpu::q8_0::matmul(q, &flat)? {
                 Some(y) => y,
                 None => q.forward(&flat.contiguous()?)?,
@@ -281,94 +304,9 @@ impl Linear {
     }
 }
 
-/// LayerNorm with weight and bias (SigLIP), fused.
-#[derive(Debug, Clone)]
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
-}
-
-impl LayerNorm {
-    pub fn load(scope: &Scope, dim: usize, eps: f64) -> Result<Self> {
-        Ok(LayerNorm { weight: scope.get(&[dim], "weight")?, bias: scope.get(&[dim], "bias")?, eps: eps as f32 })
-    }
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)?)
-    }
-}
-
-/// Gemma's RMSNorm: `x · rsqrt(mean(x²) + eps) · (1 + w)`, statistics in f32 (spec §2.4).
-/// The checkpoint stores the zero-centred `w`; `1 + w` is folded in once at load time.
-#[derive(Debug, Clone)]
-pub struct RmsNorm {
-    alpha: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    pub fn load(scope: &Scope, dim: usize, eps: f64) -> Result<Self> {
-        // 1 + w in f32 first, then one rounding to the compute dtype.
-        let w = scope.get_as(&[dim], "weight", DType::F32)?;
-        let alpha = (w + 1.0)?.to_dtype(scope.dtype())?;
-        Ok(RmsNorm { alpha, eps: eps as f32 })
-    }
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(x, &self.alpha, self.eps)?)
-    }
-}
-
-/// The residual add and the norm that reads its result: `h = x + post(a)`, then `(h,
-/// next(h))`. `post` is Gemma 2's norm on the branch (spec §2.5); Gemma adds the branch as it
-/// is. One kernel on CUDA ([`crate::cuda`]), up to three ops elsewhere.
-pub fn add_then_norm(x: &Tensor, a: &Tensor, post: Option<&RmsNorm>, next: &RmsNorm) -> Result<(Tensor, Tensor)> {
-    let post_alpha = post.map(|p| &p.alpha);
-    // One eps for both norms: every norm of a decoder shares the config's `rms_norm_eps`.
-    if post.is_none_or(|p| p.eps == next.eps) {
-        if let Some(fused) = crate::cuda::add_norm(x, a, post_alpha, &next.alpha, next.eps)? {
-            return Ok(fused);
-        }
-    }
-    let h = match post {
-        Some(p) => (x + p.forward(a)?)?,
-        None => (x + a)?,
-    };
-    let normed = next.forward(&h)?;
-    Ok((h, normed))
-}
-
-/// tanh-approximated GELU (`gelu_pytorch_tanh`). candle's `Activation::Gelu` is the erf version
-/// and must not be used here (spec §2.2).
-pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    let cpu = cpu::with_f32_slice(x, |v| Ok(Tensor::from_vec(cpu::activation::gelu_tanh(v), x.shape(), x.device())?))?;
-    match cpu {
-        Some(y) => Ok(y),
-        None => Ok(candle_nn::Activation::GeluPytorchTanh.forward(x)?),
-    }
-}
-
-/// GeGLU over a fused gate/up projection `[…, 2·hidden]`: `gelu_tanh(gate) ⊙ up`, `[…, hidden]`.
-pub fn geglu(gate_up: &Tensor, hidden: usize) -> Result<Tensor> {
-    let mut dims = gate_up.dims().to_vec();
-    let rows = gate_up.elem_count() / (2 * hidden).max(1);
-    if let Some(last) = dims.last_mut() {
-        *last = hidden;
-    }
-    let geglu_cpu = |v: &[f32]| Ok(Tensor::from_vec(cpu::activation::geglu(v, rows, hidden), dims.as_slice(), gate_up.device())?);
-    if let Some(y) = cpu::with_f32_slice(gate_up, geglu_cpu)? {
-        return Ok(y);
-    }
-    if let Some(y) = crate::cuda::geglu(gate_up, hidden)? {
-        return Ok(y);
-    }
-    let last = gate_up.rank() - 1;
-    let gate = gate_up.narrow(last, 0, hidden)?;
-    let up = gate_up.narrow(last, hidden, hidden)?;
-    Ok((gelu_tanh(&gate)? * up)?)
-}
-
-/// Softmax over the last dimension, as one fused kernel (candle's generic `softmax` is five
-/// kernels with slow reductions; on a GPU that dominated the 448 px prefill).
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::softmax_last_dim(x)?)
+/// `[rows, out_dim]` from one of our CPU kernels over `x`'s f32 values.
+fn host_matmul(x: &Tensor, rows: usize, out_dim: usize, product: impl FnOnce(&[f32]) -> Vec<f32>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let y = cpu::with_f32_slice(&x, |xs| Ok(product(xs)))?.ok_or_else(|| Error::Internal("a CPU kernel's input is not f32 on the CPU".into()))?;
+    Ok(Tensor::from_vec(y, (rows, out_dim), x.device())?)
 }

@@ -27,7 +27,8 @@ pub use prefill::StagedPrefill;
 /// How to load a model.
 pub struct LoadOptions<'a> {
     pub device: Device,
-    /// Compute dtype. On CPU candle has no bf16 matmul, so use f32 (or f16).
+    /// Compute dtype. On the CPU, bf16 means f32 activations over bf16 matrices
+    /// ([`crate::cpu::bf16_panels`]), on CPUs with AVX512-BF16; elsewhere it runs as f32.
     pub dtype: DType,
     pub monitor: LoadMonitor<'a>,
     /// Apply Gemma 2's `final_logit_softcapping` from the config. Off by default: the
@@ -108,6 +109,8 @@ pub struct PaliGemma {
     decoder: Decoder,
     device: Device,
     dtype: DType,
+    /// Dense matrices in bf16 on the CPU (the `bf16` dtype there), activations in f32.
+    bf16_matrices: bool,
     quantization: Option<Quantization>,
     steps: StepPool,
     /// Last, so that it drops after every tensor above and can hand their memory back.
@@ -126,13 +129,17 @@ impl PaliGemma {
 
     /// Builds the model from an already parsed config and opened weights.
     pub fn from_weights(config: Config, weights: &Weights, options: &LoadOptions) -> Result<Self> {
-        if options.device.is_cpu() && options.dtype == DType::BF16 {
-            return Err(Error::invalid("dtype", "bf16 is not supported on the CPU (candle has no bf16 matmul there); use f32 or f16"));
-        }
         if !matches!(options.dtype, DType::F32 | DType::F16 | DType::BF16) {
             return Err(Error::invalid("dtype", format!("{:?} is not a supported compute dtype", options.dtype)));
         }
-        let root = Scope::new(weights, options.dtype, &options.device, &options.monitor);
+        // candle has no fast CPU bf16 ops: on the CPU bf16 is our bf16 matrix kernel with
+        // everything else in f32, and plain f32 on a CPU without AVX512-BF16.
+        let bf16_matrices = options.device.is_cpu() && options.dtype == DType::BF16;
+        let dtype = if bf16_matrices { DType::F32 } else { options.dtype };
+        if bf16_matrices && options.quantization.is_some() {
+            return Err(Error::invalid("dtype", "bf16 and a quantization are two different dtypes; choose one"));
+        }
+        let root = Scope::new(weights, dtype, &options.device, &options.monitor).with_bf16_matrices(bf16_matrices);
         let vision = VisionTower::load(&root.pp("vision_tower"), &config.vision)?;
         let projector = Linear::load(
             &root.pp("multi_modal_projector.linear"),
@@ -144,7 +151,7 @@ impl PaliGemma {
         if !options.final_logit_softcap {
             text.final_logit_softcapping = None;
         }
-        if options.quantization.is_some() && (options.dtype != DType::F32 || !options.device.is_cpu()) {
+        if options.quantization.is_some() && (dtype != DType::F32 || !options.device.is_cpu()) {
             return Err(Error::invalid("dtype", "quantized decoding (q8_0, q4k) runs on the CPU with f32 activations"));
         }
         let decoder = Decoder::load(&root.pp("language_model"), &text, config.architecture, options.quantization)?;
@@ -154,7 +161,8 @@ impl PaliGemma {
             projector,
             decoder,
             device: options.device.clone(),
-            dtype: options.dtype,
+            dtype,
+            bf16_matrices,
             quantization: options.quantization,
             steps: StepPool::default(),
             _pool_retention: PoolRetention::new(&options.device),
@@ -169,6 +177,16 @@ impl PaliGemma {
     }
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+    /// The precision the model was asked for, as `dtype` options spell it (`f32`, `bf16`,
+    /// `q8_0`, …): on the CPU `bf16` computes in f32 over bf16 matrices, so [`Self::dtype`]
+    /// says `F32` there.
+    pub fn precision_name(&self) -> &'static str {
+        match self.quantization {
+            Some(q) => q.as_str(),
+            None if self.bf16_matrices => "bf16",
+            None => crate::device::dtype_name(self.dtype),
+        }
     }
     /// The quantization the decoder was loaded with, if any.
     pub fn quantization_mode(&self) -> Option<Quantization> {

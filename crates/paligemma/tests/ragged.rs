@@ -14,12 +14,27 @@ use paligemma::{generate, Control, Error, FinishReason, GenerateOutput, Generate
 const FIXTURES: [&str; 2] = ["pg1-tiny-a", "pg2-tiny-a"];
 
 fn load(name: &str) -> (PaliGemma, Vec<u32>, Vec<f32>) {
-    load_as(name, None)
+    load_as(name, Mode::F32)
 }
 
-fn load_as(name: &str, quantization: Option<Quantization>) -> (PaliGemma, Vec<u32>, Vec<f32>) {
+/// The CPU paths whose rows promise the same bits alone and in a batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    F32,
+    /// On the int8 panels (AVX-512 VNNI).
+    Q8_0,
+    /// On the bf16 panels (AVX512-BF16).
+    Bf16,
+}
+
+fn load_as(name: &str, mode: Mode) -> (PaliGemma, Vec<u32>, Vec<f32>) {
     let dir = testdata().join("reference").join(name);
-    let model = PaliGemma::load(&dir, &LoadOptions { quantization, ..Default::default() }).unwrap();
+    let options = match mode {
+        Mode::F32 => LoadOptions::default(),
+        Mode::Q8_0 => LoadOptions { quantization: Some(Quantization::Q8_0), ..Default::default() },
+        Mode::Bf16 => LoadOptions { dtype: candle_core::DType::BF16, ..Default::default() },
+    };
+    let model = PaliGemma::load(&dir, &options).unwrap();
     let inputs = load_tensors(&dir.join("inputs.safetensors"));
     (model, ids(&inputs["input_ids"]), floats(&inputs["pixel_values"]))
 }
@@ -60,24 +75,25 @@ fn bits(t: &candle_core::Tensor) -> Vec<u32> {
 }
 
 /// Rows join at different steps, leave early and run at different positions; each row's logits
-/// at each step are compared bit for bit with the same sequence stepped alone: in f32, and in
-/// `q8_0` where its matrices run on the int8 panels (CPUs with AVX-512 VNNI).
+/// at each step are compared bit for bit with the same sequence stepped alone: in f32, in
+/// `q8_0` where its matrices run on the int8 panels (CPUs with AVX-512 VNNI), and in bf16
+/// (CPUs with AVX512-BF16; elsewhere bf16 is f32).
 #[test]
 fn ragged_steps_equal_solo_steps_bitwise() {
-    let mut modes = vec![None];
+    let mut modes = vec![Mode::F32, Mode::Bf16];
     if paligemma::cpu::int8_panels::available() {
-        modes.push(Some(Quantization::Q8_0));
+        modes.push(Mode::Q8_0);
     } else {
         eprintln!("q8_0 not checked: this CPU has no AVX-512 VNNI, so q8_0 runs on candle's kernels");
     }
-    for (name, quantization) in FIXTURES.iter().flat_map(|n| modes.iter().map(move |&q| (*n, q))) {
-        let (model, prompt, pixels) = load_as(name, quantization);
-        if quantization.is_some() {
+    for (name, mode) in FIXTURES.iter().flat_map(|n| modes.iter().map(move |&m| (*n, m))) {
+        let (model, prompt, pixels) = load_as(name, mode);
+        if mode == Mode::Q8_0 {
             let report = model.quantization();
             // Matrices too narrow to quantize stay f32; none may run on candle's kernels.
             assert_eq!(report.int8_panels, report.quantized, "{name}: every quantized matrix on the int8 panels");
         }
-        let name = format!("{name} {quantization:?}");
+        let name = format!("{name} {mode:?}");
         for sliding in [false, true] {
             let rows = variants(&prompt, &pixels);
             // Row i joins at step joins[i] and takes forced.len() steps; tokens are arbitrary ids.

@@ -144,11 +144,12 @@ const BLOCK_INPUTS: usize = 256;
 /// A zero-filled advised buffer, first touched by every thread of the pool at once: on a VM
 /// the page faults of a fresh multi-gigabyte buffer are a large part of loading, and they
 /// proceed in parallel.
-fn zeroed_in_parallel(len: usize) -> Vec<f32> {
-    let mut v = advised_vec::<f32>(len);
-    v.spare_capacity_mut().par_chunks_mut(1 << 20).for_each(|chunk| {
+pub(super) fn zeroed_in_parallel<T: Copy + Send + Sync>(len: usize, zero: T) -> Vec<T> {
+    let mut v = advised_vec::<T>(len);
+    let per_chunk = ((4 << 20) / std::mem::size_of::<T>().max(1)).max(1);
+    v.spare_capacity_mut().par_chunks_mut(per_chunk).for_each(|chunk| {
         for x in chunk {
-            x.write(0.0);
+            x.write(zero);
         }
     });
     // SAFETY: the capacity is `len` (advised_vec) and every element was written just above.
@@ -158,7 +159,7 @@ fn zeroed_in_parallel(len: usize) -> Vec<f32> {
 
 impl PanelStack {
     pub fn new(in_dim: usize, total_rows: usize) -> Self {
-        PanelStack { data: zeroed_in_parallel(super::panels::packed_len(in_dim, total_rows)), in_dim, total_rows, filled_rows: 0 }
+        PanelStack { data: zeroed_in_parallel(super::panels::packed_len(in_dim, total_rows), 0f32), in_dim, total_rows, filled_rows: 0 }
     }
 
     /// Appends the output rows of one stored `[rows, in]` matrix (f32, bf16 or f16 bytes).
@@ -222,7 +223,7 @@ fn f16_le_to_f32(b: &[u8]) -> f32 {
 }
 
 /// Little-endian f32/bf16/f16 bytes → f32 values.
-fn decode_into(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<()> {
+pub(super) fn decode_into(bytes: &[u8], dtype: DType, out: &mut [f32]) -> Result<()> {
     let mut widen = |decode: fn(&[u8]) -> f32, size: usize| out.iter_mut().zip(bytes.chunks_exact(size)).for_each(|(o, b)| *o = decode(b));
     match dtype {
         DType::F32 => widen(f32_from_le, 4),

@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod bf16_panels;
 pub mod huge_pages;
 pub mod int8_panels;
 pub mod matvec;

@@ -4,11 +4,13 @@
 //! ([`crate::cpu::panels`]): the LM head is the largest matrix of a decode step (21 % of its
 //! bytes), and in that layout a batch's rows share each read of it. A lookup then gathers a
 //! token's row from its panel, sixteen floats apart, which costs nothing beside a step.
+//! With `dtype: 'bf16'` on a CPU with AVX512-BF16 the table is the same panels in bf16.
 //! Elsewhere the table stays `[vocab, D]`, and the LM head is the same storage or a quantized
 //! copy of it.
 
 use candle_core::{Device, Tensor};
 
+use crate::cpu::bf16_panels::{Bf16Panels, Bf16Stack};
 use crate::cpu::panels::{self, PanelBuffer};
 use crate::layers::panel_matrix;
 use crate::error::{Error, Result};
@@ -20,6 +22,9 @@ pub(super) enum TokenEmbedding {
     Table(Tensor),
     /// The panel-major `[D, vocab]` matrix.
     Panels { matrix: PanelBuffer, dim: usize, vocab: usize },
+    /// The same panels in bf16 (`dtype: 'bf16'` on a CPU with AVX512-BF16): half the bytes
+    /// of the largest matrix a decode step reads.
+    Bf16 { matrix: std::sync::Arc<Bf16Panels>, dim: usize, vocab: usize },
     /// `[vocab, D]` mapped in place from a prepared quantized folder, whose LM head is stored
     /// as blocks: only lookups read it.
     Mapped { table: crate::weights::MappedF32, dim: usize, vocab: usize },
@@ -36,7 +41,13 @@ impl TokenEmbedding {
                 return Ok(TokenEmbedding::Mapped { table, dim, vocab });
             }
         }
-        if Layout::for_scope(&scope, !quantized) == Layout::Panels {
+        let layout = Layout::for_scope(&scope, !quantized);
+        if layout == Layout::Bf16Panels {
+            let mut stack = Bf16Stack::new(dim, vocab);
+            scope.with_raw(&[vocab, dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, vocab, 1.0))?;
+            return Ok(TokenEmbedding::Bf16 { matrix: std::sync::Arc::new(stack.finish()?), dim, vocab });
+        }
+        if layout == Layout::Panels {
             let matrix = panel_matrix(&scope, &format!("{}.panels", scope.prefix()), dim, vocab, |stack| {
                 scope.with_raw(&[vocab, dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, vocab, 1.0))
             })?;
@@ -50,6 +61,7 @@ impl TokenEmbedding {
         match self {
             TokenEmbedding::Table(table) => Ok(Linear::from_parts(table.clone(), None)),
             TokenEmbedding::Panels { matrix, dim, vocab } => Ok(Linear::from_panels(matrix.clone(), *dim, *vocab)),
+            TokenEmbedding::Bf16 { matrix, .. } => Ok(Linear::from_bf16_panels(matrix.clone())),
             TokenEmbedding::Mapped { .. } => Err(Error::Internal("a mapped table's LM head is the prepared folder's stored blocks".into())),
         }
     }
@@ -57,7 +69,7 @@ impl TokenEmbedding {
     pub fn device(&self) -> &Device {
         match self {
             TokenEmbedding::Table(table) => table.device(),
-            TokenEmbedding::Panels { .. } | TokenEmbedding::Mapped { .. } => &Device::Cpu,
+            TokenEmbedding::Panels { .. } | TokenEmbedding::Bf16 { .. } | TokenEmbedding::Mapped { .. } => &Device::Cpu,
         }
     }
 
@@ -69,6 +81,7 @@ impl TokenEmbedding {
                 let w = matrix.as_slice();
                 gather(ids, *dim, *vocab, |id, rows| rows.extend((0..*dim).map(|c| w[panels::packed_index(*dim, c, id)])))
             }
+            TokenEmbedding::Bf16 { matrix, dim, vocab } => gather(ids, *dim, *vocab, |id, rows| rows.extend((0..*dim).map(|c| matrix.value(id, c)))),
             TokenEmbedding::Mapped { table, dim, vocab } => {
                 let w = table.as_slice();
                 gather(ids, *dim, *vocab, |id, rows| rows.extend_from_slice(&w[id * dim..(id + 1) * dim]))

@@ -23,16 +23,26 @@ pub struct Scope<'a> {
     dtype: DType,
     device: &'a Device,
     monitor: &'a LoadMonitor<'a>,
+    bf16_matrices: bool,
 }
 
 impl<'a> Scope<'a> {
     pub fn new(weights: &'a Weights, dtype: DType, device: &'a Device, monitor: &'a LoadMonitor<'a>) -> Self {
-        Scope { weights, prefix: String::new(), dtype, device, monitor }
+        Scope { weights, prefix: String::new(), dtype, device, monitor, bf16_matrices: false }
+    }
+    /// The same scope, whose dense f32 matrices on the CPU are held in bf16 where the CPU
+    /// multiplies bf16 ([`crate::layers::Layout::Bf16Panels`]); activations stay f32.
+    pub fn with_bf16_matrices(self, on: bool) -> Self {
+        Scope { bf16_matrices: on, ..self }
+    }
+    /// Whether dense matrices are asked for in bf16 ([`Scope::with_bf16_matrices`]).
+    pub fn bf16_matrices(&self) -> bool {
+        self.bf16_matrices
     }
     /// A nested scope `prefix.name`.
     pub fn pp(&self, name: impl std::fmt::Display) -> Scope<'a> {
         let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
-        Scope { weights: self.weights, prefix, dtype: self.dtype, device: self.device, monitor: self.monitor }
+        Scope { weights: self.weights, prefix, dtype: self.dtype, device: self.device, monitor: self.monitor, bf16_matrices: self.bf16_matrices }
     }
     /// Loads `prefix.name` with the given shape.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
