@@ -249,10 +249,10 @@ test('quantize writes a prepared folder that captions like the original; refusal
   t.regex(usage.stderr, /quantize takes <model-dir> <out-dir>/)
 })
 
-test('--dtype q8_0 and q4k quantize on load; an unknown dtype is a usage error', async (t) => {
+test('--dtype q8_0, q4k and bf16 (with --vision-dtype) load; an unknown dtype is a usage error', async (t) => {
   const dir = fixtureWithTokenizer('pg1-tiny-a')
-  for (const dtype of ['q8_0', 'q4k']) {
-    const { code, stdout, stderr } = await runCli(['caption', '--json', '--model', dir, '--image', image, '-n', '4', '--dtype', dtype])
+  for (const dtype of ['q8_0', 'q4k', 'bf16', 'q8_0 --vision-dtype bf16']) {
+    const { code, stdout, stderr } = await runCli(['caption', '--json', '--model', dir, '--image', image, '-n', '4', '--dtype', ...dtype.split(' ')])
     t.is(code, 0, `${dtype}: ${stderr}`)
     const result = JSON.parse(stdout)
     t.true(result.tokenIds.length >= 1 && result.tokenIds.length <= 4, dtype)
@@ -260,6 +260,9 @@ test('--dtype q8_0 and q4k quantize on load; an unknown dtype is a usage error',
   const bad = await runCli(['caption', '--model', dir, '--image', image, '--dtype', 'q5'])
   t.is(bad.code, 2)
   t.regex(bad.stderr, /--dtype must be one of f32, f16, bf16, q8_0, q4k/)
+  const badVision = await runCli(['caption', '--model', dir, '--image', image, '--vision-dtype', 'f16'])
+  t.is(badVision.code, 2)
+  t.regex(badVision.stderr, /--vision-dtype must be one of f32, bf16/)
 })
 
 test('bench runs the checkout harness (its --help here)', async (t) => {

@@ -38,8 +38,16 @@ export interface LoadOptions {
    * rejects with `ERR_DEVICE_UNAVAILABLE`.
    */
   device?: DeviceKind
-  /** Precision. Default: `'f32'` on the CPU (which has no fast bf16 matmul), `'bf16'` on CUDA. */
+  /** Precision ({@link DType}). Default: `'f32'` on the CPU, `'bf16'` on CUDA. */
   dtype?: DType
+  /**
+   * The vision tower's matrices on the CPU: `'bf16'` (activations stay f32) or `'f32'`.
+   * Default: `'bf16'` with `dtype: 'bf16'`, else `'f32'`. With `'q8_0'` or `'q4k'`, `'bf16'` cuts
+   * about a quarter of the time to first token on CPUs with AVX512-BF16, for a small loss
+   * (docs/guarantees.md, "Precision"); CPUs without it run the tower in f32 either way. On CUDA,
+   * `'bf16'` rejects with `ERR_INVALID_ARGUMENT`: the tower runs in the model's dtype there.
+   */
+  visionDtype?: 'f32' | 'bf16'
   /**
    * CPU threads that this model's work may use (an integer ≥ 1). Default: the machine's
    * available parallelism. Each model runs its requests inside its own pool of this many threads,

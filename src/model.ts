@@ -77,7 +77,7 @@ export class PaliGemma implements AsyncDisposable {
    * @param options - device, precision, threads, progress callback and abort signal.
    * @returns the loaded model.
    * @throws A {@link PaliGemmaError} `ERR_MODEL_LOAD` (missing or invalid files, or no native
-   *   addon), `ERR_DEVICE_UNAVAILABLE`, `ERR_INVALID_ARGUMENT` (bad options, e.g. `bf16` on the CPU);
+   *   addon), `ERR_DEVICE_UNAVAILABLE`, `ERR_INVALID_ARGUMENT` (bad options, e.g. `q8_0` on CUDA);
    *   {@link AbortError} when `signal` aborts (loading stops before the next tensor); the
    *   exception `onProgress` threw, if it threw (loading stops too).
    */

@@ -91,7 +91,7 @@ function finite(name: string, value: unknown, ok: (v: number) => boolean, range:
   return value
 }
 
-const LOAD_KEYS = ['device', 'dtype', 'threads', 'maxBatch', 'kvCacheBytes', 'prefillShare', 'onProgress', 'signal', 'vaePath'] as const
+const LOAD_KEYS = ['device', 'dtype', 'visionDtype', 'threads', 'maxBatch', 'kvCacheBytes', 'prefillShare', 'onProgress', 'signal', 'vaePath'] as const
 
 /** Validated arguments of `PaliGemma.load`. @internal */
 export interface LoadArgs {
@@ -119,6 +119,10 @@ export function validateLoadArgs(modelDir: unknown, options: unknown): LoadArgs 
   if (dtype !== undefined && !['f32', 'f16', 'bf16', 'q8_0', 'q4k'].includes(dtype as string)) {
     throw invalid('dtype', `must be 'f32', 'f16', 'bf16', 'q8_0' or 'q4k', got ${describe(dtype)}`)
   }
+  const visionDtype = options.visionDtype
+  if (visionDtype !== undefined && visionDtype !== 'f32' && visionDtype !== 'bf16') {
+    throw invalid('visionDtype', `must be 'f32' or 'bf16', got ${describe(visionDtype)}`)
+  }
   const threads = options.threads === undefined ? undefined : integer('threads', options.threads, 1, 1024)
   const maxBatch = options.maxBatch === undefined ? undefined : integer('maxBatch', options.maxBatch, 1, 4096)
   const kvCacheBytes = options.kvCacheBytes === undefined ? undefined : integer('kvCacheBytes', options.kvCacheBytes, 1, Number.MAX_SAFE_INTEGER)
@@ -138,6 +142,7 @@ export function validateLoadArgs(modelDir: unknown, options: unknown): LoadArgs 
   const defaultVae = typeof vaePath === 'string' ? vaePath : undefined
   const native: NativeLoadOptions = { device }
   if (typeof dtype === 'string') native.dtype = dtype
+  if (typeof visionDtype === 'string') native.visionDtype = visionDtype
   if (threads !== undefined) native.threads = threads
   if (maxBatch !== undefined) native.maxBatch = maxBatch
   if (kvCacheBytes !== undefined) native.kvCacheBytes = kvCacheBytes

@@ -11,7 +11,13 @@ export type DeviceKind = 'auto' | 'cpu' | 'cuda'
  * Compute precision of the weights and activations.
  *
  * - `'f32'`: the CPU default and the reference precision (logits within 1e-4 of transformers).
- * - `'bf16'`, `'f16'`: half the weight memory; `'bf16'` is the CUDA default.
+ * - `'bf16'`, `'f16'`: half the weight memory; `'bf16'` is the CUDA default. On the CPU, `'bf16'`
+ *   holds the vision tower's, decoder's and LM head's matrices in bf16 and multiplies them with
+ *   AVX512-BF16 (f32 activations, norms, attention and KV cache): PaliGemma-3B-224 on 2 cores
+ *   decodes 2× faster than f32 (143 against 272 ms/token), gives the first token in 0.6× the
+ *   time, holds half the memory, and a request's outputs do not depend on what shares its batch.
+ *   It tracks f32 within a logit cosine of 0.9995 on the test fixtures, with the reference's bf16
+ *   greedy ids. CPUs without AVX512-BF16 run `'bf16'` as f32. `'f16'` on the CPU is candle's.
  * - `'q8_0'`, `'q4k'` (CPU only): the text decoder's matrices and LM head are quantized to GGML
  *   Q8_0 (8.5 bits per weight) or Q4_K (4.5 bits) while the model loads (or not at all, from a
  *   folder made once by `paligemma quantize`: docs/prepared.md); the vision tower and embeddings

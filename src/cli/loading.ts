@@ -46,6 +46,7 @@ export function checkModelOptions(values: Parsed['values']): void {
   modelArgument(values)
   choice<DeviceKind>(values, 'device', ['auto', 'cpu', 'cuda'])
   choice<DType>(values, 'dtype', MODEL_DTYPES)
+  choice(values, 'vision-dtype', ['f32', 'bf16'] as const)
   integerAtLeast(values, 'threads', 1)
   required(str(values, 'image'), 'option --image <path> (use - for stdin)')
 }
@@ -73,6 +74,7 @@ export async function modelDir(values: Parsed['values']): Promise<string> {
 export async function openModel(values: Parsed['values'], extra: Pick<LoadOptions, 'prefillShare'> = {}): Promise<PaliGemma> {
   const device = choice<DeviceKind>(values, 'device', ['auto', 'cpu', 'cuda'])
   const dtype = choice<DType>(values, 'dtype', MODEL_DTYPES)
+  const visionDtype = choice(values, 'vision-dtype', ['f32', 'bf16'] as const)
   const threads = integerAtLeast(values, 'threads', 1)
   const dir = await modelDir(values)
   const bar = new ProgressBar('loading', showProgress(values))
@@ -80,6 +82,7 @@ export async function openModel(values: Parsed['values'], extra: Pick<LoadOption
     return await PaliGemma.load(dir, {
       ...(device === undefined ? {} : { device }),
       ...(dtype === undefined ? {} : { dtype }),
+      ...(visionDtype === undefined ? {} : { visionDtype }),
       ...(threads === undefined ? {} : { threads }),
       ...extra,
       signal: interrupt.signal,

@@ -84,8 +84,11 @@ impl Default for CancelToken {
 pub struct NativeLoadOptions {
     /// 'auto' | 'cpu' | 'cuda'
     pub device: String,
-    /// 'f32' | 'f16' | 'bf16'; absent = the device's default.
+    /// 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4k'; absent = the device's default.
     pub dtype: Option<String>,
+    /// 'f32' | 'bf16': the vision tower's matrices on the CPU; absent = bf16 with the bf16
+    /// dtype, else f32.
+    pub vision_dtype: Option<String>,
     /// CPU threads for this model's work; absent = available parallelism.
     pub threads: Option<u32>,
     /// Generations that share one decode step; absent = the device's default (CPU 16, CUDA 32).
@@ -221,7 +224,8 @@ pub fn load_model<'env>(
             };
             let is_cancelled = || flag.is_cancelled();
             let monitor = LoadMonitor { on_progress: Some(&progress), is_cancelled: Some(&is_cancelled) };
-            let load_options = LoadOptions { device, dtype, monitor, final_logit_softcap: false, quantization };
+            let vision_bf16 = paligemma::device::choose_vision_precision(options.vision_dtype.as_deref()).map_err(core)?;
+            let load_options = LoadOptions { device, dtype, monitor, final_logit_softcap: false, quantization, vision_bf16 };
             let model = PaliGemma::load(&dir, &load_options).map_err(|e| match e {
                 paligemma::Error::Aborted | paligemma::Error::DeviceUnavailable(_) | paligemma::Error::InvalidArgument { .. } => {
                     NativeFailure::from_core(&e, false)

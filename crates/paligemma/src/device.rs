@@ -118,6 +118,16 @@ pub fn choose_precision(requested: Option<&str>, device: &Device) -> Result<(DTy
     Ok((dtype, None))
 }
 
+/// [`crate::LoadOptions::vision_bf16`] for a `visionDtype` option: `'bf16'`, `'f32'` or absent.
+pub fn choose_vision_precision(requested: Option<&str>) -> Result<Option<bool>> {
+    match requested {
+        None => Ok(None),
+        Some("bf16") => Ok(Some(true)),
+        Some("f32") => Ok(Some(false)),
+        Some(other) => Err(Error::invalid("visionDtype", format!("`{other}` is not 'f32' or 'bf16'"))),
+    }
+}
+
 /// `device`'s name as [`DeviceRequest`] spells it.
 pub fn device_name(device: &Device) -> &'static str {
     if device.is_cpu() {

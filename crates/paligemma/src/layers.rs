@@ -45,10 +45,12 @@ impl Layout {
     /// For weights on the CPU in f32 that stay dense: [`Layout::Bf16Panels`] where the scope
     /// asks for bf16 matrices and the CPU multiplies bf16, else [`Layout::Panels`]; otherwise
     /// [`Layout::OutIn`].
+    /// A load recorded for a prepared folder keeps f32 panels: the folder stores those, and
+    /// the bf16 panels are made from them at load ([`cpu::bf16_panels::Bf16Panels::from_f32_panels`]).
     pub fn for_scope(scope: &Scope, stays_dense: bool) -> Layout {
         if !stays_dense || !scope.device().is_cpu() || scope.dtype() != DType::F32 {
             Layout::OutIn
-        } else if scope.bf16_matrices() && cpu::bf16_panels::available() {
+        } else if scope.bf16_matrices() && cpu::bf16_panels::available() && !scope.is_recording() {
             Layout::Bf16Panels
         } else {
             Layout::Panels
@@ -70,6 +72,20 @@ pub fn panel_matrix(scope: &Scope, name: &str, in_dim: usize, out_dim: usize, fi
     };
     scope.record(name, || crate::weights::Recorded::Panels(matrix.clone()));
     Ok(matrix)
+}
+
+/// The bf16 panels of stacked projections: from a prepared folder's f32 panels when it has
+/// them (the same values either way), else from the checkpoint.
+fn bf16_matrix(parts: &[Projection], in_dim: usize, out_dim: usize) -> Result<cpu::bf16_panels::Bf16Panels> {
+    let Some(first) = parts.first() else { return Err(Error::Internal("a projection of no parts".into())) };
+    if let Some(mapped) = first.scope.mapped_f32(&stacked_name(parts, "panels"), &[cpu::panels::packed_len(in_dim, out_dim)])? {
+        return cpu::bf16_panels::Bf16Panels::from_f32_panels(mapped.as_slice(), in_dim, out_dim);
+    }
+    let mut stack = cpu::bf16_panels::Bf16Stack::new(in_dim, out_dim);
+    for p in parts {
+        p.scope.with_raw(&[p.out_dim, in_dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, p.out_dim, p.factor as f32))?;
+    }
+    stack.finish()
 }
 
 /// The name of a stacked projection's matrix in a prepared folder ([`crate::prepared`]): the
@@ -179,11 +195,8 @@ impl Linear {
             None
         };
         if layout == Layout::Bf16Panels {
-            let mut stack = cpu::bf16_panels::Bf16Stack::new(in_dim, out_dim);
-            for p in parts {
-                p.scope.with_raw(&[p.out_dim, in_dim], "weight", |raw| stack.push(raw.bytes, raw.dtype, p.out_dim, p.factor as f32))?;
-            }
-            return Ok(Linear { weight: Weight::Bf16(std::sync::Arc::new(stack.finish()?)), bias, out_dim });
+            let matrix = bf16_matrix(parts, in_dim, out_dim)?;
+            return Ok(Linear { weight: Weight::Bf16(std::sync::Arc::new(matrix)), bias, out_dim });
         }
         let matrix = panel_matrix(&first.scope, &stacked_name(parts, "panels"), in_dim, out_dim, |stack| {
             for p in parts {

@@ -39,6 +39,10 @@ pub struct LoadOptions<'a> {
     /// Quantize the decoder's matmuls and LM head (CPU, f32 activations). The vision tower and
     /// the projector stay in `dtype`.
     pub quantization: Option<Quantization>,
+    /// The vision tower's matrices in bf16 on the CPU (`Some(true)`), or in f32 (`Some(false)`);
+    /// `None`: bf16 with the bf16 dtype, else f32. With `q8_0` it cuts a quarter of the time to
+    /// first token, for a small loss (docs/guarantees.md); CPUs without AVX512-BF16 run f32.
+    pub vision_bf16: Option<bool>,
 }
 
 impl Default for LoadOptions<'_> {
@@ -49,6 +53,7 @@ impl Default for LoadOptions<'_> {
             monitor: LoadMonitor { on_progress: None, is_cancelled: None },
             final_logit_softcap: false,
             quantization: None,
+            vision_bf16: None,
         }
     }
 }
@@ -140,7 +145,14 @@ impl PaliGemma {
             return Err(Error::invalid("dtype", "bf16 and a quantization are two different dtypes; choose one"));
         }
         let root = Scope::new(weights, dtype, &options.device, &options.monitor).with_bf16_matrices(bf16_matrices);
-        let vision = VisionTower::load(&root.pp("vision_tower"), &config.vision)?;
+        let vision_bf16 = match options.vision_bf16 {
+            None => bf16_matrices,
+            Some(true) if !options.device.is_cpu() || dtype != DType::F32 => {
+                return Err(Error::invalid("visionDtype", "a bf16 vision tower is a CPU mode, beside f32, bf16, q8_0 or q4k; on a GPU the tower runs in the model's dtype"));
+            }
+            Some(on) => on,
+        };
+        let vision = VisionTower::load(&root.pp("vision_tower").with_bf16_matrices(vision_bf16), &config.vision)?;
         let projector = Linear::load(
             &root.pp("multi_modal_projector.linear"),
             config.vision.hidden_size,

@@ -85,6 +85,10 @@ fn a_prepared_quantized_folder_gives_the_load_time_quantization_bitwise() {
             let loaded = PaliGemma::load(&out, &options).unwrap();
             let what = format!("{name} {}", q.as_str());
             assert_eq!(outputs(&loaded, &source), outputs(&original, &source), "{what}");
+            // A bf16 vision tower is made from the folder's f32 panels: the same bits too.
+            let bf16_tower = || LoadOptions { quantization: Some(q), vision_bf16: Some(true), ..Default::default() };
+            let (from_folder, from_source) = (PaliGemma::load(&out, &bf16_tower()).unwrap(), PaliGemma::load(&source, &bf16_tower()).unwrap());
+            assert_eq!(outputs(&from_folder, &source), outputs(&from_source, &source), "{what}, bf16 vision tower");
             let (a, b) = (loaded.quantization(), original.quantization());
             assert_eq!((a.quantized, a.total), (b.quantized, b.total), "{what}: the same matrices quantized");
             // Each matrix as blocks or dense, never both; the table stays for lookups. (Only

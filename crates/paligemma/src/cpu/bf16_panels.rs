@@ -111,6 +111,28 @@ impl Bf16Panels {
         stack.finish()
     }
 
+    /// The bf16 panels of an f32 panel-major `[k, n]` matrix ([`super::panels`], a prepared
+    /// folder's): each value rounded as [`Bf16Stack`] rounds the checkpoint's, so a matrix is
+    /// the same whichever way it was loaded.
+    pub fn from_f32_panels(w: &[f32], k: usize, n: usize) -> Result<Bf16Panels> {
+        if w.len() != super::panels::packed_len(k, n) {
+            return Err(Error::Internal(format!("bf16 panels: {} f32 panel values for a [{k}, {n}] matrix", w.len())));
+        }
+        let pairs = Self::pairs(k);
+        let mut lines = super::huge_pages::zeroed_in_parallel(n.div_ceil(PANEL) * pairs, Line([0; 2 * PANEL]));
+        if k > 0 {
+            lines.par_chunks_mut(pairs).zip(w.par_chunks(k * PANEL)).for_each(|(out, panel)| {
+                for (c, lanes) in panel.chunks_exact(PANEL).enumerate() {
+                    let line = &mut out[c / 2].0;
+                    for (col, v) in lanes.iter().enumerate() {
+                        line[col * 2 + c % 2] = bf16_bits(*v);
+                    }
+                }
+            });
+        }
+        Ok(Bf16Panels { lines, n, k })
+    }
+
     /// `y = x · Wᵀ` for `x: [m, k]` row-major f32; `y: [m, n]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         self.matmul_with(x, m, available())
@@ -127,11 +149,11 @@ impl Bf16Panels {
         if m == 0 || n == 0 {
             return Vec::new();
         }
-        let rows = Bf16Rows::new(&x[..m * k], m, k);
-        let pairs = Self::pairs(k);
+                let pairs = Self::pairs(k);
         let per_task = panels.div_ceil(4 * rayon::current_num_threads()).clamp(1, PANELS_PER_TASK);
         let out = Output(y.as_mut_ptr());
         let blocks = kernels::RowBlocks::new(m);
+        let rows = Bf16Rows::new(&x[..m * k], m, k, &blocks);
         (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
             let first = task * per_task;
             let last = (first + per_task).min(panels);
@@ -169,28 +191,43 @@ impl Output {
     }
 }
 
-/// Activation rows rounded to bf16 ([`bf16_bits`]), as pairs: `[m][k/2]` 32-bit words holding
-/// inputs `2c` (low half) and `2c + 1` (high half), the last one zero-padded.
+/// Activation rows rounded to bf16 ([`bf16_bits`]), as pairs: 32-bit words holding inputs `2c`
+/// (low half) and `2c + 1` (high half), the last one zero-padded. Each register block's rows
+/// are interleaved, `[k/2][rows]` from its first row's offset, so that its broadcasts read one
+/// sequential stream (as `panels` packs f32 rows).
 pub(crate) struct Bf16Rows {
     pairs: Vec<u32>,
     per_row: usize,
 }
 
 impl Bf16Rows {
-    fn new(x: &[f32], m: usize, k: usize) -> Bf16Rows {
+    fn new(x: &[f32], m: usize, k: usize, blocks: &kernels::RowBlocks) -> Bf16Rows {
         let per_row = Bf16Panels::pairs(k);
         let mut pairs = vec![0u32; m * per_row];
-        let convert = |(xr, pr): (&[f32], &mut [u32])| {
-            for (c, p) in pr.iter_mut().enumerate() {
-                let lo = bf16_bits(xr[2 * c]);
-                let hi = xr.get(2 * c + 1).map_or(0, |v| bf16_bits(*v));
-                *p = u32::from(lo) | (u32::from(hi) << 16);
+        let pair = |row: &[f32], c: usize| -> u32 {
+            let lo = bf16_bits(row[2 * c]);
+            let hi = row.get(2 * c + 1).map_or(0, |v| bf16_bits(*v));
+            u32::from(lo) | (u32::from(hi) << 16)
+        };
+        let convert = |(r0, rows, out): (usize, usize, &mut [u32])| {
+            for i in 0..rows {
+                let row = &x[(r0 + i) * k..(r0 + i + 1) * k];
+                for c in 0..per_row {
+                    out[c * rows + i] = pair(row, c);
+                }
             }
         };
+        let mut parts = Vec::new();
+        let mut rest = pairs.as_mut_slice();
+        for (r0, rows) in blocks.iter() {
+            let (head, tail) = rest.split_at_mut(rows * per_row);
+            parts.push((r0, rows, head));
+            rest = tail;
+        }
         if m >= 8 {
-            x.par_chunks_exact(k).zip(pairs.par_chunks_exact_mut(per_row)).for_each(convert);
+            parts.into_par_iter().for_each(convert);
         } else {
-            x.chunks_exact(k).zip(pairs.chunks_exact_mut(per_row)).for_each(convert);
+            parts.into_iter().for_each(convert);
         }
         Bf16Rows { pairs, per_row }
     }

@@ -109,7 +109,7 @@ unsafe fn avx512_bf16<const R: usize, const P: usize>(x: &Bf16Rows, r0: usize, w
                 *v = _mm512_load_si512(lines.add(p * pairs + c) as *const __m512i);
             }
             for (i, acc_i) in acc.iter_mut().enumerate() {
-                let two: __m512bh = std::mem::transmute(_mm512_set1_epi32(*xp.add(i * pairs + c) as i32));
+                let two: __m512bh = std::mem::transmute(_mm512_set1_epi32(*xp.add(c * R + i) as i32));
                 for (a, v) in acc_i.iter_mut().zip(&wv) {
                     *a = _mm512_dpbf16_ps(*a, std::mem::transmute::<__m512i, __m512bh>(*v), two);
                 }
@@ -136,7 +136,7 @@ unsafe fn portable<const R: usize, const P: usize>(x: &Bf16Rows, r0: usize, w: &
                 unsafe { std::ptr::copy_nonoverlapping(y.add(i * stride + p * PANEL), acc.as_mut_ptr(), PANEL) };
             }
             for c in range.clone() {
-                let two = x.pairs[(r0 + i) * pairs + c];
+                let two = x.pairs[r0 * pairs + c * R + i];
                 let (x_even, x_odd) = (bf16_value(two as u16), bf16_value((two >> 16) as u16));
                 let line = &w.lines[(p0 + p) * pairs + c].0;
                 for (col, a) in acc.iter_mut().enumerate() {

@@ -104,3 +104,16 @@ fn stacked_parts_with_factors_and_stored_dtypes() {
     assert!(Bf16Stack::new(k, 32).finish().is_err(), "unfilled rows");
     assert!(Bf16Stack::new(k, 4).push(&[0; 8], DType::F32, 4, 1.0).is_err(), "short bytes");
 }
+
+#[test]
+fn f32_panels_round_to_the_same_matrix() {
+    // A prepared folder's f32 panels give the bf16 matrix the checkpoint gives.
+    for (n, k) in SHAPES {
+        let w = values(n * k, (n * 13 + k) as u32);
+        let transposed: Vec<f32> = (0..k).flat_map(|c| (0..n).map(move |j| (c, j))).map(|(c, j)| w[j * k + c]).collect();
+        let packed = crate::cpu::panels::pack(&transposed, k, n);
+        let (a, b) = (Bf16Panels::from_rows(&w, n, k).unwrap(), Bf16Panels::from_f32_panels(&packed, k, n).unwrap());
+        assert!(a.lines.iter().zip(&b.lines).all(|(x, y)| x.0 == y.0), "[{n}, {k}]");
+    }
+    assert!(Bf16Panels::from_f32_panels(&[0.0; 3], 2, 2).is_err());
+}
