@@ -78,7 +78,8 @@ const USAGE = `usage: npm run bench -- [options]
   --no-bf16             do not write the bf16 checkpoints (the full run writes them for the GPU check)
   --write-results       replace the generated block of benches/RESULTS.md with this run's table
   --timeout S           per-engine limit, seconds (default 1800)
-  --also-dtypes a,b     extra paligemma rows with these load dtypes (e.g. q8_0,q4k); the peers stay f32
+  --also-dtypes a,b     extra paligemma rows with these load dtypes (e.g. bf16,q8_0,q4k; q8_0:bf16 is
+                        q8_0 with the vision tower in bf16, visionDtype); the peers stay f32
   --peer-dtypes a,b     transformers rows in these dtypes (default f32; e.g. f32,bf16: bf16 is what a
                         user with a bf16-capable CPU would pick, oneDNN's kernels)
   --wait-only           only wait for a quiet machine (same rule, --max-wait cap), then exit

@@ -34,6 +34,7 @@ export interface NativeProgress {
 export interface NativeLoadOptions {
   device: string
   dtype?: string
+  visionDtype?: string
   threads?: number
   maxBatch?: number
   kvCacheBytes?: number

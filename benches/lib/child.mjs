@@ -3,7 +3,7 @@
 
 import fs from 'node:fs'
 import path from 'node:path'
-import { median, pixels, promptIds, round } from './common.mjs'
+import { dtypeOptions, median, pixels, promptIds, round } from './common.mjs'
 import { versions } from './machine.mjs'
 import { addonPath } from './setup.mjs'
 
@@ -17,7 +17,7 @@ export async function childPaligemma(args) {
   const dtype = args.dtype ?? 'f32'
   const addon = addonPath()
   const addonStat = addon ? fs.statSync(addon) : undefined
-  const model = await PaliGemma.load(args.model, { device: 'cpu', dtype, threads })
+  const model = await PaliGemma.load(args.model, { device: 'cpu', ...dtypeOptions(dtype), threads })
   const loadMs = performance.now() - t0
   const rssAfterLoadMb = process.memoryUsage().rss / 2 ** 20
   const { info } = model

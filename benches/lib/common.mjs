@@ -37,6 +37,15 @@ export function pixels(size, b = 0) {
   return px
 }
 
+/**
+ * Load options of a bench dtype: a `dtype` (`f32`, `bf16`, `q8_0`, …), or `dtype:vision` for
+ * the vision tower in another one (`q8_0:bf16` is `{ dtype: 'q8_0', visionDtype: 'bf16' }`).
+ */
+export function dtypeOptions(spec) {
+  const [dtype, visionDtype] = spec.split(':')
+  return visionDtype ? { dtype, visionDtype } : { dtype }
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 export function sh(cmd, args, opts = {}) {

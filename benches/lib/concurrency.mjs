@@ -19,7 +19,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 import { prng } from '../../__test__/helpers/safetensors-write.mjs'
-import { log, pixels, promptIds, round } from './common.mjs'
+import { dtypeOptions, log, pixels, promptIds, round } from './common.mjs'
 
 const RUN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'run.mjs')
 
@@ -45,7 +45,7 @@ export async function childConcurrency(args) {
   const arrival = args.arrival ?? 'burst'
   const rate = Number(args.rate ?? 1)
   const t0 = performance.now()
-  const model = await PaliGemma.load(args.model, { device: 'cpu', dtype, threads: Number(args.threads) })
+  const model = await PaliGemma.load(args.model, { device: 'cpu', ...dtypeOptions(dtype), threads: Number(args.threads) })
   const loadMs = performance.now() - t0
   const rssAfterLoadMb = process.memoryUsage().rss / 2 ** 20
   const { info } = model

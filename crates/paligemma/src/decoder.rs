@@ -76,7 +76,8 @@ pub struct QuantizationReport {
     pub total: usize,
     /// Quantized matrices held once: candle's repacked copy only ([`crate::cpu::repacked`]).
     pub released: usize,
-    /// Quantized matrices in our int8 panels ([`crate::cpu::int8_panels`]), held once too.
+    /// Quantized matrices on our VNNI kernels (`q8_0`: [`crate::cpu::int8_panels`], `q4k`:
+    /// [`crate::cpu::int4_panels`]), held once too.
     pub int8_panels: usize,
 }
 

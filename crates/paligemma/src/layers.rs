@@ -296,6 +296,7 @@ impl Linear {
             },
             Weight::Panels(wp, k) => cpu::panels::matmul_tensor(&flat, wp.as_slice(), *k, self.out_dim)?,
             Weight::Quantized(QuantizedMatrix::Int8Panels(w)) => host_matmul(&flat, rows, self.out_dim, |xs| w.matmul(xs, rows))?,
+            Weight::Quantized(QuantizedMatrix::Int4Panels(w)) => host_matmul(&flat, rows, self.out_dim, |xs| w.matmul(xs, rows))?,
             Weight::Bf16(w) => host_matmul(&flat, rows, self.out_dim, |xs| w.matmul(xs, rows))?,
             Weight::Quantized(QuantizedMatrix::Candle(q)) => match cpu::q8_0::matmul(q, &flat)? {
                 Some(y) => y,

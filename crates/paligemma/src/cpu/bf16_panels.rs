@@ -204,16 +204,19 @@ impl Bf16Rows {
     fn new(x: &[f32], m: usize, k: usize, blocks: &kernels::RowBlocks) -> Bf16Rows {
         let per_row = Bf16Panels::pairs(k);
         let mut pairs = vec![0u32; m * per_row];
-        let pair = |row: &[f32], c: usize| -> u32 {
-            let lo = bf16_bits(row[2 * c]);
-            let hi = row.get(2 * c + 1).map_or(0, |v| bf16_bits(*v));
-            u32::from(lo) | (u32::from(hi) << 16)
-        };
         let convert = |(r0, rows, out): (usize, usize, &mut [u32])| {
+            let mut row_pairs = vec![0u32; per_row];
             for i in 0..rows {
                 let row = &x[(r0 + i) * k..(r0 + i + 1) * k];
-                for c in 0..per_row {
-                    out[c * rows + i] = pair(row, c);
+                // Whole pairs first, in a loop that vectorises; then an odd last input.
+                for (p, two) in row_pairs.iter_mut().zip(row.chunks_exact(2)) {
+                    *p = u32::from(bf16_bits(two[0])) | (u32::from(bf16_bits(two[1])) << 16);
+                }
+                if k % 2 == 1 {
+                    row_pairs[per_row - 1] = u32::from(bf16_bits(row[k - 1]));
+                }
+                for (c, p) in row_pairs.iter().enumerate() {
+                    out[c * rows + i] = *p;
                 }
             }
         };

@@ -261,13 +261,18 @@ impl Output {
 /// Activation rows rounded per block of 32 to signed bytes: `x ≈ d · q`, `d = max|x| / 127`,
 /// with each block's `−128 · Σq`, which undoes the weights' `+128` offset.
 pub(crate) struct QuantizedRows {
-    values: Vec<i8>,
-    scales: Vec<f32>,
+    pub(crate) values: Vec<i8>,
+    pub(crate) scales: Vec<f32>,
     corrections: Vec<i32>,
-    k: usize,
+    pub(crate) k: usize,
 }
 
 impl QuantizedRows {
+    /// `Σq` of block `index` (row-major over the rows' blocks of 32).
+    pub(crate) fn block_sum(&self, index: usize) -> i32 {
+        self.corrections[index] / -128
+    }
+
     pub(crate) fn new(x: &[f32], m: usize, k: usize) -> QuantizedRows {
         let kb = k / BLOCK;
         let mut values = vec![0i8; m * k];

@@ -7,6 +7,7 @@ pub mod activation;
 pub mod attention;
 pub mod bf16_panels;
 pub mod huge_pages;
+pub mod int4_panels;
 pub mod int8_panels;
 pub mod matvec;
 pub mod panels;

@@ -36,8 +36,8 @@ pub enum Outcome {
     Kept,
     /// Released, but the probes changed, so it was quantized again and kept whole.
     Rebuilt,
-    /// Not candle's at all: repacked into our int8 panels ([`super::int8_panels`]), and
-    /// candle's blocks dropped.
+    /// Not candle's at all: repacked into our VNNI panels ([`super::int8_panels`] for `q8_0`,
+    /// [`super::int4_panels`] for `q4k`), and candle's blocks dropped.
     Int8Panels,
 }
 

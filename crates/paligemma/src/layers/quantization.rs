@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu;
+use crate::cpu::int4_panels::Int4Panels;
 use crate::cpu::int8_panels::Int8Panels;
 use crate::error::{Error, Result};
 
@@ -57,6 +58,9 @@ pub enum QuantizedMatrix {
     /// `q8_0` on a CPU with AVX-512 VNNI: our int8 panels ([`cpu::int8_panels`]), faster than
     /// candle's kernel at every row count, and candle's blocks dropped.
     Int8Panels(std::sync::Arc<Int8Panels>),
+    /// `q4k` on a CPU with AVX-512 VNNI: our int4 panels ([`cpu::int4_panels`]), which decode
+    /// at the memory's bandwidth, and candle's blocks dropped.
+    Int4Panels(std::sync::Arc<Int4Panels>),
 }
 
 /// Sees a matrix's candle blocks, with its rows and columns, before they are released (a
@@ -86,6 +90,13 @@ pub fn quantize_matrix(weight: &Tensor, q: Quantization, keep: KeepBlocks) -> Re
         if let Some(panels) = int8_panels(&qt.data()?, q, rows, cols)? {
             return Ok(Some(panels));
         }
+        if let Some(panels) = int4_panels(&qt.data()?, q, rows, cols)? {
+            // A prepared folder stores `q4k` as candle's blocks, repacked again at load.
+            if let Some(keep) = keep {
+                keep(&qt.data()?, rows, cols)?;
+            }
+            return Ok(Some(panels));
+        }
     }
     if let (Some(keep), QMatMul::QTensor(qt)) = (keep, &qm) {
         // Before the release below hands the original blocks back (a prepared folder stores them).
@@ -104,6 +115,15 @@ fn int8_panels(bytes: &[u8], q: Quantization, rows: usize, cols: usize) -> Resul
     Ok(Some((QuantizedMatrix::Int8Panels(std::sync::Arc::new(panels)), cpu::repacked::Outcome::Int8Panels)))
 }
 
+/// The int4 panels of a `[rows, cols]` matrix's `q` blocks, where this CPU and shape take them.
+fn int4_panels(bytes: &[u8], q: Quantization, rows: usize, cols: usize) -> Result<Option<(QuantizedMatrix, cpu::repacked::Outcome)>> {
+    if q != Quantization::Q4K || !cpu::int4_panels::available() || !Int4Panels::fits(rows, cols) {
+        return Ok(None);
+    }
+    let panels = Int4Panels::from_q4k(bytes, rows, cols)?;
+    Ok(Some((QuantizedMatrix::Int4Panels(std::sync::Arc::new(panels)), cpu::repacked::Outcome::Int8Panels)))
+}
+
 /// A `[rows, cols]` matrix from its stored `q` blocks (a prepared folder's), made ready the way
 /// [`quantize_matrix`] leaves one: in int8 panels, or candle's repacked copy made and the
 /// original released.
@@ -113,6 +133,9 @@ pub fn quantized_from_blocks(bytes: &[u8], q: Quantization, rows: usize, cols: u
         return Err(Error::Weights(format!("{} bytes of {} blocks for a [{rows}, {cols}] matrix (expected {expected})", bytes.len(), q.as_str())));
     }
     if let Some(panels) = int8_panels(bytes, q, rows, cols)? {
+        return Ok(panels);
+    }
+    if let Some(panels) = int4_panels(bytes, q, rows, cols)? {
         return Ok(panels);
     }
     let build = || -> Result<QMatMul> { Ok(QMatMul::from_qtensor(qtensor_from_ggml(q.ggml(), bytes, vec![rows, cols], &Device::Cpu)?)?) };

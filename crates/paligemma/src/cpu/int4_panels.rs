@@ -1,0 +1,206 @@
+//! `q4k` matrices on CPUs with AVX-512 VNNI, in a panel-major layout of our own, for every row
+//! count: decode at the memory's bandwidth, and the prompt in int8 arithmetic.
+//!
+//! Why not candle's kernel: its `q4k` matvec unpacks each block with scalar-heavy code and
+//! decoded PaliGemma-3B at 102 ms/token on 2 cores, no faster than `q8_0`, though it reads half
+//! the bytes (benches/RESULTS.md): the dequantization was the bottleneck, not memory.
+//!
+//! The layout follows [`super::int8_panels`]: panels of 16 outputs, each contiguous over the
+//! whole depth. Per panel and super-block of 256 inputs, 37 cache lines in a row (one stream
+//! per panel, which the prefetchers follow): 8 sub-blocks of 32 inputs as 4 lines each of
+//! `[16 columns][4 bytes]`, byte `j` of a column in line `g` holding input `8g + j` in its low
+//! nibble and `8g + 4 + j` in its high one; 4 lines of the sub-blocks' 6-bit scales and mins
+//! unpacked to bytes (line `32 + s/2`: sub-block `s`'s 16 scales at `32·(s%2)`, its 16 mins 16
+//! bytes on); and a line of the super-block's f16 `d` (bytes 0..32) and `dmin` (32..64). That
+//! is 4.625 bits per weight against Q4_K's 4.5, with the values and scales of candle's blocks.
+//!
+//! The arithmetic: activations are rounded per block of 32 to signed bytes with an f32 scale
+//! (`int8_panels::QuantizedRows`). A weight is `D·q − M` (`D = d·scale`, `M = dmin·min`, as
+//! candle dequantizes), so per output and sub-block the exact integer sum `Σ q·x` (`vpdpbusd`:
+//! the nibbles are unsigned bytes) gives `acc = fma(Σq·x, D·dx, acc)`, then
+//! `acc = fma(−M·dx, Σx, acc)`: one fixed chain per output over the sub-blocks in order, so a
+//! row's bits are the same alone or in a batch, on the VNNI and the portable path alike.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::int8_panels::QuantizedRows;
+use crate::error::{Error, Result};
+
+mod kernels;
+#[cfg(test)]
+mod tests;
+
+/// Output columns per panel.
+pub const PANEL: usize = 16;
+/// Inputs per Q4_K super-block (one `d` and `dmin`).
+pub const SUPER: usize = 256;
+/// Inputs per sub-block (one scale and min; one activation block).
+const SUB: usize = 32;
+const SUBS: usize = SUPER / SUB;
+/// 64-byte lines per sub-block of a panel: 32 inputs × 16 columns × 4 bits.
+const LINES_PER_SUB: usize = 4;
+/// Where a super-block's scales and mins start among its lines, and its `d`/`dmin` line.
+const SCALE_LINES: usize = SUBS * LINES_PER_SUB;
+const D_LINE: usize = SCALE_LINES + SUBS / 2;
+/// Lines per panel and super-block.
+const GROUP_LINES: usize = D_LINE + 1;
+/// A candle Q4_K block: f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit scales and mins, 128
+/// bytes of nibbles.
+const Q4K_BYTES: usize = 144;
+/// Most panels per parallel task.
+const PANELS_PER_TASK: usize = 8;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Line([u8; 64]);
+
+/// Whether this CPU runs the kernel: the one [`super::int8_panels`] needs.
+pub fn available() -> bool {
+    super::int8_panels::available()
+}
+
+/// A `[n, k]` Q4_K matrix (rows are the outputs) as panels of 16 outputs (see the module).
+pub struct Int4Panels {
+    /// `[panel][super][GROUP_LINES]`.
+    lines: Vec<Line>,
+    n: usize,
+    k: usize,
+}
+
+impl std::fmt::Debug for Int4Panels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Int4Panels[{}, {}]", self.n, self.k)
+    }
+}
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` from a block's 12 bytes.
+fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+impl Int4Panels {
+    /// Whether a `[n, k]` matrix fits the layout: whole panels and whole super-blocks.
+    pub fn fits(n: usize, k: usize) -> bool {
+        n > 0 && k > 0 && n.is_multiple_of(PANEL) && k.is_multiple_of(SUPER)
+    }
+
+    /// Repacks candle's Q4_K bytes of a `[n, k]` matrix (row-major blocks), panel by panel on
+    /// the current pool.
+    pub fn from_q4k(bytes: &[u8], n: usize, k: usize) -> Result<Int4Panels> {
+        let kb = k / SUPER;
+        if !Self::fits(n, k) || bytes.len() != n * kb * Q4K_BYTES {
+            return Err(Error::Weights(format!("{} bytes of q4k blocks for a [{n}, {k}] matrix (expected {})", bytes.len(), n * kb * Q4K_BYTES)));
+        }
+        let panels = n / PANEL;
+        let mut lines = super::huge_pages::zeroed_in_parallel(panels * kb * GROUP_LINES, Line([0; 64]));
+        let row_bytes = kb * Q4K_BYTES;
+        lines.par_chunks_mut(kb * GROUP_LINES).enumerate().for_each(|(p, panel)| {
+            for col in 0..PANEL {
+                let row = &bytes[(p * PANEL + col) * row_bytes..][..row_bytes];
+                for (block, group) in row.chunks_exact(Q4K_BYTES).zip(panel.chunks_exact_mut(GROUP_LINES)) {
+                    group[D_LINE].0[col * 2..col * 2 + 2].copy_from_slice(&block[0..2]);
+                    group[D_LINE].0[32 + col * 2..32 + col * 2 + 2].copy_from_slice(&block[2..4]);
+                    let (packed, qs) = (&block[4..16], &block[16..]);
+                    for s in 0..SUBS {
+                        let (sc, m) = scale_min(s, packed);
+                        let scales = &mut group[SCALE_LINES + s / 2].0[32 * (s % 2)..];
+                        scales[col] = sc;
+                        scales[16 + col] = m;
+                        // Input t of sub-block s: byte (s / 2)·32 + t of the quants, the low
+                        // nibble for even sub-blocks, the high one for odd.
+                        let nibble = |t: usize| if s % 2 == 0 { qs[(s / 2) * 32 + t] & 0xF } else { qs[(s / 2) * 32 + t] >> 4 };
+                        for g in 0..LINES_PER_SUB {
+                            let line = &mut group[s * LINES_PER_SUB + g].0;
+                            for j in 0..4 {
+                                line[col * 4 + j] = nibble(8 * g + j) | (nibble(8 * g + 4 + j) << 4);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Int4Panels { lines, n, k })
+    }
+
+    /// The lines of panel `p`'s super-block `b`.
+    fn group(&self, p: usize, b: usize) -> &[Line] {
+        &self.lines[(p * (self.k / SUPER) + b) * GROUP_LINES..][..GROUP_LINES]
+    }
+
+    /// Weight `(j, c)` (output `j`, input `c`) as f32, `D·q − M` as candle dequantizes it.
+    pub fn value(&self, j: usize, c: usize) -> f32 {
+        let (col, s, t) = (j % PANEL, (c % SUPER) / SUB, c % SUB);
+        let group = self.group(j / PANEL, c / SUPER);
+        let byte = group[s * LINES_PER_SUB + t / 8].0[col * 4 + t % 4];
+        let q = if t % 8 < 4 { byte & 0xF } else { byte >> 4 };
+        let scales = &group[SCALE_LINES + s / 2].0[32 * (s % 2)..];
+        let half = |at: usize| f16::from_le_bytes([group[D_LINE].0[at], group[D_LINE].0[at + 1]]).to_f32();
+        let (dd, mm) = (half(col * 2) * f32::from(scales[col]), half(32 + col * 2) * f32::from(scales[16 + col]));
+        dd * f32::from(q) - mm
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Bytes held (4.625 bits per weight).
+    pub fn bytes(&self) -> usize {
+        self.lines.len() * 64
+    }
+
+    /// `y = x · Wᵀ` for `x: [m, k]` row-major f32; `y: [m, n]`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_with(x, m, available())
+    }
+
+    /// [`Int4Panels::matmul`] with the VNNI kernels or the portable ones: the same bits.
+    pub(crate) fn matmul_with(&self, x: &[f32], m: usize, vnni: bool) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() >= m * k, "int4 panel matmul: {} inputs for {m} rows of {k}", x.len());
+        let mut y = vec![0f32; m * n];
+        if m == 0 {
+            return y;
+        }
+        let rows_q = QuantizedRows::new(&x[..m * k], m, k);
+        let kb = k / SUPER;
+        let panels = n / PANEL;
+        let per_task = panels.div_ceil(4 * rayon::current_num_threads()).clamp(1, PANELS_PER_TASK);
+        let out = Output(y.as_mut_ptr());
+        let blocks = kernels::RowBlocks::new(m);
+        (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
+            let first = task * per_task;
+            let last = (first + per_task).min(panels);
+            let mut p = first;
+            while p < last {
+                let count = blocks.panels.min(last - p);
+                // A super-block at a time, every row block through it (its weights stay in L1).
+                for b in 0..kb {
+                    for (r0, rows) in blocks.iter() {
+                        let part = kernels::Part { rows, r0, panels: count, p0: p, block: b };
+                        // SAFETY: this task alone writes the columns of panels first..last, and
+                        // rows r0..r0 + rows lie inside `y`, which outlives the loop.
+                        unsafe { kernels::block(vnni, &part, &rows_q, self, out.ptr(), n) };
+                    }
+                }
+                p += count;
+            }
+        });
+        y
+    }
+}
+
+/// The output buffer shared by the tasks, each writing its own columns.
+struct Output(*mut f32);
+// SAFETY: tasks write disjoint columns (see `matmul_with`).
+unsafe impl Sync for Output {}
+
+impl Output {
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
