@@ -14,20 +14,20 @@ export type DeviceKind = 'auto' | 'cpu' | 'cuda'
  * - `'bf16'`, `'f16'`: half the weight memory; `'bf16'` is the CUDA default. On the CPU, `'bf16'`
  *   holds the vision tower's, decoder's and LM head's matrices in bf16 and multiplies them with
  *   AVX512-BF16 (f32 activations, norms, attention and KV cache): PaliGemma-3B-224 on 2 cores
- *   decodes 2× faster than f32 (143 against 272 ms/token), gives the first token in 0.6× the
+ *   decodes about 2× faster than f32 (138–141 ms/token), gives the first token in 0.6× the
  *   time, holds half the memory, and a request's outputs do not depend on what shares its batch.
  *   It tracks f32 within a logit cosine of 0.9995 on the test fixtures, with the reference's bf16
  *   greedy ids. CPUs without AVX512-BF16 run `'bf16'` as f32. `'f16'` on the CPU is candle's.
  * - `'q8_0'`, `'q4k'` (CPU only): the text decoder's matrices and LM head are quantized to GGML
  *   Q8_0 (8.5 bits per weight) or Q4_K (4.5 bits) while the model loads (or not at all, from a
  *   folder made once by `paligemma quantize`: docs/prepared.md); the vision tower and embeddings
- *   stay f32. Decoding reads 4× or 7× fewer bytes per token. On CPUs with AVX-512 VNNI, `'q8_0'`
- *   runs on int8 kernels of our own that also take the prompt in int8: PaliGemma-3B-224 on 2
- *   cores gives the first token in about half the f32 time and decodes at the memory's bandwidth
- *   (110 ms/token against 312 in f32), and like f32 a request's outputs do not depend on what
- *   shares its batch (docs/guarantees.md). Q8_0 tracks f32 closely (logit cosine ≥ 0.999 and
- *   top-1 agreement ≥ 0.9 on the test fixture); Q4_K is coarser and no faster, so prefer
- *   `'q8_0'`. On a GPU these reject with `ERR_INVALID_ARGUMENT`.
+ *   stay f32 (see {@link LoadOptions.visionDtype}). Decoding reads 4× or 7× fewer bytes per
+ *   token. On CPUs with AVX-512 VNNI both run on int8 kernels of our own that also take the
+ *   prompt in int8: PaliGemma-3B-224 on 2 cores gives the first token in about half the f32 time
+ *   and decodes at 84–89 ms/token in `'q8_0'` (at the memory's bandwidth), 62–64 in `'q4k'`; like
+ *   f32 a request's outputs do not depend on what shares its batch (docs/guarantees.md). Q8_0
+ *   tracks f32 closely (logit cosine ≥ 0.999 and top-1 agreement ≥ 0.9 on the test fixture);
+ *   Q4_K is coarser. On a GPU these reject with `ERR_INVALID_ARGUMENT`.
  */
 export type DType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4k'
 
