@@ -20,6 +20,7 @@
 
 use rayon::prelude::*;
 
+use super::tiling;
 use crate::error::{Error, Result};
 
 mod kernels;
@@ -149,45 +150,20 @@ impl Bf16Panels {
         if m == 0 || n == 0 {
             return Vec::new();
         }
-                let pairs = Self::pairs(k);
-        let per_task = panels.div_ceil(4 * rayon::current_num_threads()).clamp(1, PANELS_PER_TASK);
-        let out = Output(y.as_mut_ptr());
-        let blocks = kernels::RowBlocks::new(m);
+        let pairs = Self::pairs(k);
+        let blocks = tiling::RowBlocks::new(m, &kernels::PANELS_FOR_ROWS);
         let rows = Bf16Rows::new(&x[..m * k], m, k, &blocks);
-        (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
-            let first = task * per_task;
-            let last = (first + per_task).min(panels);
-            let mut p = first;
-            while p < last {
-                let count = blocks.panels.min(last - p);
-                // A chunk of inputs at a time, every row block through it: the chunk's weights
-                // stay in L1 while the row blocks reuse them (as in `int8_panels`).
-                for c0 in (0..pairs).step_by(PAIRS_PER_CHUNK) {
-                    for (r0, block_rows) in blocks.iter() {
-                        let part = kernels::Part { rows: block_rows, r0, panels: count, p0: p, pairs: c0..(c0 + PAIRS_PER_CHUNK).min(pairs) };
-                        // SAFETY: this task alone writes the columns of panels first..last, and
-                        // rows r0..r0 + block_rows lie inside `y`, which outlives the loop.
-                        unsafe { kernels::block(native, &part, &rows, self, out.ptr(), padded) };
-                    }
-                }
-                p += count;
-            }
+        let out = tiling::Output::new(&mut y);
+        tiling::for_each_part(panels, PANELS_PER_TASK, &blocks, pairs.div_ceil(PAIRS_PER_CHUNK), |part| {
+            let c0 = part.chunk * PAIRS_PER_CHUNK;
+            // SAFETY: `for_each_part` gives this part's outputs (rows r0.., the columns of its
+            // panels, inside `y`, which outlives the call) to this call alone.
+            unsafe { kernels::block(native, &part, c0..(c0 + PAIRS_PER_CHUNK).min(pairs), &rows, self, out.ptr(), padded) };
         });
         if padded != n {
             y = y.chunks_exact(padded).flat_map(|row| &row[..n]).copied().collect();
         }
         y
-    }
-}
-
-/// The output buffer shared by the tasks, each writing its own columns.
-struct Output(*mut f32);
-// SAFETY: tasks write disjoint columns (see `matmul_with`).
-unsafe impl Sync for Output {}
-
-impl Output {
-    fn ptr(&self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -201,7 +177,7 @@ pub(crate) struct Bf16Rows {
 }
 
 impl Bf16Rows {
-    fn new(x: &[f32], m: usize, k: usize, blocks: &kernels::RowBlocks) -> Bf16Rows {
+    fn new(x: &[f32], m: usize, k: usize, blocks: &tiling::RowBlocks) -> Bf16Rows {
         let per_row = Bf16Panels::pairs(k);
         let mut pairs = vec![0u32; m * per_row];
         let convert = |(r0, rows, out): (usize, usize, &mut [u32])| {
@@ -247,9 +223,6 @@ pub struct Bf16Stack {
     filled_rows: usize,
 }
 
-/// Inputs decoded per stored row before they are interleaved into a panel.
-const BLOCK_INPUTS: usize = 256;
-
 impl Bf16Stack {
     pub fn new(k: usize, total_rows: usize) -> Self {
         let len = total_rows.div_ceil(PANEL) * Bf16Panels::pairs(k);
@@ -258,39 +231,22 @@ impl Bf16Stack {
 
     /// Appends the output rows of one stored `[rows, k]` matrix (f32, bf16 or f16 bytes).
     pub fn push(&mut self, bytes: &[u8], dtype: candle_core::DType, rows: usize, factor: f32) -> Result<()> {
-        let k = self.k;
-        if bytes.len() != rows * k * dtype.size_in_bytes() || self.filled_rows + rows > self.total_rows {
-            return Err(Error::Internal(format!("bf16 panel stack: {} bytes of {dtype:?} for {rows}×{k}", bytes.len())));
+        let (k, first_row) = (self.k, self.filled_rows);
+        if self.filled_rows + rows > self.total_rows {
+            return Err(Error::Internal(format!("bf16 panel stack: {rows} more rows than the {} left", self.total_rows - self.filled_rows)));
         }
-        let (elem, first_row, pairs) = (dtype.size_in_bytes(), self.filled_rows, Bf16Panels::pairs(k));
+        let stored = super::huge_pages::StoredRows { bytes, dtype, k, first_row, rows, factor };
+        // The block of inputs starts on a pair (it is a multiple of 256 inputs).
+        super::huge_pages::fill_panels(&mut self.lines, Bf16Panels::pairs(k), stored, |out, c0, depth, outputs, block| {
+            for c in 0..depth {
+                let line = &mut out[(c0 + c) / 2].0;
+                for j in outputs.clone() {
+                    line[(j % PANEL) * 2 + (c0 + c) % 2] = bf16_bits(block[j % PANEL][c]);
+                }
+            }
+        })?;
         self.filled_rows += rows;
-        if k == 0 || rows == 0 {
-            return Ok(());
-        }
-        // Each task owns one panel, so the tasks write disjoint memory; only the panels this
-        // matrix overlaps have work.
-        self.lines.par_chunks_mut(pairs).enumerate().try_for_each(|(panel, out)| {
-            let lo = (panel * PANEL).max(first_row);
-            let hi = ((panel + 1) * PANEL).min(first_row + rows);
-            if lo >= hi {
-                return Ok(());
-            }
-            let mut block = [[0f32; BLOCK_INPUTS]; PANEL];
-            for c0 in (0..k).step_by(BLOCK_INPUTS) {
-                let depth = BLOCK_INPUTS.min(k - c0);
-                for j in lo..hi {
-                    let src = &bytes[((j - first_row) * k + c0) * elem..][..depth * elem];
-                    super::huge_pages::decode_into(src, dtype, &mut block[j % PANEL][..depth])?;
-                }
-                for c in 0..depth {
-                    let line = &mut out[(c0 + c) / 2].0;
-                    for j in lo..hi {
-                        line[(j % PANEL) * 2 + (c0 + c) % 2] = bf16_bits(block[j % PANEL][c] * factor);
-                    }
-                }
-            }
-            Ok::<(), Error>(())
-        })
+        Ok(())
     }
 
     /// The matrix; every output row must have been pushed.

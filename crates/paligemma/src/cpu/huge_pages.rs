@@ -139,7 +139,57 @@ pub struct PanelStack {
 
 /// Inputs decoded per stored row before they are interleaved into a panel: one panel's block
 /// (16 rows of it) stays in L1.
-const BLOCK_INPUTS: usize = 256;
+pub(super) const BLOCK_INPUTS: usize = 256;
+
+/// The output rows `first_row..first_row + rows` of a stacked matrix, stored `[rows, k]` as
+/// `dtype` bytes, to be multiplied by `factor`.
+pub(super) struct StoredRows<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) dtype: DType,
+    pub(super) k: usize,
+    pub(super) first_row: usize,
+    pub(super) rows: usize,
+    pub(super) factor: f32,
+}
+
+/// Decodes `rows` into a panel-major buffer of panels of 16 outputs, `per_panel` elements each,
+/// on the current pool: each task owns one panel, so the tasks write disjoint memory, and only
+/// the panels the rows overlap have work. For every such panel and block of up to 256 inputs,
+/// `write(panel, c0, depth, outputs, block)` gets the overlapping outputs' values of inputs
+/// `c0..c0 + depth`, multiplied by the factor, at `block[output % 16][c]`.
+pub(super) fn fill_panels<T: Send>(
+    panels: &mut [T],
+    per_panel: usize,
+    rows: StoredRows,
+    write: impl Fn(&mut [T], usize, usize, std::ops::Range<usize>, &[[f32; BLOCK_INPUTS]; super::panels::PANEL]) + Sync,
+) -> Result<()> {
+    use super::panels::PANEL;
+    let StoredRows { bytes, dtype, k, first_row, rows, factor } = rows;
+    let elem = dtype.size_in_bytes();
+    if bytes.len() != rows * k * elem {
+        return Err(Error::Internal(format!("panel stack: {} bytes of {dtype:?} for {rows}×{k}", bytes.len())));
+    }
+    if k == 0 || rows == 0 || per_panel == 0 {
+        return Ok(());
+    }
+    panels.par_chunks_mut(per_panel).enumerate().try_for_each(|(panel, out)| {
+        let outputs = (panel * PANEL).max(first_row)..((panel + 1) * PANEL).min(first_row + rows);
+        if outputs.is_empty() {
+            return Ok(());
+        }
+        let mut block = [[0f32; BLOCK_INPUTS]; PANEL];
+        for c0 in (0..k).step_by(BLOCK_INPUTS) {
+            let depth = BLOCK_INPUTS.min(k - c0);
+            for j in outputs.clone() {
+                let values = &mut block[j % PANEL][..depth];
+                decode_into(&bytes[((j - first_row) * k + c0) * elem..][..depth * elem], dtype, values)?;
+                values.iter_mut().for_each(|v| *v *= factor);
+            }
+            write(out, c0, depth, outputs.clone(), &block);
+        }
+        Ok::<(), Error>(())
+    })
+}
 
 /// A zero-filled advised buffer, first touched by every thread of the pool at once: on a VM
 /// the page faults of a fresh multi-gigabyte buffer are a large part of loading, and they
@@ -165,38 +215,17 @@ impl PanelStack {
     /// Appends the output rows of one stored `[rows, in]` matrix (f32, bf16 or f16 bytes).
     pub fn push(&mut self, bytes: &[u8], dtype: DType, rows: usize, factor: f32) -> Result<()> {
         use super::panels::PANEL;
-        let k = self.in_dim;
-        if bytes.len() != rows * k * dtype.size_in_bytes() || self.filled_rows + rows > self.total_rows {
-            return Err(Error::Internal(format!("panel stack: {} bytes of {dtype:?} for {rows}×{k}", bytes.len())));
+        let (k, first_row) = (self.in_dim, self.filled_rows);
+        if self.filled_rows + rows > self.total_rows {
+            return Err(Error::Internal(format!("panel stack: {rows} more rows than the {} left", self.total_rows - self.filled_rows)));
         }
-        let (elem, first_row) = (dtype.size_in_bytes(), self.filled_rows);
-        if k == 0 || rows == 0 {
-            self.filled_rows += rows;
-            return Ok(());
-        }
-        // Each task owns one panel (16 output rows, contiguous over every input), so the tasks
-        // write disjoint memory; only the panels this matrix overlaps have work.
-        self.data.par_chunks_mut(k * PANEL).enumerate().try_for_each(|(panel, out)| {
-            let lo = (panel * PANEL).max(first_row);
-            let hi = ((panel + 1) * PANEL).min(first_row + rows);
-            if lo >= hi {
-                return Ok(());
-            }
-            let mut block = [[0f32; BLOCK_INPUTS]; PANEL];
-            for c0 in (0..k).step_by(BLOCK_INPUTS) {
-                let depth = BLOCK_INPUTS.min(k - c0);
-                for j in lo..hi {
-                    let src = &bytes[((j - first_row) * k + c0) * elem..][..depth * elem];
-                    decode_into(src, dtype, &mut block[j % PANEL][..depth])?;
-                }
-                for c in 0..depth {
-                    let lanes = &mut out[(c0 + c) * PANEL..][..PANEL];
-                    for j in lo..hi {
-                        lanes[j % PANEL] = block[j % PANEL][c] * factor;
-                    }
+        fill_panels(&mut self.data, k * PANEL, StoredRows { bytes, dtype, k, first_row, rows, factor }, |out, c0, depth, outputs, block| {
+            for c in 0..depth {
+                let lanes = &mut out[(c0 + c) * PANEL..][..PANEL];
+                for j in outputs.clone() {
+                    lanes[j % PANEL] = block[j % PANEL][c];
                 }
             }
-            Ok::<(), Error>(())
         })?;
         self.filled_rows += rows;
         Ok(())

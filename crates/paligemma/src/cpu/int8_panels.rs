@@ -21,6 +21,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::tiling;
 use crate::error::{Error, Result};
 
 mod kernels;
@@ -220,41 +221,15 @@ impl Int8Panels {
         let rows_q = QuantizedRows::new(&x[..m * k], m, k);
         let kb = k / BLOCK;
         let panels = n / PANEL;
-        let per_task = panels.div_ceil(4 * rayon::current_num_threads()).clamp(1, PANELS_PER_TASK);
-        let out = Output(y.as_mut_ptr());
-        let blocks = kernels::RowBlocks::new(m);
-        (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
-            let first = task * per_task;
-            let last = (first + per_task).min(panels);
-            let mut p = first;
-            while p < last {
-                let panels = blocks.panels.min(last - p);
-                // A chunk of inputs at a time, every row block through it: the chunk's weights
-                // stay in L1 while the row blocks reuse them, so the weights stream from memory
-                // during the whole product instead of in one memory-bound first pass.
-                for c0 in (0..kb).step_by(BLOCKS_PER_CHUNK) {
-                    for (r0, rows) in blocks.iter() {
-                        let part = kernels::Part { rows, r0, panels, p0: p, blocks: c0..(c0 + BLOCKS_PER_CHUNK).min(kb) };
-                        // SAFETY: this task alone writes the columns of panels first..last, and
-                        // rows r0..r0 + rows lie inside `y`, which outlives the loop.
-                        unsafe { kernels::block(vnni, &part, &rows_q, self, out.ptr(), n) };
-                    }
-                }
-                p += panels;
-            }
+        let out = tiling::Output::new(&mut y);
+        let blocks = tiling::RowBlocks::new(m, &kernels::PANELS_FOR_ROWS);
+        tiling::for_each_part(panels, PANELS_PER_TASK, &blocks, kb.div_ceil(BLOCKS_PER_CHUNK), |part| {
+            let c0 = part.chunk * BLOCKS_PER_CHUNK;
+            // SAFETY: `for_each_part` gives this part's outputs (rows r0.., the columns of its
+            // panels, inside `y`, which outlives the call) to this call alone.
+            unsafe { kernels::block(vnni, &part, c0..(c0 + BLOCKS_PER_CHUNK).min(kb), &rows_q, self, out.ptr(), n) };
         });
         y
-    }
-}
-
-/// The output buffer shared by the tasks, each writing its own columns.
-struct Output(*mut f32);
-// SAFETY: tasks write disjoint columns (see `matmul_with`).
-unsafe impl Sync for Output {}
-
-impl Output {
-    fn ptr(&self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -13,6 +13,7 @@ pub mod matvec;
 pub mod panels;
 pub mod q8_0;
 pub mod repacked;
+pub(crate) mod tiling;
 
 use candle_core::{Storage, Tensor};
 use gemm::{gemm, Parallelism};
@@ -31,6 +32,26 @@ pub(crate) fn test_values(len: usize, seed: u32) -> Vec<f32> {
             (s as f32 / u32::MAX as f32) * 2.0 - 1.0
         })
         .collect()
+}
+
+/// The bits of each value (the kernels' tests compare outputs bit for bit).
+#[cfg(test)]
+pub(crate) fn test_bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Checks a kernel's `matmul(x, m)` of `[m, k]` rows into `n` outputs: each of 40 rows has the
+/// same bits alone and as row `i` of a batch of every size in `rows`.
+#[cfg(test)]
+pub(crate) fn assert_rows_keep_their_bits(what: &str, n: usize, k: usize, rows: &[usize], seed: u32, matmul: impl Fn(&[f32], usize) -> Vec<f32>) {
+    let x = test_values(40 * k, seed);
+    let alone: Vec<Vec<u32>> = (0..40).map(|i| test_bits(&matmul(&x[i * k..(i + 1) * k], 1))).collect();
+    for &m in rows {
+        let y = matmul(&x[..m * k], m);
+        for (i, want) in alone.iter().enumerate().take(m) {
+            assert_eq!(&test_bits(&y[i * n..(i + 1) * n]), want, "{what}: row {i} of {m}");
+        }
+    }
 }
 
 /// `a·b + c`, fused where the target has an FMA instruction (then it also vectorises);

@@ -3,51 +3,22 @@
 //! above says why).
 
 use super::{bf16_value, Bf16Panels, Bf16Rows, PANEL};
+use crate::cpu::tiling::Part;
 
-/// Most rows of a register block, and the panels each row count leaves registers for: `R·P`
-/// accumulators, `P` weight registers and a broadcast fit the 32 AVX-512 registers. One row
-/// takes 4 panels: decode is bound by memory, and 4 streams already read at its bandwidth.
-const MAX_ROWS: usize = 6;
-const PANELS_FOR_ROWS: [usize; MAX_ROWS + 1] = [0, 4, 8, 6, 5, 4, 4];
+/// The panels a register block of `r` rows holds (`r` up to 6): `R·P` accumulators, `P` weight
+/// registers and a broadcast fit the 32 AVX-512 registers. One row takes 4 panels: decode is
+/// bound by memory, and 4 streams already read at its bandwidth.
+pub(super) const PANELS_FOR_ROWS: [usize; 7] = [0, 4, 8, 6, 5, 4, 4];
 
-/// How the rows split into register blocks: as few as [`MAX_ROWS`] allows, of nearly equal
-/// size.
-pub(super) struct RowBlocks {
-    m: usize,
-    rows: usize,
-    pub(super) panels: usize,
-}
-
-impl RowBlocks {
-    pub(super) fn new(m: usize) -> Self {
-        let rows = m.div_ceil(m.div_ceil(MAX_ROWS).max(1)).max(1);
-        RowBlocks { m, rows, panels: PANELS_FOR_ROWS[rows] }
-    }
-
-    /// `(first row, rows)` of each block.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.m).step_by(self.rows).map(|r0| (r0, self.rows.min(self.m - r0)))
-    }
-}
-
-/// Which part of the product one call computes: `rows` rows from `r0` of x × `panels` panels
-/// from `p0` of w, over the input pairs `pairs`, writing `y[r0.., p0·16..]` (row stride the
-/// padded width). The sums start from zero for the first pairs, else from what `y` holds.
-pub(super) struct Part {
-    pub(super) rows: usize,
-    pub(super) r0: usize,
-    pub(super) panels: usize,
-    pub(super) p0: usize,
-    pub(super) pairs: std::ops::Range<usize>,
-}
-
-/// Runs the kernel monomorphised for `part`'s rows × panels.
+/// Runs the kernel monomorphised for `part`'s rows × panels over the input pairs `pairs`,
+/// writing `y[r0.., p0·16..]` (row stride the padded width). The sums start from zero for the
+/// first pairs, else from what `y` holds.
 ///
 /// # Safety
 /// `y` must hold x's rows × `stride` floats (`stride` = w's panels × 16), and no other thread
 /// may access the part's outputs during the call; `native` only where [`super::available`]
 /// says so.
-pub(super) unsafe fn block(native: bool, part: &Part, x: &Bf16Rows, w: &Bf16Panels, y: *mut f32, stride: usize) {
+pub(super) unsafe fn block(native: bool, part: &Part, range: std::ops::Range<usize>, x: &Bf16Rows, w: &Bf16Panels, y: *mut f32, stride: usize) {
     let pairs = Bf16Panels::pairs(w.k);
     let Part { rows, r0, panels, p0, .. } = *part;
     assert!(
@@ -55,7 +26,7 @@ pub(super) unsafe fn block(native: bool, part: &Part, x: &Bf16Rows, w: &Bf16Pane
             && (r0 + rows) * pairs <= x.pairs.len()
             && (p0 + panels) * pairs <= w.lines.len()
             && stride == w.n.div_ceil(PANEL) * PANEL
-            && part.pairs.end <= pairs,
+            && range.end <= pairs,
         "bf16 panel block out of bounds"
     );
     let y = y.wrapping_add(r0 * stride + p0 * PANEL);
@@ -63,7 +34,7 @@ pub(super) unsafe fn block(native: bool, part: &Part, x: &Bf16Rows, w: &Bf16Pane
         ($kernel:ident: $(($r:literal, $p:literal)),*) => {
             match (rows, panels) {
                 // SAFETY: forwarded from the caller; the assertion above bounds the reads.
-                $(($r, $p) => unsafe { $kernel::<$r, $p>(x, r0, w, p0, part.pairs.clone(), y, stride) },)*
+                $(($r, $p) => unsafe { $kernel::<$r, $p>(x, r0, w, p0, range.clone(), y, stride) },)*
                 _ => unreachable!("a block of {rows} rows × {panels} panels"),
             }
         };

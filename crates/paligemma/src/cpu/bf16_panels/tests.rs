@@ -4,11 +4,7 @@
 use candle_core::DType;
 
 use super::*;
-use crate::cpu::test_values as values;
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
+use crate::cpu::{test_bits as bits, test_values as values};
 
 /// `(n, k)`: one panel and many, a padded last panel, an odd depth, several chunks, a task's
 /// panels and a partial task.
@@ -71,14 +67,7 @@ fn native_and_portable_paths_give_the_same_bits() {
 fn a_row_has_the_same_bits_alone_and_in_any_batch() {
     for (n, k) in SHAPES {
         let w = Bf16Panels::from_rows(&values(n * k, (5 * n + k) as u32), n, k).unwrap();
-        let x = values(40 * k, (n + 11 * k) as u32);
-        let alone: Vec<Vec<u32>> = (0..40).map(|i| bits(&w.matmul(&x[i * k..(i + 1) * k], 1))).collect();
-        for m in ROWS {
-            let y = w.matmul(&x[..m * k], m);
-            for i in 0..m {
-                assert_eq!(bits(&y[i * n..(i + 1) * n]), alone[i], "[{n}, {k}]: row {i} of {m}");
-            }
-        }
+        crate::cpu::assert_rows_keep_their_bits(&format!("bf16 [{n}, {k}]"), n, k, &ROWS, (n + 11 * k) as u32, |x, m| w.matmul(x, m));
     }
 }
 

@@ -4,51 +4,22 @@
 
 use super::{Int4Panels, D_LINE, GROUP_LINES, LINES_PER_SUB, PANEL, SCALE_LINES, SUB, SUBS, SUPER};
 use crate::cpu::int8_panels::QuantizedRows;
+use crate::cpu::tiling::Part;
 
-/// Most rows of a register block, and the panels each row count leaves registers for: `R·P`
-/// integer sums and as many f32 accumulators, two unpacked registers and two scale registers
-/// per panel, and the broadcasts, within the 32 AVX-512 registers.
-const MAX_ROWS: usize = 4;
-const PANELS_FOR_ROWS: [usize; MAX_ROWS + 1] = [0, 4, 3, 2, 2];
+/// The panels a register block of `r` rows holds (`r` up to 4): `R·P` integer sums and as many
+/// f32 accumulators, two unpacked registers and two scale registers per panel, and the
+/// broadcasts, within the 32 AVX-512 registers.
+pub(super) const PANELS_FOR_ROWS: [usize; 5] = [0, 4, 3, 2, 2];
 
-/// How the rows split into register blocks: as few as [`MAX_ROWS`] allows, of nearly equal
-/// size.
-pub(super) struct RowBlocks {
-    m: usize,
-    rows: usize,
-    pub(super) panels: usize,
-}
-
-impl RowBlocks {
-    pub(super) fn new(m: usize) -> Self {
-        let rows = m.div_ceil(m.div_ceil(MAX_ROWS).max(1)).max(1);
-        RowBlocks { m, rows, panels: PANELS_FOR_ROWS[rows] }
-    }
-
-    /// `(first row, rows)` of each block.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.m).step_by(self.rows).map(|r0| (r0, self.rows.min(self.m - r0)))
-    }
-}
-
-/// Which part of the product one call computes: `rows` rows from `r0` of x × `panels` panels
-/// from `p0` of w, over super-block `block`, writing `y[r0.., p0·16..]` (row stride `n`). The
-/// accumulators start from zero for the first super-block, else from what `y` holds.
-pub(super) struct Part {
-    pub(super) rows: usize,
-    pub(super) r0: usize,
-    pub(super) panels: usize,
-    pub(super) p0: usize,
-    pub(super) block: usize,
-}
-
-/// Runs the kernel monomorphised for `part`'s rows × panels.
+/// Runs the kernel monomorphised for `part`'s rows × panels over super-block `part.chunk`,
+/// writing `y[r0.., p0·16..]` (row stride `n`). The accumulators start from zero for the first
+/// super-block, else from what `y` holds.
 ///
 /// # Safety
 /// `y` must hold x's rows × `n` floats, and no other thread may access the part's outputs
 /// during the call; `vnni` only where [`super::available`] says so.
 pub(super) unsafe fn block(vnni: bool, part: &Part, x: &QuantizedRows, w: &Int4Panels, y: *mut f32, n: usize) {
-    let Part { rows, r0, panels, p0, block } = *part;
+    let Part { rows, r0, panels, p0, chunk: block } = *part;
     assert!(
         x.k == w.k && (r0 + rows) * (w.k / SUB) <= x.scales.len() && (p0 + panels) * PANEL <= w.n && w.n == n && block < w.k / SUPER,
         "int4 panel block out of bounds"

@@ -5,11 +5,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::*;
-use crate::cpu::test_values as values;
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
+use crate::cpu::{test_bits as bits, test_values as values};
 
 /// A `[n, k]` matrix in candle's Q4_K bytes, and the f32 values those bytes stand for.
 fn quantized(n: usize, k: usize, seed: u32) -> (Vec<u8>, Vec<f32>) {
@@ -81,13 +77,6 @@ fn a_row_has_the_same_bits_alone_and_in_any_batch() {
     for (n, k) in SHAPES {
         let (bytes, _) = quantized(n, k, (5 * n + k) as u32);
         let w = Int4Panels::from_q4k(&bytes, n, k).unwrap();
-        let x = values(40 * k, (n + 11 * k) as u32);
-        let alone: Vec<Vec<u32>> = (0..40).map(|i| bits(&w.matmul(&x[i * k..(i + 1) * k], 1))).collect();
-        for m in ROWS {
-            let y = w.matmul(&x[..m * k], m);
-            for i in 0..m {
-                assert_eq!(bits(&y[i * n..(i + 1) * n]), alone[i], "[{n}, {k}]: row {i} of {m}");
-            }
-        }
+        crate::cpu::assert_rows_keep_their_bits(&format!("int4 [{n}, {k}]"), n, k, &ROWS, (n + 11 * k) as u32, |x, m| w.matmul(x, m));
     }
 }

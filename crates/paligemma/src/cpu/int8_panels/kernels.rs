@@ -3,57 +3,27 @@
 //! above says why).
 
 use super::{Int8Panels, QuantizedRows, BLOCK, GROUPS, PANEL};
+use crate::cpu::tiling::Part;
 
-/// Most rows of a register block, and the panels each row count leaves registers for: `R·P`
-/// integer sums, as many f32 accumulators, `P` weight registers and two broadcasts fit the 32
-/// AVX-512 registers. One row could take 10 panels, but 4 streams already read the weights at
-/// the machine's bandwidth (29–32 GB/s on the bench host, `examples/q8_0_bench`), and 8 read
-/// them slower.
-const MAX_ROWS: usize = 6;
-const PANELS_FOR_ROWS: [usize; MAX_ROWS + 1] = [0, 4, 6, 4, 3, 2, 2];
+/// The panels a register block of `r` rows holds (`r` up to 6): `R·P` integer sums, as many f32
+/// accumulators, `P` weight registers and two broadcasts fit the 32 AVX-512 registers. One row
+/// could take 10 panels, but 4 streams already read the weights at the machine's bandwidth
+/// (29–32 GB/s on the bench host, `examples/q8_0_bench`), and 8 read them slower.
+pub(super) const PANELS_FOR_ROWS: [usize; 7] = [0, 4, 6, 4, 3, 2, 2];
 
-/// How the rows split into register blocks: as few as [`MAX_ROWS`] allows, of nearly equal
-/// size.
-pub(super) struct RowBlocks {
-    m: usize,
-    rows: usize,
-    pub(super) panels: usize,
-}
-
-impl RowBlocks {
-    pub(super) fn new(m: usize) -> Self {
-        let rows = m.div_ceil(m.div_ceil(MAX_ROWS).max(1)).max(1);
-        RowBlocks { m, rows, panels: PANELS_FOR_ROWS[rows] }
-    }
-
-    /// `(first row, rows)` of each block.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.m).step_by(self.rows).map(|r0| (r0, self.rows.min(self.m - r0)))
-    }
-}
-
-/// Which part of the product one call computes: `rows` rows from `r0` of `x` × `panels`
-/// panels from `p0` of `w`, over the input blocks `blocks`, writing `y[r0.., p0·16..]` (row
-/// stride `n`). The accumulators start from zero for the first blocks, else from what `y`
-/// holds (an f32 stored and reloaded is exact, so the chains are unchanged).
-pub(super) struct Part {
-    pub(super) rows: usize,
-    pub(super) r0: usize,
-    pub(super) panels: usize,
-    pub(super) p0: usize,
-    pub(super) blocks: std::ops::Range<usize>,
-}
-
-/// Runs the kernel monomorphised for `part`'s rows × panels.
+/// Runs the kernel monomorphised for `part`'s rows × panels over the input blocks `blocks`,
+/// writing `y[r0.., p0·16..]` (row stride `n`). The accumulators start from zero for the first
+/// blocks, else from what `y` holds (an f32 stored and reloaded is exact, so the chains are
+/// unchanged).
 ///
 /// # Safety
 /// `y` must hold `x`'s rows × `n` floats, and no other thread may access the part's outputs
 /// during the call; `vnni` only where [`super::available`] says so.
-pub(super) unsafe fn block(vnni: bool, part: &Part, x: &QuantizedRows, w: &Int8Panels, y: *mut f32, n: usize) {
+pub(super) unsafe fn block(vnni: bool, part: &Part, blocks: std::ops::Range<usize>, x: &QuantizedRows, w: &Int8Panels, y: *mut f32, n: usize) {
     let kb = w.k / BLOCK;
     let Part { rows, r0, panels, p0, .. } = *part;
     assert!(
-        x.k == w.k && (r0 + rows) * kb <= x.scales.len() && (p0 + panels) * PANEL <= w.n && w.n == n && part.blocks.end <= kb,
+        x.k == w.k && (r0 + rows) * kb <= x.scales.len() && (p0 + panels) * PANEL <= w.n && w.n == n && blocks.end <= kb,
         "int8 panel block out of bounds"
     );
     let y = y.wrapping_add(r0 * n + p0 * PANEL);
@@ -61,7 +31,7 @@ pub(super) unsafe fn block(vnni: bool, part: &Part, x: &QuantizedRows, w: &Int8P
         ($kernel:ident: $(($r:literal, $p:literal)),*) => {
             match (rows, panels) {
                 // SAFETY: forwarded from the caller; the assertion above bounds the reads.
-                $(($r, $p) => unsafe { $kernel::<$r, $p>(x, r0, w, p0, part.blocks.clone(), y, n) },)*
+                $(($r, $p) => unsafe { $kernel::<$r, $p>(x, r0, w, p0, blocks.clone(), y, n) },)*
                 _ => unreachable!("a block of {rows} rows × {panels} panels"),
             }
         };

@@ -5,11 +5,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::*;
-use crate::cpu::test_values as values;
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
+use crate::cpu::{test_bits as bits, test_values as values};
 
 /// A `[n, k]` matrix in candle's `q8_0` bytes, and the f32 values those bytes stand for.
 fn quantized(n: usize, k: usize, seed: u32) -> (Vec<u8>, Vec<f32>) {
@@ -98,14 +94,7 @@ fn a_row_has_the_same_bits_alone_and_in_any_batch() {
     let (n, k) = (272, 512);
     let (bytes, _) = quantized(n, k, 11);
     let w = Int8Panels::from_q8_0(&bytes, n, k).unwrap();
-    let all = values(40 * k, 12);
-    let alone: Vec<Vec<u32>> = (0..40).map(|i| bits(&w.matmul(&all[i * k..(i + 1) * k], 1))).collect();
-    for m in ROWS {
-        let y = w.matmul(&all[..m * k], m);
-        for (i, want) in alone.iter().enumerate().take(m) {
-            assert_eq!(&bits(&y[i * n..(i + 1) * n]), want, "row {i} of {m}");
-        }
-    }
+    crate::cpu::assert_rows_keep_their_bits("int8", n, k, &ROWS, 12, |x, m| w.matmul(x, m));
 }
 
 #[test]
