@@ -34,6 +34,17 @@ pub(crate) fn test_values(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// A `[n, k]` matrix of [`test_values`] in candle's `dtype` blocks, and the f32 values those
+/// bytes stand for (candle's dequantization).
+#[cfg(test)]
+pub(crate) fn test_quantized(n: usize, k: usize, seed: u32, dtype: candle_core::quantized::GgmlDType) -> (Vec<u8>, Vec<f32>) {
+    use candle_core::{quantized::QTensor, Device};
+    let w = Tensor::from_vec(test_values(n * k, seed), (n, k), &Device::Cpu).unwrap();
+    let qt = QTensor::quantize(&w, dtype).unwrap();
+    let dequantized = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (qt.data().unwrap().into_owned(), dequantized)
+}
+
 /// The bits of each value (the kernels' tests compare outputs bit for bit).
 #[cfg(test)]
 pub(crate) fn test_bits(v: &[f32]) -> Vec<u32> {

@@ -1,18 +1,14 @@
 //! The int8 panel kernel against exact references, across its two paths bit for bit, and its
 //! row-count invariance, which continuous batching relies on.
 
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::quantized::GgmlDType;
 
 use super::*;
 use crate::cpu::{test_bits as bits, test_values as values};
 
 /// A `[n, k]` matrix in candle's `q8_0` bytes, and the f32 values those bytes stand for.
 fn quantized(n: usize, k: usize, seed: u32) -> (Vec<u8>, Vec<f32>) {
-    let w = Tensor::from_vec(values(n * k, seed), (n, k), &Device::Cpu).unwrap();
-    let qt = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-    let dequantized = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    (qt.data().unwrap().into_owned(), dequantized)
+    crate::cpu::test_quantized(n, k, seed, GgmlDType::Q8_0)
 }
 
 /// `(n, k)`: one panel and many, one block and many, a task's panels and a partial task.
