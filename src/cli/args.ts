@@ -110,7 +110,7 @@ export const MODEL_HELP = `Model options:
                               bf16 matrices on CPUs with AVX512-BF16
       --vision-dtype <f32|bf16>
                               the vision tower's matrices on the CPU (default bf16 with --dtype bf16,
-                              else f32); bf16 with q8_0 makes the first token about 25% sooner
+                              else f32); bf16 with q8_0 gives the first token about 10% sooner
       --threads <n>           CPU threads (default: all)
   -i, --image <path>          the image (JPEG, PNG, WebP, GIF, BMP); - reads it from stdin`
 
