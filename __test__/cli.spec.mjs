@@ -231,7 +231,7 @@ test('quantize writes a prepared folder that captions like the original; refusal
   const q8 = await runCli(['caption', '--model', out, '--image', image, '--dtype', 'q8_0'])
   t.is(q8.code, 1)
   t.regex(q8.stderr, /^paligemma: ERR_MODEL_LOAD: .*prepared for the CPU/m)
-  // A non-empty target, a dtype not available yet, and a missing argument.
+  // A non-empty target, a dtype that is not prepared (bf16), and a missing argument.
   const again = await runCli(['quantize', dir, out])
   t.is(again.code, 1)
   t.regex(again.stderr, /ERR_INVALID_ARGUMENT: .*is not empty/)

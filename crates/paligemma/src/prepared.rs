@@ -70,7 +70,7 @@ impl std::str::FromStr for PreparedDtype {
             "f32" => Ok(PreparedDtype::F32),
             "q8_0" => Ok(PreparedDtype::Quantized(Quantization::Q8_0)),
             "q4k" => Ok(PreparedDtype::Quantized(Quantization::Q4K)),
-            "bf16" => Err(Error::invalid("dtype", "preparing `bf16` folders is not available yet: the CPU has no bf16 kernels (f32, q8_0 and q4k are)")),
+            "bf16" => Err(Error::invalid("dtype", "bf16 folders are not prepared: load the original folder with dtype 'bf16' (its bf16 matrices are made while loading); f32, q8_0 and q4k can be prepared")),
             other => Err(Error::invalid("dtype", format!("`{other}` is not a prepared dtype (f32, q8_0, q4k)"))),
         }
     }
