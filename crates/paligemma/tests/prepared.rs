@@ -167,7 +167,7 @@ fn mismatched_or_damaged_folders_are_refused_naming_the_file() {
     assert!(prepared::prepare(&source, &out, PreparedDtype::F32, monitor()).is_err());
     assert!(prepared::prepare(&out, &scratch("again"), PreparedDtype::F32, monitor()).is_err());
     // bf16 is not prepared; the message says how to get it instead.
-    let bf16 = "bf16".parse::<PreparedDtype>().err().expect("bf16 is not a prepared dtype").to_string();
+    let bf16 = "bf16".parse::<PreparedDtype>().expect_err("bf16 is not a prepared dtype").to_string();
     assert!(bf16.contains("with dtype 'bf16'"), "{bf16}");
     assert!("q5".parse::<PreparedDtype>().is_err());
 }

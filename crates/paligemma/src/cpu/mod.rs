@@ -65,6 +65,16 @@ pub(crate) fn assert_rows_keep_their_bits(what: &str, n: usize, k: usize, rows: 
     }
 }
 
+/// Checks that a kernel's native path (`matmul(x, m, true)`) gives the portable path's bits for
+/// every row count in `rows`.
+#[cfg(test)]
+pub(crate) fn assert_paths_agree(what: &str, k: usize, rows: &[usize], matmul: impl Fn(&[f32], usize, bool) -> Vec<f32>) {
+    for &m in rows {
+        let x = test_values(m * k, (m * 17 + k) as u32);
+        assert_eq!(test_bits(&matmul(&x, m, true)), test_bits(&matmul(&x, m, false)), "{what} m={m}");
+    }
+}
+
 /// `a·b + c`, fused where the target has an FMA instruction (then it also vectorises);
 /// elsewhere `mul_add` would be a slow libm call, so it is a plain multiply-add.
 #[inline(always)]

@@ -4,7 +4,7 @@
 use candle_core::DType;
 
 use super::*;
-use crate::cpu::{test_bits as bits, test_values as values};
+use crate::cpu::test_values as values;
 
 /// `(n, k)`: one panel and many, a padded last panel, an odd depth, several chunks, a task's
 /// panels and a partial task.
@@ -56,10 +56,7 @@ fn native_and_portable_paths_give_the_same_bits() {
     }
     for (n, k) in SHAPES {
         let w = Bf16Panels::from_rows(&values(n * k, (n + 3 * k) as u32), n, k).unwrap();
-        for m in ROWS {
-            let x = values(m * k, (m * 17 + k) as u32);
-            assert_eq!(bits(&w.matmul_with(&x, m, true)), bits(&w.matmul_with(&x, m, false)), "[{n}, {k}] m={m}");
-        }
+        crate::cpu::assert_paths_agree(&format!("bf16 [{n}, {k}]"), k, &ROWS, |x, m, native| w.matmul_with(x, m, native));
     }
 }
 

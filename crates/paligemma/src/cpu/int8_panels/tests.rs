@@ -4,7 +4,7 @@
 use candle_core::quantized::GgmlDType;
 
 use super::*;
-use crate::cpu::{test_bits as bits, test_values as values};
+use crate::cpu::test_values as values;
 
 /// A `[n, k]` matrix in candle's `q8_0` bytes, and the f32 values those bytes stand for.
 fn quantized(n: usize, k: usize, seed: u32) -> (Vec<u8>, Vec<f32>) {
@@ -78,10 +78,7 @@ fn vnni_and_portable_paths_give_the_same_bits() {
     for (n, k) in SHAPES {
         let (bytes, _) = quantized(n, k, (n + k) as u32);
         let w = Int8Panels::from_q8_0(&bytes, n, k).unwrap();
-        for m in ROWS {
-            let x = values(m * k, (m + 5 * k) as u32);
-            assert_eq!(bits(&w.matmul_with(&x, m, true)), bits(&w.matmul_with(&x, m, false)), "[{n}, {k}] m={m}");
-        }
+        crate::cpu::assert_paths_agree(&format!("int8 [{n}, {k}]"), k, &ROWS, |x, m, vnni| w.matmul_with(x, m, vnni));
     }
 }
 
