@@ -245,7 +245,7 @@ fn f32_from_le(b: &[u8]) -> f32 {
     f32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 fn bf16_le_to_f32(b: &[u8]) -> f32 {
-    f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
+    super::bf16_panels::bf16_value(u16::from_le_bytes([b[0], b[1]]))
 }
 fn f16_le_to_f32(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()

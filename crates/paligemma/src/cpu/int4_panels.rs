@@ -84,6 +84,14 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Column `col`'s `D = d·scale` and `M = dmin·min` for sub-block `s` of a super-block's lines,
+/// computed as candle computes them.
+pub(crate) fn sub_block_scales(group: &[Line], s: usize, col: usize) -> (f32, f32) {
+    let scales = &group[SCALE_LINES + s / 2].0[32 * (s % 2)..];
+    let half = |at: usize| f16::from_le_bytes([group[D_LINE].0[at], group[D_LINE].0[at + 1]]).to_f32();
+    (half(col * 2) * f32::from(scales[col]), half(32 + col * 2) * f32::from(scales[16 + col]))
+}
+
 impl Int4Panels {
     /// Whether a `[n, k]` matrix fits the layout: whole panels and whole super-blocks.
     pub fn fits(n: usize, k: usize) -> bool {
@@ -129,19 +137,19 @@ impl Int4Panels {
     }
 
     /// The lines of panel `p`'s super-block `b`.
-    fn group(&self, p: usize, b: usize) -> &[Line] {
+    pub(crate) fn group(&self, p: usize, b: usize) -> &[Line] {
         &self.lines[(p * (self.k / SUPER) + b) * GROUP_LINES..][..GROUP_LINES]
     }
 
-    /// Weight `(j, c)` (output `j`, input `c`) as f32, `D·q − M` as candle dequantizes it.
-    pub fn value(&self, j: usize, c: usize) -> f32 {
+    /// Weight `(j, c)` (output `j`, input `c`) as f32, `D·q − M` as candle dequantizes it (the
+    /// tests compare it with candle's dequantization).
+    #[cfg(test)]
+    pub(crate) fn value(&self, j: usize, c: usize) -> f32 {
         let (col, s, t) = (j % PANEL, (c % SUPER) / SUB, c % SUB);
         let group = self.group(j / PANEL, c / SUPER);
         let byte = group[s * LINES_PER_SUB + t / 8].0[col * 4 + t % 4];
         let q = if t % 8 < 4 { byte & 0xF } else { byte >> 4 };
-        let scales = &group[SCALE_LINES + s / 2].0[32 * (s % 2)..];
-        let half = |at: usize| f16::from_le_bytes([group[D_LINE].0[at], group[D_LINE].0[at + 1]]).to_f32();
-        let (dd, mm) = (half(col * 2) * f32::from(scales[col]), half(32 + col * 2) * f32::from(scales[16 + col]));
+        let (dd, mm) = sub_block_scales(group, s, col);
         dd * f32::from(q) - mm
     }
 

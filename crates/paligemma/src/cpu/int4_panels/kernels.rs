@@ -133,8 +133,7 @@ unsafe fn portable<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize,
     for i in 0..R {
         let row = r0 + i;
         for p in 0..P {
-            let lines = &w.lines[group(w, p0 + p, b)..][..GROUP_LINES];
-            let half = |at: usize| half::f16::from_le_bytes([lines[D_LINE].0[at], lines[D_LINE].0[at + 1]]).to_f32();
+            let lines = w.group(p0 + p, b);
             let mut acc = [0f32; PANEL];
             if b > 0 {
                 // SAFETY: row i of the block, panel p: inside y (the caller's contract).
@@ -152,9 +151,7 @@ unsafe fn portable<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize,
                             sum += i32::from(byte & 0xF) * i32::from(xq[8 * g + j]) + i32::from(byte >> 4) * i32::from(xq[8 * g + 4 + j]);
                         }
                     }
-                    let scales = &lines[SCALE_LINES + s / 2].0[32 * (s % 2)..];
-                    let dd = half(col * 2) * f32::from(scales[col]);
-                    let mm = half(32 + col * 2) * f32::from(scales[16 + col]);
+                    let (dd, mm) = super::sub_block_scales(lines, s, col);
                     *a = crate::cpu::fmadd(sum as f32, dd * dx, *a);
                     *a = crate::cpu::fmadd(-(mm * dx), sx, *a);
                 }
