@@ -1,12 +1,15 @@
 //! Rows through a q8_0 matrix on PaliGemma-3B's decoder shapes: candle's kernel, `cpu::q8_0`
 //! (few rows: one pass over the weights; from `MIN_ROWS` on: dequantize a band, then gemm; on
 //! CPUs where candle repacks q8_0, that is, with VNNI, this column is candle's too), and the int8
-//! panel kernel (`cpu::int8_panels`, AVX-512 VNNI only). Prints ms per product and int8 GOP/s.
+//! panel kernel (`cpu::int8_panels`, AVX-512 VNNI only), and the same weights in q4k through the
+//! int4 panel kernel (`cpu::int4_panels`). Prints ms per product, int8 GOP/s and the weights' read
+//! rate.
 //!
 //!   RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2 cargo run --release --example q8_0_bench
 //!   ROWS=1,16 SHAPES=32768x2048 cargo run --release --example q8_0_bench
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
+use paligemma::cpu::int4_panels::Int4Panels;
 use paligemma::cpu::int8_panels::{self, Int8Panels};
 use std::time::Instant;
 
@@ -29,19 +32,23 @@ fn main() {
         let qt = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let panels = Int8Panels::from_q8_0(&qt.data().unwrap(), n, k).unwrap();
         let qm = QMatMul::from_qtensor(qt).unwrap();
+        let q4k = Int4Panels::from_q4k(&QTensor::quantize(&w, GgmlDType::Q4K).unwrap().data().unwrap(), n, k).unwrap();
         for &m in &rows {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let candle = time(&|| drop(qm.forward(&x).unwrap()));
             let ours = time(&|| drop(paligemma::cpu::q8_0::matmul(&qm, &x).unwrap().unwrap_or_else(|| qm.forward(&x).unwrap())));
             let int8 = time(&|| drop(panels.matmul(&xs, m)));
+            let int4 = time(&|| drop(q4k.matmul(&xs, m)));
             let gops = |ms: f64| 2.0 * (m * n * k) as f64 / ms / 1e6;
             println!(
-                "[{n}, {k}] m={m}: candle {candle:.2} ms ({:.0} GOP/s), cpu::q8_0 {ours:.2} ms, int8 panels {int8:.2} ms ({:.0} GOP/s, {:.1} GB/s; {:.2}x candle)",
+                "[{n}, {k}] m={m}: candle {candle:.2} ms ({:.0} GOP/s), cpu::q8_0 {ours:.2} ms, int8 panels {int8:.2} ms ({:.0} GOP/s, {:.1} GB/s; {:.2}x candle), q4k int4 panels {int4:.2} ms ({:.0} GOP/s, {:.1} GB/s)",
                 gops(candle),
                 gops(int8),
                 panels.bytes() as f64 / int8 / 1e6,
-                candle / int8
+                candle / int8,
+                gops(int4),
+                q4k.bytes() as f64 / int4 / 1e6
             );
         }
     }

@@ -6,13 +6,15 @@
 //! the bytes (benches/RESULTS.md): the dequantization was the bottleneck, not memory.
 //!
 //! The layout follows [`super::int8_panels`]: panels of 16 outputs, each contiguous over the
-//! whole depth. Per panel and super-block of 256 inputs, 37 cache lines in a row (one stream
-//! per panel, which the prefetchers follow): 8 sub-blocks of 32 inputs as 4 lines each of
-//! `[16 columns][4 bytes]`, byte `j` of a column in line `g` holding input `8g + j` in its low
-//! nibble and `8g + 4 + j` in its high one; 4 lines of the sub-blocks' 6-bit scales and mins
-//! unpacked to bytes (line `32 + s/2`: sub-block `s`'s 16 scales at `32·(s%2)`, its 16 mins 16
-//! bytes on); and a line of the super-block's f16 `d` (bytes 0..32) and `dmin` (32..64). That
-//! is 4.625 bits per weight against Q4_K's 4.5, with the values and scales of candle's blocks.
+//! whole depth. Per panel and super-block of 256 inputs, 37 cache lines in a row, in the order
+//! the kernel reads them (one ascending stream per panel, which the prefetchers follow; with the
+//! scale lines after the nibbles and the `d` line last, two threads read 20–23 GB/s where they
+//! now read 29–33, `examples/int4_probe`): first a line of the super-block's f16 `d` (bytes
+//! 0..32) and `dmin` (32..64); then per pair of sub-blocks a line of their 6-bit scales and mins
+//! unpacked to bytes (sub-block `s`'s 16 scales at `32·(s%2)`, its 16 mins 16 bytes on), and
+//! the pair's 8 nibble lines: 4 per sub-block of 32 inputs, each `[16 columns][4 bytes]`, byte
+//! `j` of a column in line `g` holding input `8g + j` in its low nibble and `8g + 4 + j` in its
+//! high one. That is 4.625 bits per weight against Q4_K's 4.5, with the values and scales of candle's blocks.
 //!
 //! The arithmetic: activations are rounded per block of 32 to signed bytes with an f32 scale
 //! (`int8_panels::QuantizedRows`). A weight is `D·q − M` (`D = d·scale`, `M = dmin·min`, as
@@ -41,11 +43,23 @@ const SUB: usize = 32;
 const SUBS: usize = SUPER / SUB;
 /// 64-byte lines per sub-block of a panel: 32 inputs × 16 columns × 4 bits.
 const LINES_PER_SUB: usize = 4;
-/// Where a super-block's scales and mins start among its lines, and its `d`/`dmin` line.
-const SCALE_LINES: usize = SUBS * LINES_PER_SUB;
-const D_LINE: usize = SCALE_LINES + SUBS / 2;
+/// The super-block's `d`/`dmin` line comes first; then, per pair of sub-blocks, their scales
+/// and mins line and their 8 nibble lines: the order the kernel reads them in.
+const D_LINE: usize = 0;
+const PAIR_LINES: usize = 1 + 2 * LINES_PER_SUB;
 /// Lines per panel and super-block.
-const GROUP_LINES: usize = D_LINE + 1;
+const GROUP_LINES: usize = 1 + SUBS / 2 * PAIR_LINES;
+
+/// The line of sub-block `s`'s scales (bytes `32·(s%2)..`) and mins (16 bytes on).
+const fn scale_line(s: usize) -> usize {
+    1 + s / 2 * PAIR_LINES
+}
+
+/// Sub-block `s`'s nibble line `g` (inputs `8g..8g + 8`).
+const fn nibble_line(s: usize, g: usize) -> usize {
+    scale_line(s) + 1 + (s % 2) * LINES_PER_SUB + g
+}
+
 /// A candle Q4_K block: f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit scales and mins, 128
 /// bytes of nibbles.
 const Q4K_BYTES: usize = 144;
@@ -87,7 +101,7 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
 /// Column `col`'s `D = d·scale` and `M = dmin·min` for sub-block `s` of a super-block's lines,
 /// computed as candle computes them.
 pub(crate) fn sub_block_scales(group: &[Line], s: usize, col: usize) -> (f32, f32) {
-    let scales = &group[SCALE_LINES + s / 2].0[32 * (s % 2)..];
+    let scales = &group[scale_line(s)].0[32 * (s % 2)..];
     let half = |at: usize| f16::from_le_bytes([group[D_LINE].0[at], group[D_LINE].0[at + 1]]).to_f32();
     (half(col * 2) * f32::from(scales[col]), half(32 + col * 2) * f32::from(scales[16 + col]))
 }
@@ -117,14 +131,14 @@ impl Int4Panels {
                     let (packed, qs) = (&block[4..16], &block[16..]);
                     for s in 0..SUBS {
                         let (sc, m) = scale_min(s, packed);
-                        let scales = &mut group[SCALE_LINES + s / 2].0[32 * (s % 2)..];
+                        let scales = &mut group[scale_line(s)].0[32 * (s % 2)..];
                         scales[col] = sc;
                         scales[16 + col] = m;
                         // Input t of sub-block s: byte (s / 2)·32 + t of the quants, the low
                         // nibble for even sub-blocks, the high one for odd.
                         let nibble = |t: usize| if s % 2 == 0 { qs[(s / 2) * 32 + t] & 0xF } else { qs[(s / 2) * 32 + t] >> 4 };
                         for g in 0..LINES_PER_SUB {
-                            let line = &mut group[s * LINES_PER_SUB + g].0;
+                            let line = &mut group[nibble_line(s, g)].0;
                             for j in 0..4 {
                                 line[col * 4 + j] = nibble(8 * g + j) | (nibble(8 * g + 4 + j) << 4);
                             }
@@ -147,7 +161,7 @@ impl Int4Panels {
     pub(crate) fn value(&self, j: usize, c: usize) -> f32 {
         let (col, s, t) = (j % PANEL, (c % SUPER) / SUB, c % SUB);
         let group = self.group(j / PANEL, c / SUPER);
-        let byte = group[s * LINES_PER_SUB + t / 8].0[col * 4 + t % 4];
+        let byte = group[nibble_line(s, t / 8)].0[col * 4 + t % 4];
         let q = if t % 8 < 4 { byte & 0xF } else { byte >> 4 };
         let (dd, mm) = sub_block_scales(group, s, col);
         dd * f32::from(q) - mm

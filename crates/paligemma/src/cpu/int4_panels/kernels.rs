@@ -2,7 +2,7 @@
 //! super-block, with AVX-512 VNNI or in plain Rust, the same per-output chain in both (the
 //! module above says why).
 
-use super::{Int4Panels, D_LINE, GROUP_LINES, LINES_PER_SUB, PANEL, SCALE_LINES, SUB, SUBS, SUPER};
+use super::{nibble_line, scale_line, Int4Panels, D_LINE, GROUP_LINES, LINES_PER_SUB, PANEL, SUB, SUBS, SUPER};
 use crate::cpu::int8_panels::QuantizedRows;
 use crate::cpu::tiling::Part;
 
@@ -86,7 +86,7 @@ unsafe fn avx512_vnni<const R: usize, const P: usize>(x: &QuantizedRows, r0: usi
                 let mut lo = [_mm512_setzero_si512(); P];
                 let mut hi = [_mm512_setzero_si512(); P];
                 for p in 0..P {
-                    let v = _mm512_load_si512(line(p, s * LINES_PER_SUB + g) as *const __m512i);
+                    let v = _mm512_load_si512(line(p, nibble_line(s, g)) as *const __m512i);
                     lo[p] = _mm512_and_si512(v, low);
                     hi[p] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
                 }
@@ -102,7 +102,7 @@ unsafe fn avx512_vnni<const R: usize, const P: usize>(x: &QuantizedRows, r0: usi
             let mut dd = [_mm512_setzero_ps(); P];
             let mut mm = [_mm512_setzero_ps(); P];
             for p in 0..P {
-                let scales = line(p, SCALE_LINES + s / 2).add(32 * (s % 2));
+                let scales = line(p, scale_line(s)).add(32 * (s % 2));
                 let widen = |bytes: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(bytes as *const __m128i)));
                 dd[p] = _mm512_mul_ps(dv[p], widen(scales));
                 mm[p] = _mm512_mul_ps(mv[p], widen(scales.add(16)));
@@ -146,7 +146,7 @@ unsafe fn portable<const R: usize, const P: usize>(x: &QuantizedRows, r0: usize,
                 for (col, a) in acc.iter_mut().enumerate() {
                     let mut sum = 0i32;
                     for g in 0..LINES_PER_SUB {
-                        let line = &lines[s * LINES_PER_SUB + g].0[col * 4..][..4];
+                        let line = &lines[nibble_line(s, g)].0[col * 4..][..4];
                         for (j, &byte) in line.iter().enumerate() {
                             sum += i32::from(byte & 0xF) * i32::from(xq[8 * g + j]) + i32::from(byte >> 4) * i32::from(xq[8 * g + 4 + j]);
                         }
