@@ -27,7 +27,9 @@ impl AttentionSpec {
 }
 
 /// `q: [B, N, T, H]`, `k, v: [B, K, S, H]` with `K | N` → `[B, T, N·H]` (heads merged
-/// head-major). `mask` is additive, `[T, S]`, 0 where allowed and −∞ where not.
+/// head-major). `mask` is additive, 0 where allowed and −∞ where not: `[T, S]` for every
+/// sequence, or `[B, T, S]`, one per sequence (a ragged fixed-shape step's rows stand at
+/// different positions, [`crate::decode_step`]).
 /// `q` must already carry [`AttentionSpec::query_factor`].
 ///
 /// Query heads `j·G … (j+1)·G−1` share kv head `j` (G = N/K), so q is viewed as
@@ -48,7 +50,8 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec: &
                 scores = (scores.tanh()? * cap)?;
             }
             if let Some(mask) = mask {
-                scores = scores.reshape((b, kv, g, t, s))?.broadcast_add(mask)?.reshape((b, kv, g * t, s))?;
+                let mask = if mask.rank() == 3 { mask.reshape((b, 1, 1, t, s))? } else { mask.clone() };
+                scores = scores.reshape((b, kv, g, t, s))?.broadcast_add(&mask)?.reshape((b, kv, g * t, s))?;
             }
             softmax_last_dim(&scores)?
         }

@@ -56,11 +56,23 @@ enum GraphState {
     Off,
 }
 
-/// The device buffers of one session's fixed-shape decode step.
+/// Where one sequence of a fixed-shape step stands: the cache slot its token is written to
+/// (the positions before it are its own), its prefix block, and whether its sliding layers
+/// keep their window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowPosition {
+    pub(crate) slot: usize,
+    pub(crate) prefix_len: usize,
+    pub(crate) sliding: bool,
+}
+
+/// The device buffers of one fixed-shape decode step: a session's, or one batch-size bucket
+/// of a [`SlotPool`].
 pub(crate) struct FixedStep {
-    /// `[B + 2]` u32: the tokens, then the cache slot, then the rotary row.
+    /// `[3B]` u32: the tokens, then every sequence's cache slot, then its rotary row.
     inputs: Tensor,
-    /// `[2, capacity]` additive masks over the whole cache: full layers, then sliding layers.
+    /// `[2, B, 1, capacity]` additive masks over the whole cache, one per sequence: full
+    /// layers, then sliding layers.
     masks: Tensor,
     /// `[B, vocab]`: where a captured graph leaves its logits.
     #[cfg(feature = "cuda")]
@@ -78,8 +90,8 @@ impl FixedStep {
     pub(crate) fn new(cache: &KvCache, vocab: usize, dtype: DType, device: &Device, mode: StepMode) -> Result<Self> {
         let batch = cache.slot_shape()[0];
         Ok(FixedStep {
-            inputs: Tensor::zeros(batch + 2, DType::U32, device)?,
-            masks: Tensor::zeros((2, cache.capacity()), dtype, device)?,
+            inputs: Tensor::zeros(3 * batch, DType::U32, device)?,
+            masks: Tensor::zeros((2, batch, 1, cache.capacity()), dtype, device)?,
             #[cfg(feature = "cuda")]
             logits: Tensor::zeros((batch, vocab), dtype, device)?,
             batch,
@@ -110,17 +122,39 @@ impl FixedStep {
         if slot >= cache.capacity() {
             return Err(Error::invalid("maxNewTokens", format!("the sequence needs {} positions but the cache holds {}", slot + 1, cache.capacity())));
         }
+        let logits = self.step_rows(decoder, cache, tokens, &vec![RowPosition { slot, prefix_len, sliding }; tokens.len()])?;
+        cache.advance(1);
+        Ok(logits)
+    }
+
+    /// Decodes `tokens[i]` at `rows[i]` (each sequence at its own slot) and returns `[B,
+    /// vocab]` logits. The cache's length is the caller's to keep: here it only bounds the
+    /// slots.
+    pub(crate) fn step_rows(&mut self, decoder: &Decoder, cache: &KvCache, tokens: &[u32], rows: &[RowPosition]) -> Result<Tensor> {
+        if tokens.len() != self.batch || rows.len() != self.batch {
+            return Err(Error::Internal(format!("a fixed step of {} sequences got {} tokens and {} positions", self.batch, tokens.len(), rows.len())));
+        }
+        if let Some(full) = rows.iter().find(|r| r.slot >= cache.capacity()) {
+            return Err(Error::invalid("maxNewTokens", format!("the sequence needs {} positions but the cache holds {}", full.slot + 1, cache.capacity())));
+        }
         // candle uploads the shapes and strides of non-contiguous operands on every launch; a
         // graph would replay those copies from host buffers long freed. With this cache on,
         // they are uploaded once (in the warm-up step) and the graph reads the device copies.
         #[cfg(feature = "cuda")]
         let _parameters_cached = cuda::cache_kernel_parameters(self.inputs.device());
         let mut inputs = tokens.to_vec();
+        inputs.extend(rows.iter().map(|r| r.slot as u32));
         // The rotary row is the 1-based position id (spec §2.7, §8 P1).
-        inputs.extend([slot as u32, slot as u32 + 1]);
+        inputs.extend(rows.iter().map(|r| r.slot as u32 + 1));
         upload::u32s(&self.inputs, &inputs)?;
-        let window = if sliding { decoder.sliding_window() } else { None };
-        upload::floats(&self.masks, &mask_rows(slot, prefix_len, window, cache.capacity()))?;
+        let window = decoder.sliding_window();
+        let masks: Vec<f32> = [false, true]
+            .iter()
+            .flat_map(|&sliding_layers| {
+                rows.iter().flat_map(move |r| mask_row(r.slot, r.prefix_len, if sliding_layers && r.sliding { window } else { None }, cache.capacity()))
+            })
+            .collect();
+        upload::floats(&self.masks, &masks)?;
         let logits = match &self.graph {
             GraphState::Off | GraphState::Warming => {
                 if let GraphState::Warming = self.graph {
@@ -135,7 +169,6 @@ impl FixedStep {
             }
             GraphState::Ready => self.capture_and_launch(decoder, cache)?,
         };
-        cache.advance(1);
         Ok(logits)
     }
 
@@ -143,11 +176,10 @@ impl FixedStep {
     fn run(&self, decoder: &Decoder, cache: &KvCache) -> Result<Tensor> {
         let b = self.batch;
         let tokens = self.inputs.narrow(0, 0, b)?;
-        let slot = self.inputs.narrow(0, b, 1)?;
-        let rope_row = self.inputs.narrow(0, b + 1, 1)?;
-        let kv_index = slot.reshape((1, 1, 1, 1))?.broadcast_as(cache.slot_shape().as_slice())?.contiguous()?;
-        let (full, sliding) = (self.masks.narrow(0, 0, 1)?, self.masks.narrow(0, 1, 1)?);
-        decoder.forward_at(&tokens, &rope_row, kv_index, [&full, &sliding], cache)
+        let slots = self.inputs.narrow(0, b, b)?;
+        let rope_rows = self.inputs.narrow(0, 2 * b, b)?;
+        let (full, sliding) = (self.masks.get(0)?, self.masks.get(1)?);
+        decoder.forward_at(&tokens, &rope_rows, &slots, [&full, &sliding], cache)
     }
 
     #[cfg(feature = "cuda")]
@@ -232,15 +264,12 @@ impl StepPool {
     }
 }
 
-/// The additive masks for a query at `slot` over a cache of `capacity`: `[full | sliding]`,
-/// `0` where a key may be seen and `-∞` where not (later slots are not written yet).
-fn mask_rows(slot: usize, prefix_len: usize, window: Option<usize>, capacity: usize) -> Vec<f32> {
-    let full = MaskSpec { offset: slot, t: 1, prefix_len, window: None };
-    let sliding = MaskSpec { window, ..full };
-    [full, sliding]
-        .iter()
-        .flat_map(|spec| (0..capacity).map(move |j| if j <= slot && spec.allowed(slot, j) { 0.0 } else { f32::NEG_INFINITY }))
-        .collect()
+/// The additive mask of a query at `slot` over a cache of `capacity` (`window`: a sliding
+/// layer's), `0` where a key may be seen and `-∞` where not (later slots are not written yet,
+/// or hold another sequence's leftovers).
+fn mask_row(slot: usize, prefix_len: usize, window: Option<usize>, capacity: usize) -> impl Iterator<Item = f32> {
+    let spec = MaskSpec { offset: slot, t: 1, prefix_len, window };
+    (0..capacity).map(move |j| if j <= slot && spec.allowed(slot, j) { 0.0 } else { f32::NEG_INFINITY })
 }
 
 /// Host → device copies into existing buffers, outside any graph.
@@ -274,75 +303,7 @@ mod upload {
 }
 
 #[cfg(feature = "cuda")]
-mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{result, sys, CudaGraph, DevicePtr};
-    use candle_core::cuda_backend::CudaDType;
-    use candle_core::{Device, Storage, Tensor};
-
-    use crate::error::{Error, Result};
-
-    fn driver(what: &str, e: impl std::fmt::Debug) -> Error {
-        Error::Internal(format!("CUDA {what}: {e:?}"))
-    }
-
-    /// While the returned guard lives, candle keeps kernel parameter uploads in a device cache
-    /// (its own support for graph capture; a miss during capture is an error, not a stale copy).
-    pub(super) fn cache_kernel_parameters(device: &Device) -> Option<impl Drop> {
-        match device {
-            Device::Cuda(dev) => Some(dev.enable_cuda_graph_htod_cache()),
-            _ => None,
-        }
-    }
-
-    /// A captured decode step.
-    pub(super) struct Graph(CudaGraph);
-
-    // SAFETY: a graph must not be used from two threads at once. It lives in a `Session`, which
-    // needs `&mut` for every step, so it is used by one thread at a time; moving it between
-    // threads is allowed by the CUDA driver.
-    unsafe impl Send for Graph {}
-
-    impl Graph {
-        pub(super) fn launch(&self) -> Result<()> {
-            self.0.launch().map_err(|e| driver("graph launch", e))
-        }
-    }
-
-    /// Captures what `body` launches on the device's stream. Every buffer `body` allocates must
-    /// be dropped inside it (the graph then frees it itself); results go into buffers that
-    /// existed before.
-    pub(super) fn capture(device: &Device, body: impl FnOnce() -> Result<()>) -> Result<Graph> {
-        let Device::Cuda(dev) = device else {
-            return Err(Error::Internal("a CUDA graph needs a CUDA device".into()));
-        };
-        let stream = dev.cuda_stream();
-        // Relaxed: cuBLAS or the driver may call APIs that global mode forbids during capture.
-        stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED).map_err(|e| driver("begin capture", e))?;
-        let body = body();
-        let graph = stream.end_capture(sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
-        body?;
-        let graph = graph.map_err(|e| driver("end capture", e))?.ok_or_else(|| Error::Internal("CUDA capture recorded nothing".into()))?;
-        graph.upload().map_err(|e| driver("graph upload", e))?;
-        Ok(Graph(graph))
-    }
-
-    /// Copies `values` into the whole of `dst`, a contiguous CUDA buffer of the same dtype.
-    pub(super) fn memcpy_into<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>(dst: &Tensor, values: &[T]) -> Result<()> {
-        let (storage, layout) = dst.storage_and_layout();
-        if layout.start_offset() != 0 || !layout.is_contiguous() || dst.elem_count() != values.len() {
-            return Err(Error::Internal("upload needs a whole, contiguous buffer of the same size".into()));
-        }
-        let Storage::Cuda(cs) = &*storage else {
-            return Err(Error::Internal("upload target is not on a CUDA device".into()));
-        };
-        let slice = cs.as_cuda_slice::<T>()?;
-        let stream = slice.stream();
-        let (ptr, _sync) = slice.device_ptr(stream);
-        // SAFETY: `ptr` addresses `values.len()` elements of `T` (checked above); the copy is
-        // ordered on the stream that every kernel of the step runs on.
-        unsafe { result::memcpy_htod_async(ptr, values, stream.cu_stream()) }.map_err(|e| driver("upload", e))
-    }
-}
+mod cuda;
 
 #[cfg(test)]
 mod tests {
@@ -350,11 +311,11 @@ mod tests {
 
     #[test]
     fn masks_hide_unwritten_slots_and_honour_the_window() {
-        let rows = mask_rows(5, 3, Some(2), 8);
-        let (full, sliding) = rows.split_at(8);
+        let full: Vec<f32> = mask_row(5, 3, None, 8).collect();
+        let sliding: Vec<f32> = mask_row(5, 3, Some(2), 8).collect();
         let seen = |row: &[f32]| row.iter().map(|&v| v == 0.0).collect::<Vec<_>>();
-        assert_eq!(seen(full), [true, true, true, true, true, true, false, false]);
-        assert_eq!(seen(sliding), [false, false, false, false, true, true, false, false]);
+        assert_eq!(seen(&full), [true, true, true, true, true, true, false, false]);
+        assert_eq!(seen(&sliding), [false, false, false, false, true, true, false, false]);
         assert!(full[6].is_infinite() && full[6] < 0.0);
     }
 

@@ -61,10 +61,12 @@ pub struct RaggedRow<'a> {
 
 /// The position of a one-token-per-sequence decode step, held on the device.
 pub struct DevicePositions {
-    /// `[1, head_dim / 2]`: the rotary rows of the position ([`RotaryEmbedding::rows_at`]).
+    /// `[B, 1, head_dim / 2]`: every sequence's rotary row ([`RotaryEmbedding::rows_at`]).
     cos: Tensor,
     sin: Tensor,
-    /// `[B, K, 1, H]` u32: the cache slot, repeated for [`KvCache::write_at`].
+    /// `[B]` u32: every sequence's cache slot.
+    slots: Tensor,
+    /// `[B, K, 1, H]` u32: the slots, repeated for [`KvCache::write_at`].
     kv_index: Tensor,
 }
 
@@ -260,15 +262,18 @@ impl Decoder {
     }
 
     /// One decode step for `tokens: [B]` with everything that changes from step to step read
-    /// from the device: `rope_row: [1]` (the 1-based position id), `kv_index: [B, K, 1, H]` (the
-    /// cache slot, repeated; all u32) and the additive masks over the whole cache, `[1,
+    /// from the device, per sequence: `rope_rows: [B]` (the 1-based position ids), `slots: [B]`
+    /// (the cache slots; all u32) and the additive masks over the whole cache, `[B, 1,
     /// capacity]` for full and for sliding layers. Shapes and addresses are the same at every
-    /// step, so a CUDA graph can replay it. Returns `[B, 1, vocab]`; the caller commits the
-    /// cache position.
-    pub fn forward_at(&self, tokens: &Tensor, rope_row: &Tensor, kv_index: Tensor, masks: [&Tensor; 2], cache: &KvCache) -> Result<Tensor> {
+    /// step, so a CUDA graph can replay it; the sequences may stand at different positions (a
+    /// ragged step, [`crate::decode_step::SlotPool`]). Returns `[B, 1, vocab]`; the caller
+    /// commits the positions.
+    pub fn forward_at(&self, tokens: &Tensor, rope_rows: &Tensor, slots: &Tensor, masks: [&Tensor; 2], cache: &KvCache) -> Result<Tensor> {
         let embeds = self.embed_index(tokens)?.unsqueeze(1)?;
-        let (cos, sin) = self.rope.rows_at(rope_row)?;
-        let at = DevicePositions { cos, sin, kv_index };
+        let (cos, sin) = self.rope.rows_at(rope_rows)?;
+        let [b, k, _, h] = cache.slot_shape();
+        let kv_index = slots.reshape((b, 1, 1, 1))?.broadcast_as((b, k, 1, h))?.contiguous()?;
+        let at = DevicePositions { cos, sin, slots: slots.clone(), kv_index };
         self.run(&embeds, Positions::Device(&at, cache), masks.map(Some), LogitsFor::Last)
     }
 

@@ -50,10 +50,11 @@ impl RotaryEmbedding {
         Self::apply_rows(x, &cos, &sin)
     }
 
-    /// The cos and sin rows, `[1, head_dim / 2]`, for the position id that `row: [1]` (u32)
-    /// holds on the device: looked up once per decode step, shared by every layer.
-    pub fn rows_at(&self, row: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.cos.index_select(row, 0)?, self.sin.index_select(row, 0)?))
+    /// The cos and sin rows, `[B, 1, head_dim / 2]`, for the position ids that `rows: [B]` (u32)
+    /// holds on the device, one per sequence: looked up once per decode step, shared by every
+    /// layer.
+    pub fn rows_at(&self, rows: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.cos.index_select(rows, 0)?.unsqueeze(1)?, self.sin.index_select(rows, 0)?.unsqueeze(1)?))
     }
 
     /// Rotates `x: [B, heads, T, head_dim]` by rows from [`RotaryEmbedding::rows_at`]: the

@@ -30,8 +30,8 @@ impl Rows<'_> {
     }
 }
 
-/// `q: [B, N, T, H]`, `k, v: [B, K, S, H]` (K divides N) and an additive `[T, S]` mask, all f32
-/// on the CPU → `[B, T, N·H]`. `softcap` applies `cap·tanh(·)` to the scores before the mask (q
+/// `q: [B, N, T, H]`, `k, v: [B, K, S, H]` (K divides N) and an additive `[T, S]` mask (or
+/// `[B, T, S]`, one per sequence), all f32 on the CPU → `[B, T, N·H]`. `softcap` applies `cap·tanh(·)` to the scores before the mask (q
 /// already carries `scale / cap`). `None` when the inputs are not f32 CPU tensors with
 /// unit-stride rows, and the caller falls back to candle.
 pub fn attend(
@@ -57,9 +57,13 @@ pub fn attend(
     let group = n / kv;
     let q = q.contiguous()?;
     let mask = mask.map(|m| m.contiguous()).transpose()?;
-    if mask.as_ref().is_some_and(|m| m.dims() != [t, s]) {
-        return Ok(None);
-    }
+    // One `[T, S]` mask for every sequence, or one per sequence, `[B, T, S]`.
+    let per_sequence = match mask.as_ref().map(|m| m.dims()) {
+        None => false,
+        Some(dims) if dims == [t, s] => false,
+        Some(dims) if dims == [b, t, s] => true,
+        Some(_) => return Ok(None),
+    };
     let (q_storage, q_layout) = q.storage_and_layout();
     let (k_storage, k_layout) = k.storage_and_layout();
     let (v_storage, v_layout) = v.storage_and_layout();
@@ -93,7 +97,7 @@ pub fn attend(
     };
     let mask_data = match &mask_guard {
         Some((storage, layout)) => match &**storage {
-            Storage::Cpu(cpu) => Some(&cpu.as_slice::<f32>()?[layout.start_offset()..][..t * s]),
+            Storage::Cpu(cpu) => Some(&cpu.as_slice::<f32>()?[layout.start_offset()..][..if per_sequence { b } else { 1 } * t * s]),
             _ => return Ok(None),
         },
         None => None,
@@ -110,13 +114,14 @@ pub fn attend(
             let k_h = keys.block(bi, head / group, h);
             let v_h = values.block(bi, head / group, h);
             let mut scores = vec![0f32; t * s];
+            let mask_h = mask_data.map(|m| if per_sequence { &m[bi * t * s..][..t * s] } else { m });
             // scores [t, s] = q_h [t, h] · kᵀ, where kᵀ [h, s] is k_h's rows read as columns.
             super::product(&mut scores, (s, 1), q_h, (h, 1), k_h, (1, h), (t, s, h));
             for (row, scores_row) in scores.chunks_exact_mut(s).enumerate() {
                 if let Some(cap) = cap {
                     scores_row.iter_mut().for_each(|x| *x = cap * tanh(*x));
                 }
-                if let Some(m) = mask_data {
+                if let Some(m) = mask_h {
                     scores_row.iter_mut().zip(&m[row * s..][..s]).for_each(|(x, m)| *x += m);
                 }
                 softmax_in_place(scores_row);
@@ -177,7 +182,7 @@ mod tests {
                 s = (s.tanh()? * c)?;
             }
             if let Some(m) = mask {
-                s = s.broadcast_add(m)?;
+                s = if m.rank() == 3 { s.broadcast_add(&m.unsqueeze(1)?)? } else { s.broadcast_add(m)? };
             }
             heads.push(candle_nn::ops::softmax_last_dim(&s)?.matmul(&vh)?);
         }
@@ -196,12 +201,21 @@ mod tests {
         let (k, v) = (k_cache.narrow(2, 0, s)?, v_cache.narrow(2, 0, s)?);
         assert!(!k.is_contiguous());
         let mask = Tensor::new(&[[0f32, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY], [0.0, 0.0, 0.0, f32::NEG_INFINITY], [0.0; 4]], &dev)?;
-        for (m, c) in [(None, None), (Some(&mask), None), (Some(&mask), Some(2.5))] {
+        // One mask per sequence: the second sees only its last key in every row.
+        let last_only = Tensor::new(&[[f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY, 0.0]; 3], &dev)?;
+        let per_sequence = Tensor::stack(&[&mask, &last_only], 0)?;
+        for (m, c) in [(None, None), (Some(&mask), None), (Some(&mask), Some(2.5)), (Some(&per_sequence), Some(2.5))] {
             let ours = attend(&q, &k, &v, m, c)?.expect("f32 CPU inputs qualify");
             let want = reference(&q, &k.contiguous()?, &v.contiguous()?, m, c)?;
             let diff = (ours - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-5, "mask {} cap {c:?}: {diff}", m.is_some());
+            assert!(diff < 1e-5, "mask {:?} cap {c:?}: {diff}", m.map(|m| m.dims().to_vec()));
         }
+        // The second sequence's output is its last value row, per head: its mask was applied.
+        let ours = attend(&q, &k, &v, Some(&per_sequence), None)?.expect("f32 CPU inputs qualify");
+        let last = v.narrow(2, s - 1, 1)?.narrow(0, 1, 1)?.contiguous()?; // [1, kv, 1, h]
+        let want = Tensor::cat(&(0..n).map(|head| last.narrow(1, head / (n / kv), 1)).collect::<candle_core::Result<Vec<_>>>()?, 3)?;
+        let diff = (ours.narrow(0, 1, 1)?.narrow(1, 0, 1)? - want.reshape((1, 1, n * h))?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "the second sequence's own mask: {diff}");
         // Other dtypes are left to candle.
         assert!(attend(&q.to_dtype(DType::F16)?, &k.to_dtype(DType::F16)?, &v.to_dtype(DType::F16)?, None, None)?.is_none());
         Ok(())

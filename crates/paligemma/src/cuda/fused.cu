@@ -96,10 +96,14 @@ __device__ void geglu(const T *gate_up, T *out, int rows, int hidden) {
 // mask row r mod mask_rows: the scores are [B, K, G, T, S] and the mask [T, S]). The capped and
 // masked scores are stored as T (as the reference stores them); the softmax itself is f32.
 template <typename T>
-__device__ void masked_softmax(const T *scores, const T *mask, int has_mask, int mask_rows, T *out, int s, float cap) {
+__device__ void masked_softmax(const T *scores, const T *mask, int has_mask, int mask_rows, int rows_per_sequence,
+                               T *out, int s, float cap) {
   const size_t row = blockIdx.x;
   const T *src = scores + row * s;
-  const T *m = has_mask ? mask + (row % mask_rows) * (size_t)s : nullptr;
+  // Row `row % mask_rows` of the mask's [mask_rows, s] block: the one block, or with
+  // per-sequence masks [B, mask_rows, s] the block of this row's sequence.
+  const size_t block = rows_per_sequence > 0 ? row / rows_per_sequence : 0;
+  const T *m = has_mask ? mask + (block * mask_rows + row % mask_rows) * (size_t)s : nullptr;
   T *dst = out + row * s;
   float top = -INFINITY;
   for (int c = threadIdx.x; c < s; c += blockDim.x) {
@@ -119,7 +123,8 @@ __device__ void masked_softmax(const T *scores, const T *mask, int has_mask, int
 // The fixed-shape decode step's rotary embedding and cache write (crate::decode_step), one block
 // per (sequence, head) of the fused q|k|v projection [B, 1, (n + 2k)·d]: query heads are rotated
 // into q_out [B, n, 1, d]; key heads are rotated, and value heads copied, into the caches
-// [B, k, cap, d] at the slot that slot[0] holds. The rotation is the half-split form of candle and
+// [B, k, cap, d] at the slot that slot[b] holds, with the rotary row cos[b], sin[b] [B, d/2]: in
+// a ragged step every sequence stands at its own position. The rotation is the half-split form of candle and
 // the reference (spec §2.7), each product and the sum stored as T. The caches are written in
 // place, as the scatter this replaces writes them.
 template <typename T>
@@ -127,7 +132,9 @@ __device__ void rope_store(const T *qkv, const T *cos, const T *sin, const uint3
                            T *v_cache, int n, int k, int d, int cap) {
   const int heads = n + 2 * k;
   const int b = blockIdx.x / heads, head = blockIdx.x % heads;
-  const size_t at = slot[0];
+  const size_t at = slot[b];
+  cos += (size_t)b * (d / 2);
+  sin += (size_t)b * (d / 2);
   // The host never asks for a slot past the cache; if it did, nothing is written there.
   if (head >= n && at >= (size_t)cap) return;
   const T *src = qkv + ((size_t)b * heads + head) * d;
@@ -158,8 +165,9 @@ __device__ void rope_store(const T *qkv, const T *cos, const T *sin, const uint3
     geglu<T>(gate_up, out, rows, hidden);                                                               \
   }                                                                                                     \
   extern "C" __global__ void masked_softmax_##SUFFIX(const T *scores, const T *mask, int has_mask,      \
-                                                     int mask_rows, T *out, int s, float cap) {         \
-    masked_softmax<T>(scores, mask, has_mask, mask_rows, out, s, cap);                                  \
+                                                     int mask_rows, int rows_per_sequence, T *out,      \
+                                                     int s, float cap) {                                \
+    masked_softmax<T>(scores, mask, has_mask, mask_rows, rows_per_sequence, out, s, cap);               \
   }                                                                                                     \
   extern "C" __global__ void rope_store_##SUFFIX(const T *qkv, const T *cos, const T *sin,              \
                                                  const uint32_t *slot, T *q_out, T *k_cache,            \

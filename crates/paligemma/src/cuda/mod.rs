@@ -60,7 +60,7 @@ pub(crate) fn geglu(gate_up: &Tensor, hidden: usize) -> Result<Option<Tensor>> {
 }
 
 /// `softmax(cap·tanh(scores) + mask)` over the last dimension; `scores: [B, K, G·T, S]`, `mask:
-/// [T, S]` additive.
+/// [T, S]` or, one per sequence, `[B, T, S]`, additive.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 pub(crate) fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, softcap: Option<f64>) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
@@ -77,10 +77,10 @@ pub(crate) struct RopeStore<'a> {
     pub qkv: &'a Tensor,
     /// `(n, k)`: query heads and key/value heads.
     pub heads: (usize, usize),
-    /// `[1, d / 2]` each: the rotary rows of the position.
+    /// `[B, d / 2]` each: every sequence's rotary row.
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
-    /// u32 on the device; its first element is the cache slot.
+    /// `[B]` u32 on the device: every sequence's cache slot.
     pub slot: &'a Tensor,
     /// `[B, k, capacity, d]` each, written in place.
     pub k_cache: &'a Tensor,

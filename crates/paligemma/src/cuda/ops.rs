@@ -39,8 +39,15 @@ pub(super) fn geglu(gate_up: &Tensor, hidden: usize) -> Result<Option<Tensor>> {
 pub(super) fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, softcap: Option<f64>) -> Result<Option<Tensor>> {
     let s = scores.dim(candle_core::D::Minus1)?;
     let rows = scores.elem_count() / s.max(1);
+    let batch = scores.dims().first().copied().unwrap_or(1);
     let mask_fits = |m: &Tensor| {
-        covered(m) && m.dtype() == scores.dtype() && m.rank() == 2 && m.dim(1).is_ok_and(|w| w == s) && m.dim(0).is_ok_and(|t| t > 0 && rows.is_multiple_of(t))
+        let (t, per_sequence) = match *m.dims() {
+            [t, w] if w == s => (t, false),
+            [b, t, w] if w == s && b == batch => (t, true),
+            _ => return false,
+        };
+        let sequences = if per_sequence { batch } else { 1 };
+        covered(m) && m.dtype() == scores.dtype() && t > 0 && rows.is_multiple_of(t * sequences)
     };
     if !covered(scores) || !mask.is_none_or(mask_fits) {
         return Ok(None);
@@ -59,10 +66,10 @@ pub(super) fn rope_and_store(args: &super::RopeStore) -> Result<Option<Tensor>> 
         && width == (n + 2 * k) * d
         && (cache_b, cache_k) == (b, k)
         && v_cache.shape() == k_cache.shape()
-        && cos.elem_count() == d / 2
-        && sin.elem_count() == d / 2
+        && cos.elem_count() == b * (d / 2)
+        && sin.elem_count() == b * (d / 2)
         && slot.dtype() == DType::U32
-        && slot.elem_count() > 0
+        && slot.elem_count() == b
         && slot.layout().is_contiguous()
         && [qkv, cos, sin, k_cache, v_cache].into_iter().all(same);
     if !fits {
@@ -175,7 +182,13 @@ impl Fused {
             Kernel::MaskedSoftmax { mask, cap } => {
                 let held = mask.as_ref().map(Held::new);
                 let mask_view = held.as_ref().map(Held::view::<T>).transpose()?;
-                let mask_rows = mask.as_ref().map_or(1, |m| m.dims()[0]);
+                // A query row's mask row: `row % t` of its sequence's `[t, s]` block, the block
+                // `row / (rows per sequence)` for per-sequence masks `[B, t, s]`, else the one.
+                let (mask_rows, rows_per_sequence) = match mask.as_ref().map(|m| m.dims().to_vec()).as_deref() {
+                    Some(&[_, t, _]) => (t, rows / shape.dims().first().copied().unwrap_or(1).max(1)),
+                    Some(&[t, _]) => (t, 0),
+                    _ => (1, 0),
+                };
                 // SAFETY: the kernel writes every element.
                 let out = unsafe { dev.alloc::<T>(shape.elem_count())? };
                 let func = dev.get_or_load_custom_func(&format!("masked_softmax_{suffix}"), MODULE, PTX)?;
@@ -183,7 +196,7 @@ impl Fused {
                 b.arg(&input);
                 // Without a mask the kernel never reads this pointer; the scores stand in.
                 b.arg(mask_view.as_ref().unwrap_or(&input));
-                candle_core::builder_arg!(b, i32::from(mask_view.is_some()), mask_rows as i32);
+                candle_core::builder_arg!(b, i32::from(mask_view.is_some()), mask_rows as i32, rows_per_sequence as i32);
                 b.arg(&out);
                 candle_core::builder_arg!(b, width as i32, *cap);
                 let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (block_for(width).min(256), 1, 1), shared_mem_bytes: 0 };

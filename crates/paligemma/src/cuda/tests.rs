@@ -111,16 +111,23 @@ fn masked_softmax_matches_cap_mask_and_softmax() {
     for dtype in DTYPES {
         for (b, kv, g, t, s) in [(1, 1, 8, 1, 320), (2, 4, 2, 5, 1034), (1, 2, 2, 3, 7)] {
             for cap in [None, Some(50.0)] {
-                for masked in [false, true] {
+                // No mask, one `[t, s]` mask, and one per sequence `[b, t, s]` (a ragged step's).
+                for (masked, per_sequence) in [(false, false), (true, false), (true, true)] {
                     let rows = b * kv * g * t;
                     // With the cap the scores stay small, so that cap·tanh spans a few units:
                     // one unit of rounding there (the reference rounds it too) then moves a
                     // probability by a few percent at most.
                     let spread = if cap.is_some() { 0.05 } else { 3.0 };
                     let (scores, sh) = random(&[b, kv, g * t, s], spread, 0.0, dtype, &dev);
-                    // Query i sees keys up to s - t + i (never none), like a causal block.
-                    let mask_h: Vec<f32> = (0..t * s).map(|i| if i % s <= s - t + i / s { 0.0 } else { f32::NEG_INFINITY }).collect();
-                    let mask = Tensor::from_vec(mask_h.clone(), (t, s), &Device::Cpu).unwrap().to_dtype(dtype).unwrap().to_device(&dev).unwrap();
+                    // Query i sees keys up to s - t + i (never none), like a causal block; with a
+                    // mask per sequence, sequence j sees j keys fewer (at least one).
+                    let sequences = if per_sequence { b } else { 1 };
+                    let mask_h: Vec<f32> = (0..sequences * t * s)
+                        .map(|i| (i / (t * s), (i % (t * s)) / s, i % s))
+                        .map(|(j, q, c)| if c <= (s - t + q).saturating_sub(j) { 0.0 } else { f32::NEG_INFINITY })
+                        .collect();
+                    let shape: &[usize] = if per_sequence { &[b, t, s] } else { &[t, s] };
+                    let mask = Tensor::from_vec(mask_h.clone(), shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap().to_device(&dev).unwrap();
                     let probs = masked_softmax(&scores, masked.then_some(&mask), cap).unwrap().expect("fused on CUDA");
                     let mut want = Vec::with_capacity(rows * s);
                     for r in 0..rows {
@@ -128,14 +135,15 @@ fn masked_softmax_matches_cap_mask_and_softmax() {
                             .map(|c| {
                                 let v = sh[r * s + c];
                                 let v = cap.map_or(v, |cap: f64| stored(stored(v.tanh(), dtype) * cap as f32, dtype));
-                                if masked { v + mask_h[(r % t) * s + c] } else { v }
+                                let sequence = if per_sequence { r / (kv * g * t) } else { 0 };
+                                if masked { v + mask_h[(sequence * t + r % t) * s + c] } else { v }
                             })
                             .collect();
                         let top = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                         let sum: f32 = row.iter().map(|v| (v - top).exp()).sum();
                         want.extend(row.iter().map(|v| (v - top).exp() / sum));
                     }
-                    assert_close(&format!("masked_softmax {:?} cap {cap:?} masked {masked}", (b, kv, g, t, s)), dtype, &host(&probs), &want);
+                    assert_close(&format!("masked_softmax {:?} cap {cap:?} masked {masked} per sequence {per_sequence}", (b, kv, g, t, s)), dtype, &host(&probs), &want);
                 }
             }
         }
@@ -146,20 +154,23 @@ fn masked_softmax_matches_cap_mask_and_softmax() {
 fn rope_and_store_rotates_queries_and_writes_only_the_slot() {
     let dev = gpu();
     for dtype in DTYPES {
-        // (batch, query heads, kv heads, head dim, capacity, slot); the last slot is past the
-        // cache, where nothing may be written.
-        for (b, n, k, d, capacity, slot) in [(1, 8, 1, 256, 320, 17), (2, 4, 2, 24, 9, 8), (1, 2, 1, 8, 4, 4)] {
+        // (batch, query heads, kv heads, head dim, capacity, slot); sequence j writes slot
+        // `slot - 2j` with rotary row j (a ragged step); the last slot is past the cache, where
+        // nothing may be written.
+        for (b, n, k, d, capacity, slot) in [(1, 8, 1, 256, 320, 17), (2, 4, 2, 24, 9, 8), (3, 2, 1, 8, 6, 6), (1, 2, 1, 8, 4, 4)] {
             let (qkv, qh) = random(&[b, 1, (n + 2 * k) * d], 1.0, 0.0, dtype, &dev);
-            let (cos, cos_h) = random(&[1, d / 2], 0.5, 0.0, dtype, &dev);
-            let (sin, sin_h) = random(&[1, d / 2], 0.5, 0.0, dtype, &dev);
+            let (cos, cos_h) = random(&[b, 1, d / 2], 0.5, 0.0, dtype, &dev);
+            let (sin, sin_h) = random(&[b, 1, d / 2], 0.5, 0.0, dtype, &dev);
             let k_cache = Tensor::zeros((b, k, capacity, d), dtype, &dev).unwrap();
             let v_cache = Tensor::zeros((b, k, capacity, d), dtype, &dev).unwrap();
-            let slots = Tensor::full(slot as u32, (b, k, 1, d), &dev).unwrap();
+            let slot_of = |j: usize| slot - 2 * j;
+            let slots = Tensor::new((0..b).map(|j| slot_of(j) as u32).collect::<Vec<_>>(), &dev).unwrap();
             let args = RopeStore { qkv: &qkv, heads: (n, k), cos: &cos, sin: &sin, slot: &slots, k_cache: &k_cache, v_cache: &v_cache };
             let q = rope_and_store(&args).unwrap().expect("fused on CUDA");
             assert_eq!(q.dims(), [b, n, 1, d]);
-            let rotate = |head: &[f32]| -> Vec<f32> {
+            let rotate = |bi: usize, head: &[f32]| -> Vec<f32> {
                 let half = d / 2;
+                let (cos_h, sin_h) = (&cos_h[bi * half..], &sin_h[bi * half..]);
                 let mut out = vec![0.0; d];
                 for i in 0..half {
                     let product = |a: f32, b: f32| stored(a * b, dtype);
@@ -169,17 +180,15 @@ fn rope_and_store_rotates_queries_and_writes_only_the_slot() {
                 out
             };
             let head_of = |bi: usize, h: usize| &qh[(bi * (n + 2 * k) + h) * d..(bi * (n + 2 * k) + h + 1) * d];
-            let want_q: Vec<f32> = (0..b).flat_map(|bi| (0..n).flat_map(move |h| rotate(head_of(bi, h)))).collect();
+            let want_q: Vec<f32> = (0..b).flat_map(|bi| (0..n).flat_map(move |h| rotate(bi, head_of(bi, h)))).collect();
             let what = format!("rope_and_store {:?}", (b, n, k, d, capacity, slot));
             assert_close(&format!("{what} q"), dtype, &host(&q), &want_q);
             let (mut want_k, mut want_v) = (vec![0.0; b * k * capacity * d], vec![0.0; b * k * capacity * d]);
-            if slot < capacity {
-                for bi in 0..b {
-                    for j in 0..k {
-                        let at = ((bi * k + j) * capacity + slot) * d;
-                        want_k[at..at + d].copy_from_slice(&rotate(head_of(bi, n + j)));
-                        want_v[at..at + d].copy_from_slice(head_of(bi, n + k + j));
-                    }
+            for bi in (0..b).filter(|&bi| slot_of(bi) < capacity) {
+                for j in 0..k {
+                    let at = ((bi * k + j) * capacity + slot_of(bi)) * d;
+                    want_k[at..at + d].copy_from_slice(&rotate(bi, head_of(bi, n + j)));
+                    want_v[at..at + d].copy_from_slice(head_of(bi, n + k + j));
                 }
             }
             assert_close(&format!("{what} keys"), dtype, &host(&k_cache), &want_k);

@@ -165,7 +165,7 @@ impl SelfAttention {
             }
             Positions::Device(p, cache) => {
                 let (k_all, v_all) = cache.buffers(layer);
-                let fused = RopeStore { qkv: &qkv, heads: (n, k), cos: &p.cos, sin: &p.sin, slot: &p.kv_index, k_cache: k_all, v_cache: v_all };
+                let fused = RopeStore { qkv: &qkv, heads: (n, k), cos: &p.cos, sin: &p.sin, slot: &p.slots, k_cache: k_all, v_cache: v_all };
                 match crate::cuda::rope_and_store(&fused)? {
                     // The query heads only; `q` below takes them all.
                     Some(q) => (q, (k_all.clone(), v_all.clone())),
