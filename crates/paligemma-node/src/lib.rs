@@ -241,6 +241,7 @@ pub fn load_model<'env>(
                 max_batch: options.max_batch.map_or(defaults.max_batch, |n| n as usize),
                 kv_cache_bytes: options.kv_cache_bytes.map_or(defaults.kv_cache_bytes, |b| b.min(usize::MAX as f64) as usize),
                 prefill_stage_share: options.prefill_share.or(defaults.prefill_stage_share),
+                step_mode: defaults.step_mode,
             };
             Ok(Loaded { model, tokenizer, device_fallback: fallback, limits })
         });

@@ -37,12 +37,15 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::generate::{choose, Control, GenerateOutput, GenerateRequest, Timings};
+use crate::decode_step::StepMode;
 use crate::model::{PaliGemma, Session, StagedPrefill};
 use crate::sampler::Sampler;
 
 mod row;
+pub mod slots;
 
 use row::{begin_row, finish_row};
+use slots::SlotPool;
 
 /// What the caller of one batched generation sees: it supplies the request when it is admitted
 /// and receives its tokens and its outcome.
@@ -71,6 +74,11 @@ pub struct BatchLimits {
     /// this multiple of the waiting requests' fair share of a step (`Scheduler::stage_budget`),
     /// and at least one layer. `None` prefills at once.
     pub prefill_stage_share: Option<f64>,
+    /// How the rows' decode steps run when `max_batch` exceeds 1: [`StepMode::Eager`], each row
+    /// on its own cache (the CPU's, bitwise batch-invariant); [`StepMode::Graph`], the rows in
+    /// one cache of slots with a CUDA graph per batch-size bucket ([`slots`]);
+    /// [`StepMode::FixedShapes`], those steps kernel by kernel.
+    pub step_mode: StepMode,
 }
 
 impl BatchLimits {
@@ -78,14 +86,16 @@ impl BatchLimits {
     /// (benches/RESULTS.md, "Continuous batching"): more rows add latency, little throughput;
     /// prefills at once, which gives the most throughput (every request soon decodes in one
     /// batch), at the cost of one prefill between two tokens of the running rows; staged
-    /// prefills trade that back (`prefill_stage_share`, benches/RESULTS.md). CUDA: 1 row, so that every request keeps its captured decode graph;
-    /// ragged steps on a GPU run kernel by kernel until they get graphs of their own. Both with
-    /// a 4 GiB KV budget (PaliGemma-3B: 36 KB a position in f32; PaliGemma 2 3B: 213 KB).
+    /// prefills trade that back (`prefill_stage_share`, benches/RESULTS.md). CUDA: 1 row
+    /// until the slot pool's bucket graphs ([`slots`]) have run on a GPU; a larger `max_batch`
+    /// takes them. Both with a 4 GiB KV budget (PaliGemma-3B: 36 KB a position in f32;
+    /// PaliGemma 2 3B: 213 KB).
     pub fn default_for(device: &candle_core::Device) -> BatchLimits {
         BatchLimits {
             max_batch: if device.is_cuda() { 1 } else { CPU_MAX_BATCH },
             kv_cache_bytes: 4 << 30,
             prefill_stage_share: None,
+            step_mode: if device.is_cuda() { StepMode::Graph } else { StepMode::Eager },
         }
     }
 }
@@ -114,6 +124,10 @@ struct Running<H> {
     kv_bytes: usize,
     timings: Timings,
     decode_started: Instant,
+    /// Its slot in the slot pool, once it has stepped there.
+    slot: Option<usize>,
+    /// Whether a step of the slot pool replayed a CUDA graph for it.
+    graph_replayed: bool,
 }
 
 /// A request whose prefill runs in stages between the running rows' decode steps.
@@ -136,13 +150,15 @@ pub struct Scheduler<H: RowHandler> {
     running: Vec<Running<H>>,
     /// How long the last decode step took: what a prefill stage may take.
     last_step: Duration,
+    /// The rows' cache outside [`StepMode::Eager`], made at the first step.
+    slots: Option<SlotPool>,
 }
 
 impl<H: RowHandler> Scheduler<H> {
     /// An empty scheduler; `max_batch` is raised to 1 if it is 0.
     pub fn new(limits: BatchLimits) -> Self {
         let limits = BatchLimits { max_batch: limits.max_batch.max(1), ..limits };
-        Scheduler { limits, waiting: VecDeque::new(), admitting: None, running: Vec::new(), last_step: Duration::ZERO }
+        Scheduler { limits, waiting: VecDeque::new(), admitting: None, running: Vec::new(), last_step: Duration::ZERO, slots: None }
     }
 
     pub fn limits(&self) -> BatchLimits {
@@ -306,13 +322,19 @@ impl<H: RowHandler> Scheduler<H> {
         let rows = self.running.len();
         let started = Instant::now();
         let tokens: Vec<u32> = self.running.iter().map(|r| r.next).collect();
-        let stepped = match self.running.as_mut_slice() {
-            // A row alone steps as `generate` does (replaying its CUDA graph on a GPU); on the
-            // CPU that is the same arithmetic as a ragged step of one row.
-            [only] => model.step(&mut only.session, only.next).and_then(|l| Ok(l.unsqueeze(0)?)),
-            running => {
-                let mut sessions: Vec<&mut Session> = running.iter_mut().map(|r| &mut r.session).collect();
-                model.step_rows(&mut sessions, &tokens)
+        // With `max_batch` 1 a request steps alone on its own session, in the device's mode
+        // (on CUDA replaying the graph it keeps for later requests of its shape).
+        let stepped = if self.limits.step_mode != StepMode::Eager && self.limits.max_batch > 1 {
+            self.pooled_step(model, &tokens)
+        } else {
+            match self.running.as_mut_slice() {
+                // A row alone steps as `generate` does; on the CPU that is the same arithmetic as
+                // a ragged step of one row.
+                [only] => model.step(&mut only.session, only.next).and_then(|l| Ok(l.unsqueeze(0)?)),
+                running => {
+                    let mut sessions: Vec<&mut Session> = running.iter_mut().map(|r| &mut r.session).collect();
+                    model.step_rows(&mut sessions, &tokens)
+                }
             }
         };
         self.last_step = started.elapsed();
@@ -320,6 +342,7 @@ impl<H: RowHandler> Scheduler<H> {
             Ok(logits) => logits,
             Err(e) => {
                 // A failed step leaves every cache in doubt: the whole batch ends with it.
+                self.slots = None;
                 let message = e.to_string();
                 let code = e.code();
                 for mut row in self.running.drain(..) {
@@ -328,9 +351,11 @@ impl<H: RowHandler> Scheduler<H> {
                 return;
             }
         };
+        let replayed = self.slots.as_ref().is_some_and(SlotPool::last_step_replayed);
         let mut kept = Vec::with_capacity(rows);
         for (i, mut row) in self.running.drain(..).enumerate() {
             row.timings.batch_size = row.timings.batch_size.max(rows);
+            row.graph_replayed |= replayed;
             let chosen = logits.get(i).map_err(Error::from).and_then(|l| choose(&l, &mut row.sampler, &row.history));
             match chosen {
                 Ok(id) => match row.accept(id) {

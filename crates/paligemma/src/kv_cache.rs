@@ -110,6 +110,38 @@ impl KvCache {
         Ok(())
     }
 
+    /// A cache over the first `sequences` sequences of this one: the same buffers, so what one
+    /// writes the other holds (a bucket of a slot pool, [`crate::batching::slots`]).
+    pub(crate) fn first_sequences(&self, sequences: usize) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|c| Ok(LayerCache { k: c.k.narrow(0, 0, sequences)?, v: c.v.narrow(0, 0, sequences)? }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache { layers, len: self.len, capacity: self.capacity })
+    }
+
+    /// Copies positions `0..len` of sequence `from_seq` of `from` (which may be this cache)
+    /// into sequence `to_seq` of this one, in every layer.
+    pub(crate) fn copy_sequence(&self, from: &KvCache, from_seq: usize, to_seq: usize, len: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if from.layers.len() != self.layers.len() || len > self.capacity {
+            return Err(Error::Internal(format!("copying {len} positions of a {}-layer cache into a {}-layer one of {}", from.layers.len(), self.layers.len(), self.capacity)));
+        }
+        for (src, dst) in from.layers.iter().zip(&self.layers) {
+            for (s, d) in [(&src.k, &dst.k), (&src.v, &dst.v)] {
+                let part = s.narrow(0, from_seq, 1)?.narrow(2, 0, len)?;
+                // Through a buffer of its own: a view of `d`'s storage cannot be its source.
+                let staged = Tensor::zeros(part.shape(), part.dtype(), part.device())?;
+                staged.slice_set(&part.contiguous()?, 0, 0)?;
+                d.narrow(0, to_seq, 1)?.slice_set(&staged, 2, 0)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Commits `t` newly written positions.
     pub fn advance(&mut self, t: usize) {
         self.len += t;

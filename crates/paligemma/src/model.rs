@@ -105,6 +105,15 @@ impl Session {
     pub fn graph_error(&self) -> Option<&str> {
         self.fixed.as_ref().and_then(FixedStep::capture_error)
     }
+    /// Tokens `0..prefix_len` form the bidirectional prefix block.
+    pub(crate) fn prefix_len(&self) -> usize {
+        self.prefix_len
+    }
+    /// Hands its cache over (a batch's slot pool copies it into a slot); the session keeps
+    /// an empty one.
+    pub(crate) fn take_cache(&mut self) -> KvCache {
+        std::mem::take(&mut self.cache)
+    }
 }
 
 pub struct PaliGemma {
@@ -189,6 +198,9 @@ impl PaliGemma {
     }
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+    pub(crate) fn decoder(&self) -> &Decoder {
+        &self.decoder
     }
     /// The precision the model was asked for, as `dtype` options spell it (`f32`, `bf16`,
     /// `q8_0`, …): on the CPU `bf16` computes in f32 over bf16 matrices, so [`Self::dtype`]

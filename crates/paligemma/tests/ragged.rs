@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use common::*;
 use paligemma::batching::{BatchLimits, RowHandler, Scheduler};
-use paligemma::{generate, Control, Error, FinishReason, GenerateOutput, GenerateRequest, LoadOptions, PaliGemma, Quantization, SamplingParams};
+use paligemma::{generate, Control, Error, FinishReason, GenerateOutput, GenerateRequest, LoadOptions, PaliGemma, Quantization, SamplingParams, StepMode};
 
 const FIXTURES: [&str; 2] = ["pg1-tiny-a", "pg2-tiny-a"];
 
@@ -192,9 +192,13 @@ fn scheduler_outputs_equal_solo_generation() {
             requests.push(request(p.clone(), px.clone(), 4 + 3 * i, sampling.clone(), sliding));
             requests.push(request(p, px, 9, SamplingParams { temperature: 1.2, seed: 100 + i as u64, ..Default::default() }, sliding));
         }
-        // Prefills at once, in stages of one layer (a share of 0), and in stages of a step's time.
-        for (max_batch, prefill_stage_share) in [(1usize, None), (3, Some(0.0)), (16, None), (16, Some(0.0)), (5, Some(1.0))] {
-            let mut scheduler = Scheduler::new(BatchLimits { max_batch, kv_cache_bytes: usize::MAX, prefill_stage_share });
+        // Prefills at once, in stages of one layer (a share of 0), and in stages of a step's time;
+        // rows on their own caches (the CPU's steps), and in a slot pool with a fixed-shape step
+        // per bucket (a GPU's, there replayed as CUDA graphs; here kernel by kernel).
+        let eager = [(1usize, None), (3, Some(0.0)), (16, None), (16, Some(0.0)), (5, Some(1.0))].map(|(b, s)| (b, s, StepMode::Eager));
+        let pooled = [(2usize, None), (3, Some(0.0)), (16, None), (5, Some(1.0))].map(|(b, s)| (b, s, StepMode::FixedShapes));
+        for (max_batch, prefill_stage_share, step_mode) in eager.into_iter().chain(pooled) {
+            let mut scheduler = Scheduler::new(BatchLimits { max_batch, kv_cache_bytes: usize::MAX, prefill_stage_share, step_mode });
             let mut staged = false;
             let mut seen = Vec::new();
             let mut most_rows = 0;
@@ -217,6 +221,7 @@ fn scheduler_outputs_equal_solo_generation() {
                 staged |= scheduler.is_admitting();
             }
             assert!(most_rows <= max_batch);
+            assert_eq!(scheduler.slot_pool().is_some(), step_mode != StepMode::Eager, "{name}: the rows stepped in a slot pool");
             if prefill_stage_share == Some(0.0) || max_batch == 1 {
                 assert_eq!(staged, max_batch > 1, "{name}: prefills ran in stages between steps");
             }
@@ -234,7 +239,7 @@ fn scheduler_outputs_equal_solo_generation() {
                     if i == 3 && stopped == 2 { Control::Stop } else { Control::Continue }
                 }, &|| false)
                 .unwrap();
-                let what = format!("{name} max_batch={max_batch} share={prefill_stage_share:?} request {i}");
+                let what = format!("{name} max_batch={max_batch} share={prefill_stage_share:?} {step_mode:?} request {i}");
                 match seen.outcome.as_ref().expect("finished") {
                     Ok(out) if i == 4 => panic!("{what}: a cancelled request finished: {out:?}"),
                     Err(e) if i == 4 => {
@@ -263,7 +268,7 @@ fn scheduler_outputs_equal_solo_generation() {
 fn kv_budget_queues_instead_of_failing() {
     let (model, prompt, pixels) = load("pg1-tiny-a");
     let one = paligemma::batching::kv_bytes(&model, prompt.len() + 6);
-    let mut scheduler = Scheduler::new(BatchLimits { max_batch: 8, kv_cache_bytes: one, prefill_stage_share: Some(0.0) });
+    let mut scheduler = Scheduler::new(BatchLimits { max_batch: 8, kv_cache_bytes: one, prefill_stage_share: Some(0.0), step_mode: StepMode::Eager });
     let mut seen = Vec::new();
     let big = request(prompt.clone(), pixels.clone(), 40, SamplingParams::default(), false);
     for r in [request(prompt.clone(), pixels.clone(), 6, SamplingParams::default(), false), big.clone(), request(prompt.clone(), pixels.clone(), 6, SamplingParams::default(), false)] {
@@ -290,7 +295,7 @@ fn kv_budget_queues_instead_of_failing() {
 #[test]
 fn a_request_cancelled_during_its_staged_prefill_leaves_cleanly() {
     let (model, prompt, pixels) = load("pg1-tiny-a");
-    let mut scheduler = Scheduler::new(BatchLimits { max_batch: 4, kv_cache_bytes: usize::MAX, prefill_stage_share: Some(0.0) });
+    let mut scheduler = Scheduler::new(BatchLimits { max_batch: 4, kv_cache_bytes: usize::MAX, prefill_stage_share: Some(0.0), step_mode: StepMode::Eager });
     let long = request(prompt.clone(), pixels.clone(), 12, SamplingParams::default(), false);
     let short = request(prompt.clone(), pixels.clone(), 5, SamplingParams { temperature: 0.8, seed: 3, ..Default::default() }, false);
     let seen: Vec<Rc<RefCell<Seen>>> = (0..3).map(|_| Rc::new(RefCell::new(Seen::default()))).collect();
@@ -311,5 +316,51 @@ fn a_request_cancelled_during_its_staged_prefill_leaves_cleanly() {
     for (i, r) in [(0, &long), (2, &short)] {
         let alone = generate(&model, r, &mut |_| Control::Continue, &|| false).unwrap();
         assert_eq!(outcome(i).unwrap().token_ids, alone.token_ids, "request {i}");
+    }
+}
+
+/// The slot pool that a GPU's batches step in (CUDA graphs per bucket; here the same steps
+/// kernel by kernel): a row leaving first moves the one behind it down a slot, and a longer
+/// request joining later grows every slot; each request still decodes its solo tokens.
+#[test]
+fn a_slot_pool_compacts_and_grows_without_changing_outputs() {
+    use paligemma::batching::slots::{bucket_for, BUCKETS};
+    assert_eq!(BUCKETS.map(bucket_for), BUCKETS);
+    assert_eq!((bucket_for(3), bucket_for(9), bucket_for(33)), (4, 16, 33));
+    for name in FIXTURES {
+        let (model, prompt, pixels) = load(name);
+        let sliding = name == "pg2-tiny-a";
+        let mirrored: Vec<f32> = pixels.iter().rev().copied().collect();
+        let requests = [
+            request(prompt.clone(), pixels.clone(), 3, SamplingParams::default(), sliding),
+            request(prompt.clone(), mirrored.clone(), 12, SamplingParams { temperature: 0.9, seed: 5, ..Default::default() }, sliding),
+            request(prompt.clone(), mirrored, 70, SamplingParams::default(), sliding),
+        ];
+        let mut scheduler = Scheduler::new(BatchLimits { max_batch: 3, kv_cache_bytes: usize::MAX, prefill_stage_share: None, step_mode: StepMode::FixedShapes });
+        let seen: Vec<Rc<RefCell<Seen>>> = (0..3).map(|_| Rc::new(RefCell::new(Seen::default()))).collect();
+        let row = |i: usize| TestRow { request: requests[i].clone(), seen: seen[i].clone(), stop_after: None, cancel_after: None, cancel_once_prepared: false, prepared: false };
+        scheduler.submit(row(0));
+        scheduler.submit(row(1));
+        scheduler.step(&model);
+        scheduler.step(&model);
+        let first = scheduler.slot_pool().map(|p| (p.slots(), p.capacity())).expect("the rows step in a slot pool");
+        assert_eq!(first, (4, 64), "{name}: the bucket of max_batch 3, the longest row rounded up");
+        scheduler.submit(row(2));
+        let mut most_rows = 0;
+        while !scheduler.is_idle() {
+            scheduler.step(&model);
+            most_rows = most_rows.max(scheduler.running());
+        }
+        assert!(most_rows >= 2, "{name}: the long request shared steps");
+        let pool = scheduler.slot_pool().expect("kept for later requests");
+        assert!(pool.capacity() >= prompt.len() + 70 && pool.capacity() % 64 == 0, "{name}: grew to {}", pool.capacity());
+        assert_eq!(pool.captured(), 0, "no graphs off CUDA");
+        for (i, r) in requests.iter().enumerate() {
+            let alone = generate(&model, r, &mut |_| Control::Continue, &|| false).unwrap();
+            let seen = seen[i].borrow();
+            let Some(Ok(out)) = seen.outcome.as_ref() else { panic!("{name} request {i}: {:?}", seen.outcome) };
+            assert_eq!(out.token_ids, alone.token_ids, "{name} request {i}");
+            assert_eq!(out.token_ids.len(), r.max_new_tokens);
+        }
     }
 }

@@ -66,7 +66,7 @@ pub(super) fn finish_row<H: RowHandler>(model: &PaliGemma, mut admitting: Box<Ad
         ..Default::default()
     };
     let eos = if request.ignore_eos { Vec::new() } else { model.config().eos_token_ids.clone() };
-    let mut row = Running { handler, session, sampler, request, history, token_ids: Vec::new(), eos, next: 0, kv_bytes, timings, decode_started: Instant::now() };
+    let mut row = Running { handler, session, sampler, request, history, token_ids: Vec::new(), eos, next: 0, kv_bytes, timings, decode_started: Instant::now(), slot: None, graph_replayed: false };
     Ok(match first {
         Ok(id) => match row.accept(id) {
             Some(reason) => {
@@ -106,7 +106,7 @@ impl<H: RowHandler> Running<H> {
         let mut timings = std::mem::take(&mut self.timings);
         timings.decode_ms = self.decode_started.elapsed().as_secs_f64() * 1e3;
         timings.generated_tokens = self.token_ids.len();
-        timings.decode_graph = self.session.graph_captured();
+        timings.decode_graph = self.session.graph_captured() || self.graph_replayed;
         let output = GenerateOutput { token_ids: std::mem::take(&mut self.token_ids), finish_reason: reason, timings };
         // The cache is freed before the caller hears of the end.
         drop(self.session);
