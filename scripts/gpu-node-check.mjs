@@ -10,8 +10,9 @@
 // child with no visible GPU: auto falls back with a warning that says why, 'cuda' is
 // ERR_DEVICE_UNAVAILABLE. With the random real-size checkpoint of the GPU check present
 // (CKPT_DIR), it also times generation through the API, which on the GPU must replay decode
-// graphs (API_TIMING_DIR names another model to time). Prints one JSON line per check and
-// exits 1 if any failed.
+// graphs (API_TIMING_DIR names another model to time), and 8 concurrent requests against one.
+// Continuous batching: requests of different lengths in one batch give their solo greedy ids.
+// Prints one JSON line per check and exits 1 if any failed.
 import { execFileSync } from 'node:child_process'
 import { appendFileSync, existsSync, readFileSync } from 'node:fs'
 import { basename, join } from 'node:path'
@@ -156,6 +157,44 @@ for (const name of FIXTURES) {
     await Promise.all(models.map((m) => m.dispose()))
     return { ok: same(a.tokenIds, b.tokenIds) && a.text === b.text, ids: a.tokenIds, cpuIds: b.tokenIds, text: a.text }
   })
+
+  // Continuous batching on the device: requests of different lengths joining and leaving one
+  // batch (on CUDA a pool of KV slots, a graph per batch-size bucket) decode the greedy ids
+  // each decodes alone.
+  await step(`${name} batched`, async () => {
+    const [solo, batched] = await Promise.all([PaliGemma.load(f.dir, { device: expected }), PaliGemma.load(f.dir, { device: expected, maxBatch: 4 })])
+    const mirrored = f.pixelValues.slice().reverse()
+    const n = f.generatedIds.length
+    const requests = [n, 3, n + 4, 5, 2, n].map((maxNewTokens, i) => ({ ...request, pixelValues: i % 2 ? mirrored : f.pixelValues, maxNewTokens }))
+    const alone = []
+    for (const r of requests) alone.push((await solo.generate(r)).tokenIds)
+    const together = await Promise.all(requests.map((r) => batched.generate(r)))
+    await Promise.all([solo.dispose(), batched.dispose()])
+    const shared = Math.max(...together.map((o) => o.timings.batchSize))
+    const replayed = together.some((o) => o.timings.decodeGraph)
+    return {
+      ok: together.every((o, i) => same(o.tokenIds, alone[i])) && shared > 1 && replayed === (expected === 'cuda'),
+      mismatched: together.flatMap((o, i) => (same(o.tokenIds, alone[i]) ? [] : [{ request: i, ids: o.tokenIds, alone: alone[i] }])),
+      batchSize: shared,
+      decodeGraph: replayed,
+    }
+  })
+}
+
+/** Aggregate decode rate of `streams` concurrent requests against one, on a real-size checkpoint. */
+async function timeBatched(dir, streams, newTokens = 32) {
+  const model = await PaliGemma.load(dir, { device: 'auto', maxBatch: streams })
+  const request = { inputIds: promptIds(model.info), pixelValues: pixels(model.info.imageSize), maxNewTokens: newTokens }
+  const rate = async (count) => {
+    const started = performance.now()
+    const outs = await Promise.all(Array.from({ length: count }, () => model.generate(request)))
+    return { tokS: (count * newTokens * 1000) / (performance.now() - started), graph: outs.every((o) => o.timings.decodeGraph) }
+  }
+  await rate(streams) // warm-up: every bucket's graph on the way up
+  const one = await rate(1)
+  const many = await rate(streams)
+  await model.dispose()
+  return { streams, oneTokS: one.tokS, manyTokS: many.tokS, ratio: many.tokS / one.tokS, decodeGraph: one.graph && many.graph }
 }
 
 if (addon.cuda) {
@@ -174,12 +213,24 @@ if ((expected === 'cuda' || process.env.API_TIMING_DIR) && existsSync(join(timed
     // On the GPU every measured run must have replayed its decode steps from a graph.
     return { ok: timings.decodeGraph === (expected === 'cuda'), ...timings }
   })
+  await step(`${basename(timed)} b8 API`, async () => {
+    // Wall time per request, prefills included: a lower bound on the decode-only ratio.
+    const batched = await timeBatched(timed, 8)
+    return { ok: batched.decodeGraph === (expected === 'cuda') && batched.ratio > 1, ...batched }
+  })
 }
 
 const failed = rows.filter((r) => !r.ok)
 console.log(`\n${'check'.padEnd(28)} result`)
 for (const r of rows) {
-  const detail = 'ttftMs' in r ? `TTFT ${r.ttftMs.toFixed(1)} ms, decode ${r.decodeMsPerToken.toFixed(2)} ms/token, graph ${r.decodeGraph}` : r.ok ? 'ok' : 'FAILED'
+  const detail =
+    'ttftMs' in r
+      ? `TTFT ${r.ttftMs.toFixed(1)} ms, decode ${r.decodeMsPerToken.toFixed(2)} ms/token, graph ${r.decodeGraph}`
+      : 'manyTokS' in r
+        ? `${r.streams} streams ${r.manyTokS.toFixed(0)} tok/s against 1 stream ${r.oneTokS.toFixed(0)} (${r.ratio.toFixed(2)}x), graph ${r.decodeGraph}`
+        : r.ok
+          ? 'ok'
+          : 'FAILED'
   console.log(`${r.name.padEnd(28)} ${detail}`)
 }
 process.exit(failed.length === 0 ? 0 : 1)
