@@ -190,9 +190,15 @@ impl<H: RowHandler> Scheduler<H> {
         self.running.is_empty() && self.admitting.is_none() && self.waiting.is_empty()
     }
 
-    /// KV bytes the running rows, and a request being admitted, hold.
+    /// KV bytes the running rows (or their slot pool), and a request being admitted, hold.
     pub fn kv_bytes(&self) -> usize {
-        self.running.iter().map(|r| r.kv_bytes).sum::<usize>() + self.admitting.as_ref().map_or(0, |a| a.kv_bytes)
+        let unseated = self.running.iter().filter(|r| r.slot.is_none()).map(|r| r.kv_bytes).sum::<usize>();
+        self.slots.as_ref().map_or(0, SlotPool::bytes) + unseated + self.admitting.as_ref().map_or(0, |a| a.kv_bytes)
+    }
+
+    /// Whether the rows step in a slot pool ([`BatchLimits::step_mode`]).
+    fn pooled(&self) -> bool {
+        self.limits.step_mode != StepMode::Eager && self.limits.max_batch > 1
     }
 
     /// One step boundary: cancellations, an admission (a whole prefill, or one stage of it
@@ -300,7 +306,13 @@ impl<H: RowHandler> Scheduler<H> {
                 },
             };
             let kv_bytes = kv_bytes(model, request.input_ids.len() + request.max_new_tokens);
-            let fits = self.kv_bytes().saturating_add(kv_bytes) <= self.limits.kv_cache_bytes;
+            let fits = if self.pooled() {
+                let positions = |r: &GenerateRequest| r.input_ids.len() + r.max_new_tokens;
+                let longest = self.running.iter().map(|r| positions(&r.request)).chain([positions(&request)]).max().unwrap_or(1);
+                self.running.len() < slots::rows_within(model, &self.limits, longest)
+            } else {
+                self.kv_bytes().saturating_add(kv_bytes) <= self.limits.kv_cache_bytes
+            };
             if !fits && !self.running.is_empty() {
                 // FIFO: it waits at the front, prepared, until enough rows have left.
                 front.request = Some(request);
@@ -324,7 +336,7 @@ impl<H: RowHandler> Scheduler<H> {
         let tokens: Vec<u32> = self.running.iter().map(|r| r.next).collect();
         // With `max_batch` 1 a request steps alone on its own session, in the device's mode
         // (on CUDA replaying the graph it keeps for later requests of its shape).
-        let stepped = if self.limits.step_mode != StepMode::Eager && self.limits.max_batch > 1 {
+        let stepped = if self.pooled() {
             self.pooled_step(model, &tokens)
         } else {
             match self.running.as_mut_slice() {

@@ -364,3 +364,31 @@ fn a_slot_pool_compacts_and_grows_without_changing_outputs() {
         }
     }
 }
+
+/// A KV budget of two slots: the pool seats two rows, the other requests wait their turn, and
+/// every request still decodes its solo tokens.
+#[test]
+fn a_slot_pool_seats_what_the_kv_budget_holds() {
+    let (model, prompt, pixels) = load("pg1-tiny-a");
+    assert!(prompt.len() + 10 <= 64, "every request fits one 64-position slot");
+    let budget = 2 * paligemma::batching::kv_bytes(&model, 64);
+    let mut scheduler = Scheduler::new(BatchLimits { max_batch: 8, kv_cache_bytes: budget, prefill_stage_share: None, step_mode: StepMode::FixedShapes });
+    let requests: Vec<GenerateRequest> = (0..5).map(|i| request(prompt.clone(), pixels.clone(), 4 + i, SamplingParams::default(), false)).collect();
+    let seen: Vec<Rc<RefCell<Seen>>> = (0..5).map(|_| Rc::new(RefCell::new(Seen::default()))).collect();
+    for (r, s) in requests.iter().zip(&seen) {
+        scheduler.submit(TestRow { request: r.clone(), seen: s.clone(), stop_after: None, cancel_after: None, cancel_once_prepared: false, prepared: false });
+    }
+    let mut most_rows = 0;
+    while !scheduler.is_idle() {
+        scheduler.step(&model);
+        most_rows = most_rows.max(scheduler.running());
+        assert!(scheduler.kv_bytes() <= budget, "{} bytes of KV against a budget of {budget}", scheduler.kv_bytes());
+    }
+    assert_eq!(most_rows, 2, "the budget seats two rows");
+    assert_eq!(scheduler.slot_pool().map(|p| p.slots()), Some(2));
+    for (r, s) in requests.iter().zip(&seen) {
+        let alone = generate(&model, r, &mut |_| Control::Continue, &|| false).unwrap();
+        let Some(Ok(out)) = s.borrow().outcome.clone() else { panic!("{:?}", s.borrow().outcome) };
+        assert_eq!(out.token_ids, alone.token_ids);
+    }
+}

@@ -16,6 +16,9 @@
 //!   [`CAPACITY_STEP`]; a longer request grows the pool by half again (its graphs are then
 //!   captured anew). Attention spans the whole capacity with the unused positions masked, so a
 //!   tight capacity is a fast step.
+//! - **Budget**: the pool has as many slots as the KV budget holds at that capacity, up to
+//!   `max_batch`'s bucket ([`rows_within`]); a request is admitted only while the running rows
+//!   and it fit, and waits (FIFO) otherwise. One larger than the whole budget runs alone.
 //!
 //! Off CUDA the same steps run kernel by kernel ([`StepMode::FixedShapes`]); the tests compare
 //! them with the eager ragged step.
@@ -105,10 +108,6 @@ impl SlotPool {
         if rows.len() != tokens.len() || rows.is_empty() || rows.len() > self.slots() {
             return Err(Error::Internal(format!("a pooled step of {} rows and {} tokens on {} slots", rows.len(), tokens.len(), self.slots())));
         }
-        let needed = rows.iter().map(|r| r.positions).max().unwrap_or(1);
-        if needed > self.capacity() {
-            self.grow(model, needed.max(self.capacity() + self.capacity() / 2))?;
-        }
         self.settle(rows)?;
         let m = rows.len();
         let bucket = bucket_for(m).min(self.slots());
@@ -178,38 +177,71 @@ impl SlotPool {
         Ok(())
     }
 
-    /// Re-creates the pool with room for `positions`, keeping every row's positions; the
-    /// captured graphs go with the old buffers.
-    fn grow(&mut self, model: &PaliGemma, positions: usize) -> Result<()> {
-        let mut grown = SlotPool::new(model, self.slots(), positions, self.mode)?;
-        for (slot, occupant) in self.occupants.iter().enumerate() {
-            if let Some(o) = occupant {
-                grown.cache.copy_sequence(&self.cache, slot, slot, o.len)?;
-            }
+    /// A pool of `slots` × `positions` holding the seated rows' positions, moved down to slots
+    /// `0..` in order; the captured graphs go with the old buffers.
+    fn rebuilt(self, model: &PaliGemma, rows: &mut [PooledRow], slots: usize, positions: usize) -> Result<SlotPool> {
+        let mut pool = SlotPool::new(model, slots, positions, self.mode)?;
+        let mut seated: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].slot.is_some()).collect();
+        seated.sort_by_key(|&i| *rows[i].slot);
+        for (next, i) in seated.into_iter().enumerate() {
+            let from = rows[i].slot.unwrap_or(next);
+            let occupant = self.occupants[from].ok_or_else(|| Error::Internal(format!("slot {from} is empty")))?;
+            pool.cache.copy_sequence(&self.cache, from, next, occupant.len)?;
+            pool.occupants[next] = Some(occupant);
+            *rows[i].slot = Some(next);
         }
-        grown.occupants = self.occupants.clone();
-        *self = grown;
-        Ok(())
+        Ok(pool)
     }
 }
 
+/// Bytes of KV cache one slot of `positions` positions holds.
+fn slot_bytes(model: &PaliGemma, positions: usize) -> usize {
+    super::kv_bytes(model, positions.max(1).div_ceil(CAPACITY_STEP) * CAPACITY_STEP)
+}
+
+/// The most rows a pool whose slots hold `positions` may seat within the KV budget: a bucket
+/// up to `max_batch`'s, at least 1 (a request larger than the whole budget still runs alone).
+pub(super) fn rows_within(model: &PaliGemma, limits: &super::BatchLimits, positions: usize) -> usize {
+    let most = limits.kv_cache_bytes / slot_bytes(model, positions).max(1);
+    let top = bucket_for(limits.max_batch);
+    BUCKETS.iter().copied().chain([top]).filter(|&b| b <= top && b <= most).max().unwrap_or(1)
+}
+
+/// The slots and positions of a pool for `rows` rows reaching `longest` positions: a grown
+/// pool takes half again its old capacity where the budget still seats the rows, else the
+/// exact need.
+fn pool_shape(model: &PaliGemma, limits: &super::BatchLimits, rows: usize, longest: usize, old_capacity: Option<usize>) -> (usize, usize) {
+    let generous = old_capacity.map_or(longest, |c| longest.max(c + c / 2));
+    for positions in [generous, longest] {
+        let slots = rows_within(model, limits, positions);
+        if slots >= rows {
+            return (slots, positions);
+        }
+    }
+    (bucket_for(rows), longest)
+}
+
 impl<H: RowHandler> Scheduler<H> {
-    /// A step of the running rows in the slot pool, made at the first for the `max_batch`
-    /// bucket and the longest row.
+    /// A step of the running rows in the slot pool: made at the first, re-made when a row
+    /// needs more positions or seats than it has, within the KV budget ([`rows_within`]).
     pub(super) fn pooled_step(&mut self, model: &PaliGemma, tokens: &[u32]) -> Result<candle_core::Tensor> {
         let mut rows: Vec<PooledRow> = self
             .running
             .iter_mut()
             .map(|r| PooledRow { slot: &mut r.slot, session: &mut r.session, positions: r.request.input_ids.len() + r.request.max_new_tokens })
             .collect();
-        let pool = match &mut self.slots {
-            Some(pool) => pool,
-            None => {
-                let longest = rows.iter().map(|r| r.positions).max().unwrap_or(1);
-                self.slots.insert(SlotPool::new(model, bucket_for(self.limits.max_batch), longest, self.limits.step_mode)?)
-            }
-        };
-        pool.step(model, &mut rows, tokens)
+        let longest = rows.iter().map(|r| r.positions).max().unwrap_or(1);
+        if !self.slots.as_ref().is_some_and(|p| p.slots() >= rows.len() && p.capacity() >= longest) {
+            let (slots, positions) = pool_shape(model, &self.limits, rows.len(), longest, self.slots.as_ref().map(SlotPool::capacity));
+            self.slots = Some(match self.slots.take() {
+                Some(old) => old.rebuilt(model, &mut rows, slots, positions)?,
+                None => SlotPool::new(model, slots, positions, self.limits.step_mode)?,
+            });
+        }
+        match self.slots.as_mut() {
+            Some(pool) => pool.step(model, &mut rows, tokens),
+            None => Err(Error::Internal("no slot pool".into())),
+        }
     }
 
     /// The slot pool, where the rows step in one (outside [`StepMode::Eager`]).
