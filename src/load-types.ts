@@ -65,14 +65,17 @@ export interface LoadOptions {
    * `stream` and task calls on one model form a continuous batch: a waiting request joins at
    * the next step, after its own prefill, and leaves as soon as it ends. Default: 16 on the CPU
    * (where each request's tokens and logits are then bitwise those it gets alone, in f32), 1 on
-   * CUDA (every request keeps its captured decode graph; larger batches run on CUDA kernel by
-   * kernel). See docs/guarantees.md, "Batching".
+   * CUDA (every request replays its own captured decode graph). A larger value on CUDA steps the
+   * requests in a pool of KV slots with a graph per batch-size bucket, a path not yet run on a
+   * GPU. See docs/guarantees.md, "Batching".
    */
   maxBatch?: number
   /**
    * Bytes of KV cache the running generations may hold together (an integer ≥ 1). A request
    * whose cache (`prompt + maxNewTokens` positions) does not fit beside the running ones waits,
-   * in order; one larger than the whole budget runs when nothing else does. Default: 4 GiB.
+   * in order; one larger than the whole budget runs when nothing else does. On CUDA with
+   * `maxBatch` above 1 it sizes the slot pool: as many slots as fit at the longest request's
+   * length. Default: 4 GiB.
    */
   kvCacheBytes?: number
   /**
