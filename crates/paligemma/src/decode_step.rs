@@ -67,7 +67,7 @@ pub(crate) struct RowPosition {
 }
 
 /// The device buffers of one fixed-shape decode step: a session's, or one batch-size bucket
-/// of a [`SlotPool`].
+/// of a [`crate::batching::slots::SlotPool`].
 pub(crate) struct FixedStep {
     /// `[3B]` u32: the tokens, then every sequence's cache slot, then its rotary row.
     inputs: Tensor,

@@ -266,7 +266,7 @@ impl Decoder {
     /// (the cache slots; all u32) and the additive masks over the whole cache, `[B, 1,
     /// capacity]` for full and for sliding layers. Shapes and addresses are the same at every
     /// step, so a CUDA graph can replay it; the sequences may stand at different positions (a
-    /// ragged step, [`crate::decode_step::SlotPool`]). Returns `[B, 1, vocab]`; the caller
+    /// ragged step, [`crate::batching::slots::SlotPool`]). Returns `[B, 1, vocab]`; the caller
     /// commits the positions.
     pub fn forward_at(&self, tokens: &Tensor, rope_rows: &Tensor, slots: &Tensor, masks: [&Tensor; 2], cache: &KvCache) -> Result<Tensor> {
         let embeds = self.embed_index(tokens)?.unsqueeze(1)?;

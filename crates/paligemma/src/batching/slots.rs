@@ -4,7 +4,7 @@
 //! rows each own a cache of their own size (the eager ragged step, [`crate::batching`]) cannot
 //! be captured. Here the running rows live in one cache of `slots` sequences × `capacity`
 //! positions, like llama.cpp's server slots; row `i` of a step is slot `i`, at its own position
-//! with its own masks ([`FixedStep::step_rows`]). A step of `m` rows runs the graph of the
+//! with its own masks (`FixedStep::step_rows`). A step of `m` rows runs the graph of the
 //! smallest bucket (1, 2, 4, 8, 16, 32) that holds them, over the first `bucket` slots, the
 //! spare ones padded; so a batch has at most six graphs, each captured once.
 //!
@@ -17,7 +17,7 @@
 //!   captured anew). Attention spans the whole capacity with the unused positions masked, so a
 //!   tight capacity is a fast step.
 //! - **Budget**: the pool has as many slots as the KV budget holds at that capacity, up to
-//!   `max_batch`'s bucket ([`rows_within`]); a request is admitted only while the running rows
+//!   `max_batch`'s bucket (`rows_within`); a request is admitted only while the running rows
 //!   and it fit, and waits (FIFO) otherwise. One larger than the whole budget runs alone.
 //!
 //! Off CUDA the same steps run kernel by kernel ([`StepMode::FixedShapes`]); the tests compare
