@@ -2,7 +2,7 @@
 //!
 //! The data path, one module per stage: [`image`] (bytes → pixels) → [`prompt`] (text → token
 //! ids) → [`vision`] (SigLIP) → [`model`] (projector, embedding merge) → [`decoder`] (Gemma /
-//! Gemma 2, [`attention`], [`kv_cache`], [`rotary`]) → logits → [`sampler`] → [`generate`] (the
+//! Gemma 2, [`attention`], [`kv_cache`], [`rotary`]) → logits → [`sampler`] → [`generate`](mod@generate) (the
 //! loop) → text. [`config`] and [`weights`] describe and load a checkpoint, on the device and in
 //! the precision that [`device`] chooses; [`convert`] turns Google's big_vision `.npz` files into
 //! the Hugging Face layout. [`cpu`] and `cuda` hold the hand-written kernels that stand in for
