@@ -44,7 +44,7 @@ use crate::sampler::Sampler;
 mod row;
 pub mod slots;
 
-use row::{begin_row, finish_row};
+use row::{begin_row, finish_row, positions};
 use slots::SlotPool;
 
 /// What the caller of one batched generation sees: it supplies the request when it is admitted
@@ -305,9 +305,8 @@ impl<H: RowHandler> Scheduler<H> {
                     }
                 },
             };
-            let kv_bytes = kv_bytes(model, request.input_ids.len() + request.max_new_tokens);
+            let kv_bytes = kv_bytes(model, positions(&request));
             let fits = if self.pooled() {
-                let positions = |r: &GenerateRequest| r.input_ids.len() + r.max_new_tokens;
                 let longest = self.running.iter().map(|r| positions(&r.request)).chain([positions(&request)]).max().unwrap_or(1);
                 self.running.len() < slots::rows_within(model, &self.limits, longest)
             } else {

@@ -9,6 +9,11 @@ use crate::generate::{choose, Control, FinishReason, GenerateOutput, GenerateReq
 use crate::model::PaliGemma;
 use crate::sampler::Sampler;
 
+/// The positions a request's cache needs: its prompt and every token it may generate.
+pub(super) fn positions(request: &GenerateRequest) -> usize {
+    request.input_ids.len() + request.max_new_tokens
+}
+
 /// Checks a request and starts its prefill (the image's patch embeddings); `None` when it
 /// already ended (its handler has heard why).
 pub(super) fn begin_row<H: RowHandler>(model: &PaliGemma, mut handler: H, request: GenerateRequest, kv_bytes: usize, queue_ms: f64, ragged: bool) -> Option<Box<Admitting<H>>> {
@@ -19,7 +24,7 @@ pub(super) fn begin_row<H: RowHandler>(model: &PaliGemma, mut handler: H, reques
         }
         let sampler = Sampler::new(request.sampling.clone())?;
         model.check_input_ids(&request.input_ids)?;
-        let mut session = model.new_row_session(request.input_ids.len() + request.max_new_tokens, request.sliding_window, ragged)?;
+        let mut session = model.new_row_session(positions(&request), request.sliding_window, ragged)?;
         let staged = model.begin_prefill(&mut session, &request.input_ids, &request.pixel_values)?;
         Ok((session, staged, sampler))
     })();

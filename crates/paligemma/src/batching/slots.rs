@@ -151,27 +151,13 @@ impl SlotPool {
     /// Frees the slots of rows that left, moves the rows behind them down so that the rows
     /// fill slots `0..m` in order, and gives joining rows the next slots.
     fn settle(&mut self, rows: &mut [PooledRow]) -> Result<()> {
-        let mut seated: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].slot.is_some()).collect();
-        seated.sort_by_key(|&i| *rows[i].slot);
-        let mut kept = vec![None; self.slots()];
-        let mut next = 0;
-        for i in seated {
-            let from = rows[i].slot.unwrap_or(next);
-            let occupant = self.occupants[from].ok_or_else(|| Error::Internal(format!("slot {from} is empty")))?;
-            if from != next {
-                // Ascending: `next` belonged to a row that left or has already moved down.
-                self.cache.copy_sequence(&self.cache, from, next, occupant.len)?;
-            }
-            kept[next] = Some(occupant);
-            *rows[i].slot = Some(next);
-            next += 1;
-        }
-        for row in rows.iter_mut().filter(|r| r.slot.is_none()) {
+        let mut kept = seat_in_order(rows, &self.cache, &self.occupants, &self.cache, self.slots())?;
+        let seated = kept.iter().filter(|o| o.is_some()).count();
+        for (next, row) in (seated..).zip(rows.iter_mut().filter(|r| r.slot.is_none())) {
             let cache = row.session.take_cache();
             self.cache.copy_sequence(&cache, 0, next, cache.len())?;
             kept[next] = Some(Occupant { len: cache.len(), prefix_len: row.session.prefix_len(), sliding: row.session.sliding_window });
             *row.slot = Some(next);
-            next += 1;
         }
         self.occupants = kept;
         Ok(())
@@ -181,17 +167,29 @@ impl SlotPool {
     /// `0..` in order; the captured graphs go with the old buffers.
     fn rebuilt(self, model: &PaliGemma, rows: &mut [PooledRow], slots: usize, positions: usize) -> Result<SlotPool> {
         let mut pool = SlotPool::new(model, slots, positions, self.mode)?;
-        let mut seated: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].slot.is_some()).collect();
-        seated.sort_by_key(|&i| *rows[i].slot);
-        for (next, i) in seated.into_iter().enumerate() {
-            let from = rows[i].slot.unwrap_or(next);
-            let occupant = self.occupants[from].ok_or_else(|| Error::Internal(format!("slot {from} is empty")))?;
-            pool.cache.copy_sequence(&self.cache, from, next, occupant.len)?;
-            pool.occupants[next] = Some(occupant);
-            *rows[i].slot = Some(next);
-        }
+        pool.occupants = seat_in_order(rows, &self.cache, &self.occupants, &pool.cache, slots)?;
         Ok(pool)
     }
+}
+
+/// Copies the seated rows' positions, in slot order, from `source` to slots `0..` of `target`
+/// (which may be `source`: moving down in ascending order, a slot written belonged to a row
+/// that left or has already moved), renumbers the rows, and returns the target's occupants.
+fn seat_in_order(rows: &mut [PooledRow], source: &KvCache, occupants: &[Option<Occupant>], target: &KvCache, slots: usize) -> Result<Vec<Option<Occupant>>> {
+    let mut seated: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].slot.is_some()).collect();
+    seated.sort_by_key(|&i| *rows[i].slot);
+    let in_place = std::ptr::eq(source, target);
+    let mut kept = vec![None; slots];
+    for (next, i) in seated.into_iter().enumerate() {
+        let from = rows[i].slot.unwrap_or(next);
+        let occupant = occupants.get(from).copied().flatten().ok_or_else(|| Error::Internal(format!("slot {from} is empty")))?;
+        if !(in_place && from == next) {
+            target.copy_sequence(source, from, next, occupant.len)?;
+        }
+        *kept.get_mut(next).ok_or_else(|| Error::Internal(format!("{} seated rows on {slots} slots", next + 1)))? = Some(occupant);
+        *rows[i].slot = Some(next);
+    }
+    Ok(kept)
 }
 
 /// Bytes of KV cache one slot of `positions` positions holds.
@@ -228,7 +226,7 @@ impl<H: RowHandler> Scheduler<H> {
         let mut rows: Vec<PooledRow> = self
             .running
             .iter_mut()
-            .map(|r| PooledRow { slot: &mut r.slot, session: &mut r.session, positions: r.request.input_ids.len() + r.request.max_new_tokens })
+            .map(|r| PooledRow { slot: &mut r.slot, session: &mut r.session, positions: super::positions(&r.request) })
             .collect();
         let longest = rows.iter().map(|r| r.positions).max().unwrap_or(1);
         if !self.slots.as_ref().is_some_and(|p| p.slots() >= rows.len() && p.capacity() >= longest) {
