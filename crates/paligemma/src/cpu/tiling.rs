@@ -28,11 +28,14 @@ impl RowBlocks {
     }
 }
 
-/// One kernel call: `rows` rows from `r0` × `panels` panels from `p0`, over depth chunk `chunk`.
+/// One kernel call: `rows` rows from `r0` × `panels` panels from `p0`, over depth chunk `chunk`;
+/// `row_block` counts the row blocks before it (a kernel may use the second's time to prefetch
+/// the next chunk, which the first reads from memory).
 #[derive(Clone, Copy)]
 pub(crate) struct Part {
     pub(crate) rows: usize,
     pub(crate) r0: usize,
+    pub(crate) row_block: usize,
     pub(crate) panels: usize,
     pub(crate) p0: usize,
     pub(crate) chunk: usize,
@@ -51,8 +54,8 @@ pub(crate) fn for_each_part(total_panels: usize, most_per_task: usize, blocks: &
         while p0 < last {
             let panels = blocks.panels.min(last - p0);
             for chunk in 0..chunks {
-                for (r0, rows) in blocks.iter() {
-                    kernel(Part { rows, r0, panels, p0, chunk });
+                for (row_block, (r0, rows)) in blocks.iter().enumerate() {
+                    kernel(Part { rows, r0, row_block, panels, p0, chunk });
                 }
             }
             p0 += panels;

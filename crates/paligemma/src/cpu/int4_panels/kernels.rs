@@ -19,7 +19,7 @@ pub(super) const PANELS_FOR_ROWS: [usize; 5] = [0, 4, 3, 2, 2];
 /// `y` must hold x's rows × `n` floats, and no other thread may access the part's outputs
 /// during the call; `vnni` only where [`super::available`] says so.
 pub(super) unsafe fn block(vnni: bool, part: &Part, x: &QuantizedRows, w: &Int4Panels, y: *mut f32, n: usize) {
-    let Part { rows, r0, panels, p0, chunk: block } = *part;
+    let Part { rows, r0, panels, p0, chunk: block, .. } = *part;
     assert!(
         x.k == w.k && (r0 + rows) * (w.k / SUB) <= x.scales.len() && (p0 + panels) * PANEL <= w.n && w.n == n && block < w.k / SUPER,
         "int4 panel block out of bounds"
