@@ -21,10 +21,13 @@
 use half::f16;
 use rayon::prelude::*;
 
+pub(crate) use rows::QuantizedRows;
+
 use super::tiling;
 use crate::error::{Error, Result};
 
 mod kernels;
+mod rows;
 #[cfg(test)]
 mod tests;
 
@@ -230,53 +233,5 @@ impl Int8Panels {
             unsafe { kernels::block(vnni, &part, c0..(c0 + BLOCKS_PER_CHUNK).min(kb), &rows_q, self, out.ptr(), n) };
         });
         y
-    }
-}
-
-/// Activation rows rounded per block of 32 to signed bytes: `x ≈ d · q`, `d = max|x| / 127`,
-/// with each block's `−128 · Σq`, which undoes the weights' `+128` offset.
-pub(crate) struct QuantizedRows {
-    pub(crate) values: Vec<i8>,
-    pub(crate) scales: Vec<f32>,
-    corrections: Vec<i32>,
-    pub(crate) k: usize,
-}
-
-impl QuantizedRows {
-    /// `Σq` of block `index` (row-major over the rows' blocks of 32).
-    pub(crate) fn block_sum(&self, index: usize) -> i32 {
-        self.corrections[index] / -128
-    }
-
-    pub(crate) fn new(x: &[f32], m: usize, k: usize) -> QuantizedRows {
-        let kb = k / BLOCK;
-        let mut values = vec![0i8; m * k];
-        let mut scales = vec![0f32; m * kb];
-        let mut corrections = vec![0i32; m * kb];
-        let rows = x.chunks_exact(k).zip(values.chunks_exact_mut(k)).zip(scales.chunks_exact_mut(kb).zip(corrections.chunks_exact_mut(kb)));
-        if m >= 8 {
-            let rows: Vec<_> = rows.collect();
-            rows.into_par_iter().for_each(|((x, q), (d, c))| quantize_row(x, q, d, c));
-        } else {
-            rows.for_each(|((x, q), (d, c))| quantize_row(x, q, d, c));
-        }
-        QuantizedRows { values, scales, corrections, k }
-    }
-}
-
-/// One row of [`QuantizedRows`]: its values, and per block its scale and correction.
-fn quantize_row(x: &[f32], q: &mut [i8], scales: &mut [f32], corrections: &mut [i32]) {
-    for (((xb, qb), d), c) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(scales).zip(corrections) {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let scale = amax / 127.0;
-        let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, v) in qb.iter_mut().zip(xb) {
-            // `as` saturates (and maps NaN to 0): never out of range.
-            *q = (v * inv).round_ties_even() as i8;
-            sum += i32::from(*q);
-        }
-        *d = scale;
-        *c = -128 * sum;
     }
 }
