@@ -14,6 +14,8 @@ use rayon::prelude::*;
 use super::activation::{exp, tanh};
 use crate::error::Result;
 
+mod decode;
+
 /// A `[B, heads, S, H]` view whose rows are `H` contiguous floats.
 struct Rows<'a> {
     data: &'a [f32],
@@ -104,6 +106,26 @@ pub fn attend(
     };
     let cap = softcap.map(|c| c as f32);
 
+    let mask_of = |bi: usize| mask_data.map(|m| if per_sequence { &m[bi * t * s..][..t * s] } else { m });
+
+    if t == 1 {
+        // A decode step: one task per (sequence, KV head), its query heads together
+        // (`decode`); [B, N, 1, H] is already [B, 1, N·H].
+        let mut out = vec![0f32; b * n * h];
+        out.par_chunks_mut(group * h).enumerate().for_each(|(task, out_g)| {
+            let (bi, kv_head) = (task / kv, task % kv);
+            let (k_h, v_h) = (keys.block(bi, kv_head, h), values.block(bi, kv_head, h));
+            let mask_row = mask_of(bi);
+            let mut weights = vec![0f32; group * s];
+            for (q, row) in q_data[task * group * h..][..group * h].chunks_exact(h).zip(weights.chunks_exact_mut(s)) {
+                decode::scores(q, k_h, h, mask_row, row);
+                normalize(row, cap, mask_row);
+            }
+            decode::weighted_values(&weights, v_h, h, s, out_g);
+        });
+        return Ok(Some(Tensor::from_vec(out, (b, 1, n * h), &Device::Cpu)?));
+    }
+
     // Per (batch, head): [T, H] of output, head-major; merged to [B, T, N·H] at the end.
     let mut out = vec![0f32; b * n * t * h];
     out.par_chunks_mut(t * h)
@@ -114,17 +136,11 @@ pub fn attend(
             let k_h = keys.block(bi, head / group, h);
             let v_h = values.block(bi, head / group, h);
             let mut scores = vec![0f32; t * s];
-            let mask_h = mask_data.map(|m| if per_sequence { &m[bi * t * s..][..t * s] } else { m });
+            let mask_h = mask_of(bi);
             // scores [t, s] = q_h [t, h] · kᵀ, where kᵀ [h, s] is k_h's rows read as columns.
             super::product(&mut scores, (s, 1), q_h, (h, 1), k_h, (1, h), (t, s, h));
             for (row, scores_row) in scores.chunks_exact_mut(s).enumerate() {
-                if let Some(cap) = cap {
-                    scores_row.iter_mut().for_each(|x| *x = cap * tanh(*x));
-                }
-                if let Some(m) = mask_h {
-                    scores_row.iter_mut().zip(&m[row * s..][..s]).for_each(|(x, m)| *x += m);
-                }
-                softmax_in_place(scores_row);
+                normalize(scores_row, cap, mask_h.map(|m| &m[row * s..][..s]));
             }
             // out_h [t, h] = p [t, s] · v_h [s, h].
             super::product(out_h, (h, 1), &scores, (s, 1), v_h, (h, 1), (t, h, s));
@@ -133,6 +149,17 @@ pub fn attend(
     Ok(Some(out.transpose(1, 2)?.reshape((b, t, n * h))?))
 }
 
+
+/// One query's raw scores → weights: the soft-cap, the additive mask, then the softmax.
+fn normalize(scores: &mut [f32], cap: Option<f32>, mask: Option<&[f32]>) {
+    if let Some(cap) = cap {
+        scores.iter_mut().for_each(|x| *x = cap * tanh(*x));
+    }
+    if let Some(m) = mask {
+        scores.iter_mut().zip(m).for_each(|(x, m)| *x += m);
+    }
+    softmax_in_place(scores);
+}
 
 /// Softmax of one row in f32; `−∞` entries (masked keys) get exactly zero weight. Written as
 /// 16 independent lanes so that the max, the exponentials and the sum vectorise.
@@ -218,6 +245,34 @@ mod tests {
         assert!(diff < 1e-6, "the second sequence's own mask: {diff}");
         // Other dtypes are left to candle.
         assert!(attend(&q.to_dtype(DType::F16)?, &k.to_dtype(DType::F16)?, &v.to_dtype(DType::F16)?, None, None)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn one_query_steps_match_candle_ops_and_do_not_depend_on_the_batch() -> Result<()> {
+        // Head sizes of only leftover dimensions, only whole lanes, and both; 7 keys, so the
+        // blocks of four and the single keys both run; query heads in groups of 4 per KV head.
+        let dev = Device::Cpu;
+        let (b, n, kv, s) = (3, 8, 2, 7);
+        for h in [8, 32, 40] {
+            let q = Tensor::randn(0f32, 1.0, (b, n, 1, h), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (b, kv, s, h), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (b, kv, s, h), &dev)?;
+            let ninf = f32::NEG_INFINITY;
+            let shared = Tensor::new(&[[0f32, 0.0, ninf, 0.0, 0.0, 0.0, ninf]], &dev)?;
+            let per_sequence = Tensor::new(&[[[0f32; 7]], [[ninf, ninf, ninf, ninf, 0.0, 0.0, ninf]], [[0.0, ninf, 0.0, 0.0, 0.0, 0.0, 0.0]]], &dev)?;
+            for (m, c) in [(None, None), (Some(&shared), None), (Some(&per_sequence), None), (Some(&per_sequence), Some(2.5))] {
+                let ours = attend(&q, &k, &v, m, c)?.expect("f32 CPU inputs qualify");
+                let want = reference(&q, &k, &v, m, c)?;
+                let diff = (&ours - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff < 1e-5, "h {h}, mask {:?} cap {c:?}: {diff}", m.map(|m| m.dims().to_vec()));
+                // Sequence 1 alone gives the same bits as inside the batch.
+                let one = |t: &Tensor| t.narrow(0, 1, 1);
+                let alone_mask = m.map(|m| if m.rank() == 3 { one(m) } else { Ok(m.clone()) }).transpose()?;
+                let alone = attend(&one(&q)?, &one(&k)?, &one(&v)?, alone_mask.as_ref(), c)?.expect("f32 CPU inputs qualify");
+                assert_eq!(one(&ours)?.flatten_all()?.to_vec1::<f32>()?, alone.flatten_all()?.to_vec1::<f32>()?, "h {h}: alone and in a batch");
+            }
+        }
         Ok(())
     }
 
