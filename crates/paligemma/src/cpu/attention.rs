@@ -110,18 +110,20 @@ pub fn attend(
 
     if t == 1 {
         // A decode step: one task per (sequence, KV head), its query heads together
-        // (`decode`); [B, N, 1, H] is already [B, 1, N·H].
+        // (`decode`), or a share of them when that leaves threads idle (a single sequence);
+        // [B, N, 1, H] is already [B, 1, N·H].
+        let split = rayon::current_num_threads().div_ceil(b * kv).clamp(1, group);
+        let per_task = (group.div_ceil(split)..=group).find(|p| group % p == 0).unwrap_or(group);
         let mut out = vec![0f32; b * n * h];
-        out.par_chunks_mut(group * h).enumerate().for_each(|(task, out_g)| {
-            let (bi, kv_head) = (task / kv, task % kv);
+        out.par_chunks_mut(per_task * h).enumerate().for_each(|(task, out_heads)| {
+            let first = task * per_task;
+            let (bi, kv_head) = (first / n, first % n / group);
             let (k_h, v_h) = (keys.block(bi, kv_head, h), values.block(bi, kv_head, h));
             let mask_row = mask_of(bi);
-            let mut weights = vec![0f32; group * s];
-            for (q, row) in q_data[task * group * h..][..group * h].chunks_exact(h).zip(weights.chunks_exact_mut(s)) {
-                decode::scores(q, k_h, h, mask_row, row);
-                normalize(row, cap, mask_row);
-            }
-            decode::weighted_values(&weights, v_h, h, s, out_g);
+            let mut weights = vec![0f32; per_task * s];
+            decode::scores(&q_data[first * h..][..per_task * h], k_h, h, mask_row, &mut weights);
+            weights.chunks_exact_mut(s).for_each(|row| normalize(row, cap, mask_row));
+            decode::weighted_values(&weights, v_h, h, s, out_heads);
         });
         return Ok(Some(Tensor::from_vec(out, (b, 1, n * h), &Device::Cpu)?));
     }
@@ -271,6 +273,11 @@ mod tests {
                 let alone_mask = m.map(|m| if m.rank() == 3 { one(m) } else { Ok(m.clone()) }).transpose()?;
                 let alone = attend(&one(&q)?, &one(&k)?, &one(&v)?, alone_mask.as_ref(), c)?.expect("f32 CPU inputs qualify");
                 assert_eq!(one(&ours)?.flatten_all()?.to_vec1::<f32>()?, alone.flatten_all()?.to_vec1::<f32>()?, "h {h}: alone and in a batch");
+                // With more threads than (sequence, KV head) pairs the query heads are split
+                // across tasks: the same bits again.
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(8).build().expect("a thread pool");
+                let split = pool.install(|| attend(&one(&q)?, &one(&k)?, &one(&v)?, alone_mask.as_ref(), c))?.expect("f32 CPU inputs qualify");
+                assert_eq!(split.flatten_all()?.to_vec1::<f32>()?, alone.flatten_all()?.to_vec1::<f32>()?, "h {h}: heads split over 8 threads");
             }
         }
         Ok(())
