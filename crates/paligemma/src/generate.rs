@@ -83,6 +83,14 @@ pub struct GenerateOutput {
 pub(crate) fn choose(logits: &Tensor, sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
     if sampler.params().is_greedy() && sampler.params().repetition_penalty == 1.0 {
         if logits.device().is_cpu() {
+            // Read in place when the row is f32 (a batched step's rows are views of one buffer).
+            let in_place = crate::cpu::with_f32_slice(logits, |values| {
+                check_no_nan(values)?;
+                Ok(argmax(values))
+            })?;
+            if let Some(id) = in_place {
+                return Ok(id);
+            }
             let values = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             check_no_nan(&values)?;
             return Ok(argmax(&values));
@@ -98,6 +106,11 @@ pub(crate) fn choose(logits: &Tensor, sampler: &mut Sampler, history: &[u32]) ->
 /// any token chosen from such a row would be silent garbage, so the request fails instead.
 /// Costs one pass over the vocabulary per token (about 30 µs on the CPU for 257 152 values).
 fn check_no_nan(values: &[f32]) -> Result<()> {
+    // Vectorised test per block of 16 first; the position only when one is found.
+    let (chunks, tail) = values.as_chunks::<16>();
+    if !chunks.iter().any(|c| c.iter().fold(false, |any, v| any | v.is_nan())) && !tail.iter().any(|v| v.is_nan()) {
+        return Ok(());
+    }
     if let Some(i) = values.iter().position(|v| v.is_nan()) {
         return Err(Error::Internal(format!(
             "the model produced a NaN logit (token {i}): its weights or inputs overflow the \
