@@ -83,17 +83,15 @@ pub struct GenerateOutput {
 pub(crate) fn choose(logits: &Tensor, sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
     if sampler.params().is_greedy() && sampler.params().repetition_penalty == 1.0 {
         if logits.device().is_cpu() {
-            // Read in place when the row is f32 (a batched step's rows are views of one buffer).
-            let in_place = crate::cpu::with_f32_slice(logits, |values| {
+            let greedy = |values: &[f32]| -> Result<u32> {
                 check_no_nan(values)?;
                 Ok(argmax(values))
-            })?;
-            if let Some(id) = in_place {
+            };
+            // Read in place when the row is f32 (a batched step's rows are views of one buffer).
+            if let Some(id) = crate::cpu::with_f32_slice(logits, greedy)? {
                 return Ok(id);
             }
-            let values = logits.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            check_no_nan(&values)?;
-            return Ok(argmax(&values));
+            return greedy(&logits.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         }
         return Ok(logits.argmax(0)?.to_scalar::<u32>()?);
     }

@@ -121,7 +121,7 @@ pub fn attend(
             let (k_h, v_h) = (keys.block(bi, kv_head, h), values.block(bi, kv_head, h));
             let mask_row = mask_of(bi);
             let mut weights = vec![0f32; per_task * s];
-            decode::scores(&q_data[first * h..][..per_task * h], k_h, h, mask_row, &mut weights);
+            decode::scores(&q_data[first * h..][..per_task * h], k_h, h, s, mask_row, &mut weights);
             weights.chunks_exact_mut(s).for_each(|row| normalize(row, cap, mask_row));
             decode::weighted_values(&weights, v_h, h, s, out_heads);
         });

@@ -23,8 +23,7 @@ const KEYS: usize = 4;
 /// Raw scores of the query heads `queries` (`[heads, h]`) against `keys` (`s` rows of `h`) into
 /// `out` (`[heads, s]`), `−∞` where `mask` is: keys in blocks of four, every head's products for
 /// a block done while its rows are in L1 (the cache's rows stream from memory once per step).
-pub(super) fn scores(queries: &[f32], keys: &[f32], h: usize, mask: Option<&[f32]>, out: &mut [f32]) {
-    let s = out.len() / (queries.len() / h).max(1);
+pub(super) fn scores(queries: &[f32], keys: &[f32], h: usize, s: usize, mask: Option<&[f32]>, out: &mut [f32]) {
     let hidden = |j: usize| mask.is_some_and(|m| m[j] == f32::NEG_INFINITY);
     let key = |j: usize| &keys[j * h..][..h];
     let mut j = 0;

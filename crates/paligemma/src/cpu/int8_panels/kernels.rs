@@ -24,9 +24,10 @@ pub(super) unsafe fn block(vnni: bool, part: &Part, blocks: std::ops::Range<usiz
     let Part { rows, r0, row_block, panels, p0, .. } = *part;
     // The first row block reads a chunk's weights from memory, with nothing to overlap them;
     // the second and third fetch the next chunk's into L2 while they compute from L1, so the
-    // first finds them there. Measured at 16 rows (`examples/q8_0_bench`, fastest of 9): gate‖up
-    // 5.0–5.8 → 4.0–4.6 ms, the LM head 39–46 → 32–35 ms; into L1 instead, little. One row block (up to 6 rows, memory-bound) has no
-    // time to spare, and earlier tries that prefetched there lost 8–20 %.
+    // first finds them there. Measured at 16 rows (`examples/q8_0_bench`, fastest of 9):
+    // gate‖up 5.0–5.8 → 4.0–4.6 ms, the LM head 39–46 → 32–35 ms; into L1 instead, little.
+    // One row block (up to 6 rows, memory-bound) has no time to spare, and earlier tries that
+    // prefetched there lost 8–20 %. (The portable kernel takes the flag and ignores it.)
     let prefetch = matches!(row_block, 1 | 2);
     assert!(
         x.k == w.k && (r0 + rows) * kb <= x.scales.len() && (p0 + panels) * PANEL <= w.n && w.n == n && blocks.end <= kb,
